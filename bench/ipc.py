@@ -1,0 +1,613 @@
+"""IPC benchmark: pycluster against Node's cluster and multiprocessing.Pipe, in one run.
+
+Measured between a primary and its workers, for every peer on the same machine and in the
+same run so that the ratios are fair:
+
+1. small-message round trips per second: ``{"cmd": "ping", "n": i}`` sent by the primary,
+   echoed by the worker, the next one sent only when the echo is back;
+2. 1 MiB payload throughput: the same ping-pong with a 1 MiB ASCII string, reported in
+   MB/s (10**6 bytes per second, counting the payload in both directions);
+3. fork-to-online time: wall time from the first ``fork()`` until 2 (and 8) workers have
+   all emitted ``'online'``, median of several repetitions;
+4. an idle worker's resident memory (VmRSS from /proc) shortly after it came online.
+
+Peers: Node's ``cluster`` (bench/node/ipc.js, default JSON serialization), pycluster with
+``serialization="json"`` and ``"advanced"``, and ``multiprocessing`` as the Python
+reference (a Pipe child for 1, 2 and 4; the start of "spawn" children for 3).
+
+Each measurement runs in a fresh process group (bench/_ipc_peers.py, or node) that is
+stopped and reaped whatever happens, Ctrl-C included. Results: a table on stdout,
+bench/results/ipc.json and bench/results/ipc.png.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/ipc.py            # about 1 to 2 minutes
+    .venv/bin/python bench/ipc.py --quick    # about 20 seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from _common import RESULTS_DIR, format_table
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+PEERS_SCRIPT = BENCH_DIR / "_ipc_peers.py"
+NODE_SCRIPT = BENCH_DIR / "node" / "ipc.js"
+
+# Columns of the report, in order: (key, label).
+PEERS = [
+    ("node", "Node cluster"),
+    ("mp", "mp.Pipe"),
+    ("pyc-json", "pycluster json"),
+    ("pyc-advanced", "pycluster advanced"),
+]
+PYC_PEERS = ["pyc-json", "pyc-advanced"]
+# How long leftovers of a finished measurement may take to exit by themselves before
+# they count as leaked (a worker noticing its closed channel needs a moment).
+LEAK_GRACE_S = 3.0
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how often each metric is measured."""
+
+    passes: int  # fresh processes per round-trip peer, interleaved with the other peers
+    rounds: int  # measured windows per round-trip metric and pass
+    seconds: float  # length of one window
+    reps: int  # repetitions of each fork-to-online measurement
+    counts: tuple[int, ...]  # worker counts of the fork-to-online measurement
+    settle: float  # seconds between 'online' and reading the worker's RSS
+
+
+DEFAULT_PLAN = Plan(passes=3, rounds=3, seconds=1.0, reps=5, counts=(2, 8), settle=0.5)
+QUICK_PLAN = Plan(passes=1, rounds=3, seconds=0.5, reps=3, counts=(2, 8), settle=0.3)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement: a command that writes a JSON result to the path after --out."""
+
+    key: str
+    label: str
+    cmd: list[str]
+    timeout: float
+
+
+# --- running measurements and reaping everything they started --------------------------
+
+
+def _become_subreaper() -> bool:
+    """Adopt our orphaned descendants, so that they can be found and reaped.
+
+    A worker whose primary died is re-parented to the nearest subreaper, else to PID 1;
+    not every PID 1 reaps (in some containers they stay zombies forever), so we do it.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgid) of *pid* from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def _cmdline(pid: int) -> str:
+    """Command line of *pid*, for the leak report."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def _reap_children() -> None:
+    """Collect the exit status of every child of ours that has ended (adopted orphans)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of group *pgid* that still run (zombies are dead: they don't count)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X"):
+                members.append(int(entry))
+    return members
+
+
+def _kill(pids: Sequence[int], sig: signal.Signals) -> None:
+    """Send *sig* to each of *pids*, ignoring the ones that are already gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _stop_job(proc: subprocess.Popen[bytes]) -> list[str]:
+    """Stop the job's process group, reap it, and return what outlived its leader.
+
+    The group was created for the job, so it holds only processes the job started: the
+    leader (node or Python) and its workers. Anything that still runs LEAK_GRACE_S after
+    the leader has ended is reported (and killed by PID): a benchmark that leaves
+    processes behind has found a bug.
+    """
+    pgid = proc.pid
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=LEAK_GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            proc.wait()
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while True:
+        _reap_children()
+        members = _live_members(pgid)
+        if not members or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    leaked = [f"{pid}: {_cmdline(pid)}" for pid in members]
+    _kill(members, signal.SIGKILL)
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while _live_members(pgid) and time.monotonic() < deadline:
+        _reap_children()
+        time.sleep(0.02)
+    _reap_children()
+    return leaked
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Run one measurement in its own process group; its JSON result or an error record."""
+    with tempfile.TemporaryDirectory(prefix="pycluster-ipc-") as tmp:
+        out_path = Path(tmp) / "result.json"
+        log_path = Path(tmp) / "log.txt"
+        error: str | None = None
+        started = time.perf_counter()
+        with open(log_path, "wb") as log:
+            # Output goes to a file, not a pipe: a leftover worker holding a pipe open
+            # would make reading it hang.
+            proc = subprocess.Popen(
+                [*job.cmd, "--out", str(out_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_DIR,
+                start_new_session=True,
+            )
+            try:
+                proc.wait(timeout=job.timeout)
+            except subprocess.TimeoutExpired:
+                error = f"timed out after {job.timeout:.0f} s"
+            finally:
+                leaked = _stop_job(proc)
+        elapsed = time.perf_counter() - started
+        if error is None and proc.returncode != 0:
+            error = f"exited with status {proc.returncode}"
+        if error is None and not out_path.exists():
+            error = "wrote no result"
+        log_text = log_path.read_text(errors="replace")
+        if error is not None:
+            log_tail = log_text[-4000:]
+            return {"error": error, "log": log_tail, "leaked": leaked, "elapsed_s": elapsed}
+        result: dict[str, Any] = json.loads(out_path.read_text())
+        result["leaked"] = leaked
+        result["elapsed_s"] = elapsed
+        return result
+
+
+def make_jobs(plan: Plan, peers: set[str], node: str | None) -> list[Job]:
+    """The measurements of one run, round trips first, then start-up times.
+
+    Round trips on a 2-core box depend on where the scheduler happens to put the two
+    processes, so each peer gets several fresh processes (passes), interleaved with the
+    other peers so that a slow moment of the machine hits every peer alike.
+    """
+    py = [sys.executable, str(PEERS_SCRIPT)]
+    window = ["--rounds", str(plan.rounds), "--seconds", str(plan.seconds)]
+    rtt = [*window, "--settle", str(plan.settle)]
+    fork = ["--counts", ",".join(map(str, plan.counts)), "--reps", str(plan.reps)]
+    # Two metrics of `rounds` windows each, plus start-up; the rest is slack for a slow box.
+    rtt_timeout = 60 + 4 * plan.rounds * plan.seconds
+    fork_timeout = 60 + 3 * plan.reps * sum(plan.counts)
+    rtt_jobs: list[Job] = []
+    if "node" in peers and node is not None:
+        cmd = [node, str(NODE_SCRIPT), "--task", "rtt", *rtt]
+        rtt_jobs.append(Job("node/rtt", "Node cluster: round trips", cmd, rtt_timeout))
+    if "mp" in peers:
+        cmd = [*py, "--role", "mp-rtt", *rtt]
+        rtt_jobs.append(Job("mp/rtt", "mp.Pipe: round trips", cmd, rtt_timeout))
+    if "pycluster" in peers:
+        for ser in ("json", "advanced"):
+            cmd = [*py, "--role", "pyc-rtt", "--serialization", ser, *rtt]
+            rtt_jobs.append(
+                Job(f"pyc-{ser}/rtt", f"pycluster {ser}: round trips", cmd, rtt_timeout)
+            )
+    jobs = rtt_jobs * plan.passes
+    if "node" in peers and node is not None:
+        cmd = [node, str(NODE_SCRIPT), "--task", "fork", *fork]
+        jobs.append(Job("node/fork", "Node cluster: fork -> online", cmd, fork_timeout))
+    if "mp" in peers:
+        cmd = [*py, "--role", "mp-fork", *fork]
+        jobs.append(Job("mp/fork", "mp spawn: start -> up", cmd, fork_timeout))
+    if "pycluster" in peers:
+        cmd = [*py, "--role", "pyc-fork", *fork]
+        jobs.append(Job("pyc/fork", "pycluster: fork -> online", cmd, fork_timeout))
+    return jobs
+
+
+# --- summary, goals, report -------------------------------------------------------------
+
+
+def _median(values: Sequence[float] | None) -> float | None:
+    """Median of *values*, or None when there are none."""
+    return statistics.median(values) if values else None
+
+
+def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The successful runs of one job merged: lists concatenated, RSS as the median."""
+    merged: dict[str, Any] = {}
+    rss: list[float] = []
+    for run in runs:
+        if "error" in run:
+            continue
+        for key, value in run.items():
+            if key == "worker_rss_bytes" and value is not None:
+                rss.append(value)
+            elif isinstance(value, list) and key != "leaked":
+                merged.setdefault(key, []).extend(value)
+            elif isinstance(value, dict):
+                for sub, sub_value in value.items():
+                    merged.setdefault(key, {}).setdefault(sub, []).extend(sub_value)
+            else:
+                merged.setdefault(key, value)
+    merged["worker_rss_bytes"] = _median(rss)
+    return merged
+
+
+def summarize(raw: dict[str, list[dict[str, Any]]], counts: Sequence[int]) -> dict[str, Any]:
+    """Per metric and peer, the median value in the unit the report uses."""
+
+    def ok(key: str) -> dict[str, Any]:
+        return _merged(raw.get(key, []))
+
+    metrics: dict[str, dict[str, float | None]] = {
+        "small_rtt_per_s": {},
+        "big_mb_per_s": {},
+        **{f"fork_online_{n}_ms": {} for n in counts},
+        "idle_rss_mib": {},
+    }
+    for peer, _label in PEERS:
+        rtt = ok(f"{peer}/rtt")
+        metrics["small_rtt_per_s"][peer] = _median(rtt.get("small_rtt_per_s"))
+        big = _median(rtt.get("big_rtt_per_s"))
+        metrics["big_mb_per_s"][peer] = (
+            None if big is None else big * 2 * rtt["payload_bytes"] / 1e6
+        )
+        rss = rtt.get("worker_rss_bytes")
+        metrics["idle_rss_mib"][peer] = None if rss is None else rss / 2**20
+        # Start-up does not depend on the serialization: pycluster is measured once, with
+        # its default (json), and shown in that column.
+        fork_key = {"pyc-json": "pyc/fork", "pyc-advanced": ""}.get(peer, f"{peer}/fork")
+        fork = ok(fork_key).get("fork_online_s", {})
+        for n in counts:
+            seconds = _median(fork.get(str(n)))
+            metrics[f"fork_online_{n}_ms"][peer] = None if seconds is None else seconds * 1e3
+    return metrics
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target for pycluster relative to Node: ratio `op` bound (None: report only)."""
+
+    metric: str
+    label: str
+    op: str  # ">=", "<=", or "" for report-only
+    bound: float
+    text: str
+
+    def met(self, ratio: float | None) -> bool | None:
+        """Whether *ratio* (pycluster / Node) meets the goal; None when unknown."""
+        if ratio is None or not self.op:
+            return None
+        return ratio >= self.bound if self.op == ">=" else ratio <= self.bound
+
+
+def goals(counts: Sequence[int]) -> list[Goal]:
+    """The goals of the brief, one per reported metric."""
+    return [
+        Goal("small_rtt_per_s", "small msg round trips/s", ">=", 2.0, ">= 2x Node"),
+        Goal("big_mb_per_s", "1 MiB payload MB/s", ">=", 1.0, ">= 1x Node"),
+        *(
+            Goal(f"fork_online_{n}_ms", f"fork->online {n} workers, ms", "<=", 0.5, "<= 0.5x Node")
+            for n in counts
+        ),
+        Goal("idle_rss_mib", "idle worker RSS, MiB", "", 0.0, "report ratio"),
+    ]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is unknown (or b is zero)."""
+    return None if a is None or not b else a / b
+
+
+def ratios(metrics: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
+    """For every metric, pycluster's value over Node's and over multiprocessing's."""
+    return {
+        metric: {
+            f"{pyc}/{ref}": _ratio(values.get(pyc), values.get(ref))
+            for pyc in PYC_PEERS
+            for ref in ("node", "mp")
+        }
+        for metric, values in metrics.items()
+    }
+
+
+def _verdict(goal: Goal, ratio_by_peer: dict[str, float | None]) -> str:
+    """One cell of the result column: per serialization, met / MISSED."""
+    if not goal.op:
+        return "-"
+    parts = []
+    for peer in PYC_PEERS:
+        met = goal.met(ratio_by_peer.get(f"{peer}/node"))
+        if met is not None:
+            parts.append(f"{peer.removeprefix('pyc-')} {'met' if met else 'MISSED'}")
+    return ", ".join(parts) or "n/a"
+
+
+def report(
+    metrics: dict[str, dict[str, float | None]],
+    rat: dict[str, dict[str, float | None]],
+    all_goals: list[Goal],
+) -> str:
+    """The two tables of the report: absolute numbers, then ratios against the goals."""
+    absolute = format_table(
+        ["metric (median)", *(label for _key, label in PEERS)],
+        [[g.label, *(metrics[g.metric].get(key) for key, _l in PEERS)] for g in all_goals],
+    )
+    relative = format_table(
+        ["ratio", "json/Node", "adv/Node", "json/mp", "adv/mp", "goal", "result"],
+        [
+            [
+                g.label,
+                rat[g.metric]["pyc-json/node"],
+                rat[g.metric]["pyc-advanced/node"],
+                rat[g.metric]["pyc-json/mp"],
+                rat[g.metric]["pyc-advanced/mp"],
+                g.text,
+                _verdict(g, rat[g.metric]),
+            ]
+            for g in all_goals
+        ],
+    )
+    return f"{absolute}\n\n{relative}"
+
+
+def _short(value: float) -> str:
+    """A bar label: thousands separators for big numbers, 3 digits for small ones."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def plot(
+    metrics: dict[str, dict[str, float | None]],
+    all_goals: list[Goal],
+    counts: Sequence[int],
+    path: Path,
+) -> None:
+    """Bar charts of every metric, with the goal drawn relative to Node's bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"node": "#3c873a", "mp": "#888888", "pyc-json": "#306998", "pyc-advanced": "#e8b400"}
+    panels = [
+        (["small_rtt_per_s"], "small-message round trips / s (higher is better)"),
+        (["big_mb_per_s"], "1 MiB payload, MB/s both ways (higher is better)"),
+        ([f"fork_online_{n}_ms" for n in counts], "fork -> all online, ms (lower is better)"),
+        (["idle_rss_mib"], "idle worker RSS, MiB (lower is better)"),
+    ]
+    goal_by_metric = {g.metric: g for g in all_goals}
+    width = 0.8 / len(PEERS)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for ax, (groups, title) in zip(axes.flat, panels, strict=True):
+        ax.set_title(title, fontsize=10)
+        for gi, metric in enumerate(groups):
+            for pi, (peer, _label) in enumerate(PEERS):
+                value = metrics[metric].get(peer)
+                if value is None:
+                    continue
+                x = gi + (pi - (len(PEERS) - 1) / 2) * width
+                bar = ax.bar(x, value, width * 0.9, color=colors[peer], edgecolor="black")
+                ax.bar_label(bar, labels=[_short(value)], fontsize=8)
+            goal = goal_by_metric[metric]
+            node_value = metrics[metric].get("node")
+            if goal.op and node_value is not None:
+                ax.hlines(
+                    goal.bound * node_value,
+                    gi - 0.45,
+                    gi + 0.45,
+                    colors="red",
+                    linestyles="dashed",
+                    label=f"pycluster goal: {goal.text}" if gi == 0 else None,
+                )
+        ax.set_xlim(-0.5, len(groups) - 0.5)
+        ax.margins(y=0.15)
+        if len(groups) > 1:
+            ax.set_xticks(range(len(groups)), [f"{n} workers" for n in counts])
+        else:
+            ax.set_xticks([])
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper left")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p, _l in PEERS]
+    names = [label + (" (fork: spawn)" if p == "mp" else "") for p, label in PEERS]
+    fig.legend(handles, names, loc="lower center", ncol=len(PEERS))
+    fig.suptitle("IPC between a primary and its workers: pycluster, Node cluster, multiprocessing")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def _version(cmd: list[str]) -> str | None:
+    """First line printed by a version command, or None if it fails."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Turn SIGTERM into SystemExit so that the finally blocks stop the running job."""
+    raise SystemExit(128 + signum)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Options of the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short run (about 20 s)")
+    parser.add_argument(
+        "--peers",
+        default="node,mp,pycluster",
+        help="comma-separated subset of node,mp,pycluster (default: all)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where ipc.json and ipc.png go (default: bench/results)",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib chart")
+    opts = parser.parse_args(argv)
+    opts.peers = {p.strip() for p in opts.peers.split(",") if p.strip()}
+    unknown = opts.peers - {"node", "mp", "pycluster"}
+    if unknown:
+        parser.error(f"--peers: unknown peer(s) {', '.join(sorted(unknown))}")
+    return opts
+
+
+def main(argv: list[str]) -> int:
+    """Run every measurement, print the report, write the JSON and the chart."""
+    opts = parse_args(argv)
+    plan = QUICK_PLAN if opts.quick else DEFAULT_PLAN
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    subreaper = _become_subreaper()
+    node = shutil.which("node")
+    # Every run of every job, by job key (several runs when a job has several passes).
+    raw: dict[str, list[dict[str, Any]]] = {}
+    if "node" in opts.peers and node is None:
+        for key in ("node/rtt", "node/fork"):
+            raw[key] = [{"error": "node is not on PATH", "log": ""}]
+    started = time.perf_counter()
+    try:
+        for job in make_jobs(plan, opts.peers, node):
+            print(f"[ipc] {job.label} ...", end=" ", flush=True)
+            result = run_job(job)
+            raw.setdefault(job.key, []).append(result)
+            print(f"{result.get('error') or 'ok'} ({result['elapsed_s']:.1f} s)", flush=True)
+    except KeyboardInterrupt:
+        print("\n[ipc] interrupted; every started process was stopped", file=sys.stderr)
+        return 130
+
+    metrics = summarize(raw, plan.counts)
+    rat = ratios(metrics)
+    all_goals = goals(plan.counts)
+    print()
+    print(report(metrics, rat, all_goals))
+    print(
+        "\nround trips: sequential ping-pong, median of "
+        f"{plan.passes} x {plan.rounds} windows of {plan.seconds:g} s (a fresh process pair "
+        "per pass); MB/s counts the 1 MiB payload both "
+        f"ways; fork->online: median of {plan.reps} runs (mp column: 'spawn' Process start "
+        f"until the child reports); RSS: VmRSS {plan.settle:g} s after 'online'."
+    )
+    for key, runs in raw.items():
+        for result in runs:
+            if "error" in result:
+                # The end of a traceback says what failed; the whole log is in ipc.json.
+                tail = "\n".join(result.get("log", "").strip().splitlines()[-6:])
+                print(f"\n[{key}] FAILED: {result['error']}\n{tail}")
+            if result.get("leaked"):
+                print(f"\n[{key}] processes left running after the measurement (killed):")
+                print("\n".join(f"  {line}" for line in result["leaked"]))
+
+    document = {
+        "meta": {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "quick": opts.quick,
+            "plan": asdict(plan),
+            "python": sys.version.split()[0],
+            "node": _version([node, "--version"]) if node else None,
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "subreaper": subreaper,
+            "total_s": time.perf_counter() - started,
+        },
+        "metrics": metrics,
+        "ratios": rat,
+        "goals": {
+            g.metric: {
+                "target": g.text,
+                **{peer: g.met(rat[g.metric][f"{peer}/node"]) for peer in PYC_PEERS},
+            }
+            for g in all_goals
+        },
+        "raw": raw,
+    }
+    opts.results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = opts.results_dir / "ipc.json"
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {json_path}")
+    if not opts.no_plot:
+        try:
+            plot(metrics, all_goals, plan.counts, opts.results_dir / "ipc.png")
+            print(f"wrote {opts.results_dir / 'ipc.png'}")
+        except ImportError:
+            print("matplotlib is missing: no chart (pip install -e '.[bench]')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,217 @@
+'use strict';
+// Node.js side of bench/ipc.py: the reference that pycluster is measured against.
+//
+// One file plays both roles, as a Node cluster program usually does: the primary runs
+// the measurement named on the command line and writes its numbers as JSON to --out;
+// every worker just echoes each message back to the primary.
+//
+//   node bench/node/ipc.js --task rtt  --out FILE [--rounds 3] [--seconds 1]
+//   node bench/node/ipc.js --task fork --out FILE [--counts 2,8] [--reps 5]
+//
+// Default JSON serialization is used on purpose: it is what pycluster's goals compare to.
+
+const cluster = require('node:cluster');
+const fs = require('node:fs');
+const { performance } = require('node:perf_hooks');
+
+const ONLINE_TIMEOUT_MS = 30000;
+
+function parseArgs(argv) {
+  const opts = {
+    task: 'rtt',
+    out: null,
+    rounds: 3,
+    seconds: 1,
+    counts: [2, 8],
+    reps: 5,
+    settle: 0.5,
+    payloadBytes: 1 << 20,
+  };
+  for (let i = 0; i < argv.length; i += 2) {
+    const key = argv[i];
+    const value = argv[i + 1];
+    if (value === undefined) throw new Error(`missing value for ${key}`);
+    switch (key) {
+      case '--task': opts.task = value; break;
+      case '--out': opts.out = value; break;
+      case '--rounds': opts.rounds = Number(value); break;
+      case '--seconds': opts.seconds = Number(value); break;
+      case '--counts': opts.counts = value.split(',').map(Number); break;
+      case '--reps': opts.reps = Number(value); break;
+      case '--settle': opts.settle = Number(value); break;
+      case '--payload-bytes': opts.payloadBytes = Number(value); break;
+      default: throw new Error(`unknown option ${key}`);
+    }
+  }
+  if (!opts.out) throw new Error('--out is required');
+  return opts;
+}
+
+function readRssBytes(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+  return match ? Number(match[1]) * 1024 : null;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function waitOnline(worker) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('worker did not come online')),
+      ONLINE_TIMEOUT_MS);
+    worker.once('online', () => { clearTimeout(timer); resolve(); });
+  });
+}
+
+function waitExit(worker) {
+  return new Promise((resolve) => {
+    if (worker.isDead()) { resolve(); return; }
+    worker.once('exit', () => resolve());
+  });
+}
+
+// Sequential ping-pong: the next message leaves only when the echo of the previous one
+// is back, so each round trip pays the full serialize/write/read/parse cost both ways.
+// The first `warmup` round trips are not counted (JIT and buffer growth), then
+// `rounds` windows of `seconds` each are measured separately so the spread is visible.
+function pingPong(worker, makeMessage, isEcho, warmup, rounds, seconds) {
+  return new Promise((resolve, reject) => {
+    const rates = [];
+    let sent = 0;
+    let measuring = false;
+    let inWindow = 0;
+    let windowStart = 0;
+    const finish = (err) => {
+      worker.off('message', onMessage);
+      if (err) reject(err); else resolve(rates);
+    };
+    const onMessage = (msg) => {
+      if (!isEcho(msg, sent - 1)) {
+        finish(new Error(`unexpected echo for message ${sent - 1}`));
+        return;
+      }
+      if (!measuring) {
+        if (sent >= warmup) {
+          measuring = true;
+          windowStart = performance.now();
+        }
+      } else {
+        inWindow += 1;
+        const elapsed = (performance.now() - windowStart) / 1000;
+        if (elapsed >= seconds) {
+          rates.push(inWindow / elapsed);
+          if (rates.length >= rounds) { finish(null); return; }
+          inWindow = 0;
+          windowStart = performance.now();
+        }
+      }
+      worker.send(makeMessage(sent));
+      sent += 1;
+    };
+    worker.on('message', onMessage);
+    worker.send(makeMessage(sent));
+    sent += 1;
+  });
+}
+
+async function taskRtt(opts) {
+  const worker = cluster.fork();
+  try {
+    await waitOnline(worker);
+    // Let the worker finish loading its script before its memory is read.
+    await sleep(opts.settle * 1000);
+    const rss = readRssBytes(worker.process.pid);
+
+    const small = await pingPong(
+      worker,
+      (n) => ({ cmd: 'ping', n }),
+      (msg, n) => msg !== null && typeof msg === 'object' && msg.n === n,
+      200, opts.rounds, opts.seconds,
+    );
+    const payload = 'abcdefghijklmnopqrstuvwxyz0123456789'.repeat(
+      Math.ceil(opts.payloadBytes / 36)).slice(0, opts.payloadBytes);
+    const big = await pingPong(
+      worker,
+      () => payload,
+      (msg) => typeof msg === 'string' && msg.length === payload.length,
+      3, opts.rounds, opts.seconds,
+    );
+    return {
+      worker_rss_bytes: rss,
+      small_rtt_per_s: small,
+      big_rtt_per_s: big,
+      payload_bytes: payload.length,
+    };
+  } finally {
+    const exited = waitExit(worker);
+    worker.kill();
+    await exited;
+  }
+}
+
+async function forkAll(n) {
+  const workers = [];
+  let online = 0;
+  let onOnline = null;
+  const allOnline = new Promise((resolve) => {
+    onOnline = () => { online += 1; if (online === n) resolve(); };
+    cluster.on('online', onOnline);
+  });
+  const t0 = performance.now();
+  try {
+    for (let i = 0; i < n; i += 1) workers.push(cluster.fork());
+    let timer = null;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${n} workers not online`)), ONLINE_TIMEOUT_MS);
+    });
+    await Promise.race([allOnline, timeout]);
+    clearTimeout(timer);
+    return (performance.now() - t0) / 1000;
+  } finally {
+    cluster.off('online', onOnline);
+    const exits = workers.map(waitExit);
+    for (const w of workers) w.kill();
+    await Promise.all(exits);
+  }
+}
+
+async function taskFork(opts) {
+  const seconds = {};
+  for (const n of opts.counts) {
+    seconds[n] = [];
+    for (let r = 0; r < opts.reps; r += 1) seconds[n].push(await forkAll(n));
+  }
+  return { fork_online_s: seconds };
+}
+
+async function primary() {
+  const opts = parseArgs(process.argv.slice(2));
+  const tasks = { rtt: taskRtt, fork: taskFork };
+  const task = tasks[opts.task];
+  if (!task) throw new Error(`unknown task ${opts.task}`);
+  const result = await task(opts);
+  result.node_version = process.version;
+  fs.writeFileSync(opts.out, JSON.stringify(result));
+}
+
+function worker() {
+  process.on('message', (msg) => process.send(msg));
+}
+
+if (cluster.isPrimary) {
+  // Never leave workers behind, whatever ends the primary.
+  process.on('exit', () => {
+    for (const w of Object.values(cluster.workers)) {
+      if (!w.isDead()) w.process.kill('SIGKILL');
+    }
+  });
+  primary().catch((err) => {
+    console.error(err && err.stack ? err.stack : err);
+    process.exitCode = 1;
+    for (const w of Object.values(cluster.workers)) w.process.kill('SIGKILL');
+  });
+} else {
+  worker();
+}

@@ -1,0 +1,1 @@
+"""Imported by pycluster_boot.pth at interpreter start, to boot a worker's runtime early."""

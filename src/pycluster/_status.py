@@ -1,0 +1,74 @@
+"""A page of memory shared by the primary and one worker: heartbeat and counters.
+
+The worker writes, the primary reads, with no message and no system call on the
+hot path: a heartbeat is one store of the monotonic clock (system-wide on Linux, so
+comparable across processes), a served connection one counter increment. Layout
+(native byte order, 8-byte aligned fields, so each store is a single write)::
+
+    offset 0   double  last heartbeat from the serving loop (time.monotonic())
+    offset 8   uint64  connections this worker has accepted
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+
+SIZE = 64
+_BEAT = struct.Struct("d")
+_COUNT = struct.Struct("Q")
+
+
+class StatusPage:
+    """One worker's shared status page."""
+
+    def __init__(self, fd: int, owner: bool) -> None:
+        self.fd = fd
+        self._owner = owner
+        self._map = mmap.mmap(fd, SIZE)
+
+    @classmethod
+    def create(cls) -> StatusPage:
+        """A new page, in the primary (its descriptor is passed to the worker)."""
+        fd = os.memfd_create("pycluster-status", os.MFD_CLOEXEC)
+        os.ftruncate(fd, SIZE)
+        page = cls(fd, owner=True)
+        page.beat()
+        return page
+
+    @classmethod
+    def open_fd(cls, fd: int) -> StatusPage:
+        """Map the page whose descriptor the worker inherited."""
+        os.set_inheritable(fd, False)
+        return cls(fd, owner=False)
+
+    def beat(self) -> None:
+        """Record that the serving loop is alive now."""
+        _BEAT.pack_into(self._map, 0, time.monotonic())
+
+    @property
+    def last_beat(self) -> float:
+        """When the serving loop last beat, on the monotonic clock."""
+        return float(_BEAT.unpack_from(self._map, 0)[0])
+
+    def count_connection(self) -> None:
+        """Add one accepted connection."""
+        _COUNT.pack_into(self._map, 8, _COUNT.unpack_from(self._map, 8)[0] + 1)
+
+    @property
+    def connections(self) -> int:
+        """Connections the worker has accepted so far."""
+        return int(_COUNT.unpack_from(self._map, 8)[0])
+
+    def close(self) -> None:
+        """Unmap the page and close its descriptor."""
+        try:
+            self._map.close()
+        except (BufferError, ValueError):
+            pass
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass

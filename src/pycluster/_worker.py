@@ -1,0 +1,211 @@
+"""The Worker object, the same class in the primary and in a worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from pycluster._events import EventEmitter
+
+if TYPE_CHECKING:
+    import socket
+
+
+class Address(NamedTuple):
+    """Where a worker's server listens: ``address_type`` is 4, 6, -1, "udp4" or "udp6"."""
+
+    address: str | None
+    port: int | None
+    address_type: int | str
+
+
+SendCallback = Callable[[BaseException | None], None]
+
+
+class Backend(Protocol):
+    """What a Worker delegates to: the primary's view of it, or the worker's own runtime."""
+
+    process: Any
+
+    def send(
+        self,
+        message: Any,
+        handle: socket.socket | None,
+        keep_open: bool,
+        callback: SendCallback | None,
+    ) -> bool: ...
+    def disconnect(self) -> None: ...
+    def kill(self, signal: int | str) -> None: ...
+    def is_connected(self) -> bool: ...
+    def is_dead(self) -> bool: ...
+
+
+class Worker(EventEmitter):
+    """A worker, as seen from the primary (``cluster.workers``) or from itself (``cluster.worker``).
+
+    Users never construct it: ``cluster.fork()`` returns one in the primary, and the
+    runtime makes ``cluster.worker`` in a worker process.
+    """
+
+    def __init__(self, id: int, backend: Backend, slot: int | None = None) -> None:
+        super().__init__()
+        self.id = id
+        self.slot = slot
+        self.state = "none"
+        self.exited_after_disconnect: bool | None = None
+        self._backend = backend
+        # Messages that reached a worker before anyone listened for them.
+        self._held: deque[tuple[Any, Any]] = deque()
+        self._iterators: list[_MessageIterator] = []
+        self._deliver_lock = threading.RLock()
+        self._disconnected = threading.Event()
+
+    @property
+    def process(self) -> Any:
+        """The worker's process: a ``WorkerProcess`` in the primary, this process in a worker."""
+        return self._backend.process
+
+    def __repr__(self) -> str:
+        pid = getattr(self.process, "pid", None)
+        return f"<Worker id={self.id} pid={pid} state={self.state}>"
+
+    def send(
+        self,
+        message: Any,
+        handle: socket.socket | None = None,
+        *,
+        keep_open: bool = False,
+        callback: SendCallback | None = None,
+    ) -> bool:
+        """Send a message (and optionally a socket) over the IPC channel.
+
+        Returns ``False`` if the channel is closed (``callback`` gets the error); raises
+        ``TypeError`` at once if the serialization cannot encode ``message``.
+        """
+        return self._backend.send(message, handle, keep_open, callback)
+
+    def disconnect(self) -> Worker:
+        """Close this worker's servers, let their connections finish, then close the channel."""
+        self.exited_after_disconnect = True
+        self._backend.disconnect()
+        return self
+
+    def kill(self, signal: int | str = "SIGTERM") -> None:
+        """Close the channel and end the worker's process with ``signal``."""
+        self.exited_after_disconnect = True
+        self._backend.kill(signal)
+
+    destroy = kill
+
+    def is_connected(self) -> bool:
+        """Whether the IPC channel to the primary is open."""
+        return self._backend.is_connected()
+
+    def is_dead(self) -> bool:
+        """Whether the worker's process has ended."""
+        return self._backend.is_dead()
+
+    # -- worker side: receiving ------------------------------------------------------
+    def messages(self) -> AsyncIterator[tuple[Any, Any]]:
+        """``async for message, handle in cluster.worker.messages()``, ending at disconnect."""
+        it = _MessageIterator(self)
+        with self._deliver_lock:
+            held, self._held = self._held, deque()
+            for item in held:
+                it.push(item)
+            if self._disconnected.is_set():
+                it.finish()
+            else:
+                self._iterators.append(it)
+        return it
+
+    def wait_disconnected(self, timeout: float | None = None) -> bool:
+        """Block until the channel to the primary has closed; ``False`` on timeout.
+
+        A worker program that only answers messages calls this to stay alive, as a
+        Node worker stays alive while it listens for messages.
+        """
+        return self._disconnected.wait(timeout)
+
+    def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
+        super()._add_event_handler(event, k, v)
+        if event == "message" and self._held:
+            with self._deliver_lock:
+                held, self._held = self._held, deque()
+                for message, handle in held:
+                    self.emit("message", message, handle)
+
+    def _deliver(self, message: Any, handle: Any) -> None:
+        """Hand a received message to the listeners and iterators, or hold it for them."""
+        with self._deliver_lock:
+            if not self._iterators and not self.listeners("message"):
+                self._held.append((message, handle))
+                return
+            for it in self._iterators:
+                it.push((message, handle))
+            self.emit("message", message, handle)
+
+    def _mark_disconnected(self) -> None:
+        with self._deliver_lock:
+            self._disconnected.set()
+            iterators, self._iterators = self._iterators, []
+        for it in iterators:
+            it.finish()
+
+
+class _MessageIterator:
+    """A loop-safe async iterator over a worker's messages, fed from the channel thread."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._items: deque[tuple[Any, Any]] = deque()
+        self._done = False
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __aiter__(self) -> _MessageIterator:
+        return self
+
+    def push(self, item: tuple[Any, Any]) -> None:
+        with self._lock:
+            self._items.append(item)
+            self._wake_locked()
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        waiter, loop = self._waiter, self._loop
+        if waiter is not None and loop is not None:
+            self._waiter = None
+            loop.call_soon_threadsafe(_set_if_pending, waiter)
+
+    async def __anext__(self) -> tuple[Any, Any]:
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                if self._done:
+                    raise StopAsyncIteration
+                self._loop = asyncio.get_running_loop()
+                self._waiter = self._loop.create_future()
+                waiter = self._waiter
+            await waiter
+
+    async def aclose(self) -> None:
+        """Stop receiving; messages already queued for this iterator are dropped."""
+        with self._worker._deliver_lock:
+            if self in self._worker._iterators:
+                self._worker._iterators.remove(self)
+        self.finish()
+
+
+def _set_if_pending(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,282 @@
+"""The runtime of a worker process: its channel to the primary, its servers, disconnect.
+
+It boots as early as possible (from ``pycluster_boot.pth`` at interpreter start, or
+at ``import pycluster``), says ``online``, and runs a daemon thread that reads the
+channel. That thread answers the primary's internal messages and runs the worker's
+``'message'`` listeners, so it works under a blocking program as well as under
+asyncio; asyncio programs may use ``cluster.worker.messages()`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal as _signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pycluster._process import signal_number
+from pycluster._worker import Worker
+from pycluster.ipc import serialization
+from pycluster.ipc.channel import ChannelClosedError, ThreadChannel
+from pycluster.ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
+from pycluster.ipc.messages import Act, Message, Requests, decode_internal, encode_internal
+
+if TYPE_CHECKING:
+    from pycluster._status import StatusPage
+    from pycluster.net import ServerRegistry
+
+log = logging.getLogger("pycluster")
+
+ENV_ID = "PYCLUSTER_UNIQUE_ID"
+ENV_CHANNEL = "PYCLUSTER_CHANNEL_FD"
+ENV_SERIALIZATION = "PYCLUSTER_SERIALIZATION"
+ENV_SLOT = "PYCLUSTER_WORKER_SLOT"
+ENV_STATUS = "PYCLUSTER_STATUS_FD"
+
+
+class ThisProcess:
+    """``cluster.worker.process`` inside a worker: this process."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"<this process pid={self.pid}>"
+
+    def kill(self, sig: int | str = "SIGTERM") -> None:
+        """Send a signal to this process."""
+        os.kill(self.pid, signal_number(sig))
+
+    send_signal = kill
+
+
+class ChildRuntime:
+    """The worker-side backend of ``cluster.worker``."""
+
+    def __init__(self, worker_id: int, sock: socket.socket, codec: Codec, slot: int | None) -> None:
+        self.codec = codec
+        self.process = ThisProcess()
+        self.requests = Requests()
+        self.worker = Worker(worker_id, self, slot)
+        self.channel = ThreadChannel(sock, self._on_frame, self._on_close)
+        self._disconnecting = False
+        self._lock = threading.Lock()
+        self._servers: ServerRegistry | None = None
+        self.status: StatusPage | None = None
+
+    @property
+    def servers(self) -> ServerRegistry:
+        """The pycluster servers this worker has open."""
+        if self._servers is None:
+            from pycluster.net import ServerRegistry
+
+            self._servers = ServerRegistry(self)
+        return self._servers
+
+    def start(self) -> None:
+        """Tell the primary we are online and start reading the channel."""
+        self.send_internal(Act.ONLINE)
+        self.channel.start()
+
+    # -- sending -----------------------------------------------------------------------
+    def send(
+        self,
+        message: Any,
+        handle: socket.socket | None,
+        keep_open: bool,
+        callback: Callable[[BaseException | None], None] | None,
+    ) -> bool:
+        payload = serialization.encode(message, self.codec)
+        fds = [handle.fileno()] if handle is not None else None
+        try:
+            self.channel.send(Kind.USER, self.codec, payload, fds)
+        except (ChannelClosedError, OSError) as exc:
+            if callback is not None:
+                callback(
+                    exc if isinstance(exc, ChannelClosedError) else ChannelClosedError(str(exc))
+                )
+            return False
+        if handle is not None and not keep_open and _is_connected_stream(handle):
+            handle.close()
+        if callback is not None:
+            callback(None)
+        return True
+
+    def send_internal(self, act: Act, **fields: Any) -> None:
+        """Send an internal message; raises ``ChannelClosedError`` if the channel is gone."""
+        self.channel.send(Kind.INTERNAL, Codec.JSON, encode_internal(act, **fields))
+
+    def request(self, act: Act, fds: list[int] | None = None, **fields: Any) -> Message:
+        """Send an internal request and block until the primary replies."""
+        if threading.current_thread() is self.channel.thread:
+            raise RuntimeError(
+                "this call waits for the primary and cannot run on the channel thread "
+                "(inside a 'message' listener); call it from another thread"
+            )
+        seq, fut = self.requests.new()
+        try:
+            self.channel.send(
+                Kind.INTERNAL, Codec.JSON, encode_internal(act, seq=seq, **fields), fds
+            )
+        except OSError as exc:
+            self.requests.fail_all(exc)
+            raise ChannelClosedError("the IPC channel to the primary is closed") from exc
+        return fut.result()
+
+    # -- receiving -----------------------------------------------------------------------
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.kind is Kind.INTERNAL:
+            act, msg = decode_internal(frame.payload)
+            if act is Act.REPLY:
+                msg["_fds"] = frame.fds
+                self.requests.resolve(msg)
+            elif act is Act.DISCONNECT:
+                close_fds(frame.fds)
+                self.disconnect(primary_initiated=True)
+            else:
+                close_fds(frame.fds)
+                raise ProtocolError(f"the primary may not send {act.value!r}")
+            return
+        try:
+            message = serialization.decode(frame.payload, frame.codec, None)
+        except serialization.DecodeError as exc:
+            close_fds(frame.fds)
+            log.error("dropped a message from the primary: %s", exc)
+            return
+        handle = socket.socket(fileno=frame.fds[0]) if frame.fds else None
+        close_fds(frame.fds[1:])
+        try:
+            self.worker._deliver(message, handle)
+        except Exception:
+            # A failing listener is the program's bug: report it as an uncaught
+            # exception in a thread would be, and keep the channel alive.
+            sys.excepthook(*sys.exc_info())
+
+    def _on_close(self, error: BaseException | None) -> None:
+        self.requests.fail_all(ChannelClosedError("the IPC channel to the primary closed"))
+        if not self.worker.exited_after_disconnect:
+            # The primary went away (or broke the protocol) without asking us to
+            # disconnect: end now rather than run on as an orphan.
+            _exit_now(0)
+        self.worker.state = "disconnected"
+        self.worker._mark_disconnected()
+        try:
+            self.worker.emit("disconnect")
+        except Exception:
+            sys.excepthook(*sys.exc_info())
+
+    # -- disconnect and kill -----------------------------------------------------------------
+    def disconnect(self, primary_initiated: bool = False) -> None:
+        """Close every server, wait for them, then close the channel (in the background)."""
+        self.worker.exited_after_disconnect = True
+        with self._lock:
+            if self._disconnecting:
+                return
+            self._disconnecting = True
+        threading.Thread(
+            target=self._disconnect,
+            args=(primary_initiated,),
+            name="pycluster-disconnect",
+            daemon=True,
+        ).start()
+
+    def _disconnect(self, primary_initiated: bool) -> None:
+        if self._servers is not None:
+            self._servers.close_all()
+        if not primary_initiated:
+            try:
+                self.send_internal(Act.EXITED_AFTER_DISCONNECT)
+            except OSError:
+                pass
+        self.channel.close()
+
+    def kill(self, sig: int | str) -> None:
+        signum = signal_number(sig)
+        try:
+            self.send_internal(Act.EXITED_AFTER_DISCONNECT)
+        except OSError:
+            pass
+        self.channel.close()
+        if threading.current_thread() is threading.main_thread():
+            _signal.signal(signum, _signal.SIG_DFL)
+        elif _signal.getsignal(signum) not in (_signal.SIG_DFL, None):
+            _exit_now(128 + signum)  # a Python handler would turn the signal into an exception
+        _flush_stdio()
+        os.kill(os.getpid(), signum)
+        _exit_now(128 + signum)  # the signal was blocked or ignored
+
+    def is_connected(self) -> bool:
+        return not self.channel.closed
+
+    def is_dead(self) -> bool:
+        return False
+
+
+def _is_connected_stream(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return sock.type == socket.SOCK_STREAM
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+def _exit_now(code: int) -> None:
+    logging.shutdown()
+    _flush_stdio()
+    os._exit(code)
+
+
+_runtime: ChildRuntime | None = None
+_boot_lock = threading.Lock()
+
+
+def runtime() -> ChildRuntime | None:
+    """This worker's runtime, or ``None`` in a process that is not a worker."""
+    return _runtime
+
+
+def boot() -> ChildRuntime | None:
+    """Start the worker runtime if this process was forked by a pycluster primary."""
+    global _runtime
+    with _boot_lock:
+        if _runtime is not None:
+            return _runtime
+        raw_id = os.environ.pop(ENV_ID, None)
+        raw_fd = os.environ.pop(ENV_CHANNEL, None)
+        raw_codec = os.environ.pop(ENV_SERIALIZATION, "json")
+        raw_status = os.environ.pop(ENV_STATUS, None)
+        if raw_id is None:
+            return None
+        if raw_fd is None:
+            raise RuntimeError(
+                f"{ENV_ID} is set but {ENV_CHANNEL} is not: not started by cluster.fork()"
+            )
+        fd = int(raw_fd)
+        try:
+            os.set_inheritable(fd, False)
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise RuntimeError(f"the IPC channel descriptor {fd} is not usable: {exc}") from exc
+        slot_text = os.environ.get(ENV_SLOT)
+        slot = int(slot_text) if slot_text and slot_text.isdigit() else None
+        rt = ChildRuntime(int(raw_id), sock, serialization.codec_named(raw_codec), slot)
+        if raw_status is not None:
+            from pycluster._status import StatusPage
+
+            rt.status = StatusPage.open_fd(int(raw_status))
+        _runtime = rt
+    rt.start()
+    return rt

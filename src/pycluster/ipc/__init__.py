@@ -1,0 +1,1 @@
+"""IPC channel: framing, descriptor passing, codecs and both channel ends."""

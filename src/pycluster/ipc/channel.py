@@ -1,0 +1,303 @@
+"""Both ends of the IPC channel: a loop-driven one for the primary, a threaded one
+for workers.
+
+The primary serves many workers from one event loop, so its end never blocks: it
+reads whatever is ready and queues what the kernel will not take yet. A worker may run
+a blocking program on its main thread, so its end has a reader thread of its own and
+writes with blocking calls under a lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from pycluster.ipc.fds import ancillary_for, recv_chunk
+from pycluster.ipc.framing import (
+    DEFAULT_MAX_PAYLOAD,
+    Codec,
+    Decoder,
+    Frame,
+    Kind,
+    ProtocolError,
+    close_fds,
+    encode_header,
+)
+
+log = logging.getLogger("pycluster")
+
+READ_SIZE = 256 * 1024
+FrameHandler = Callable[[Frame], None]
+CloseHandler = Callable[[BaseException | None], None]
+SendCallback = Callable[[BaseException | None], None]
+
+
+class ChannelClosedError(ConnectionError):
+    """The IPC channel is closed; nothing more can be sent on it."""
+
+
+class Reactor(Protocol):
+    """What the primary's channel needs from the primary's event-loop binding."""
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+    def remove_reader(self, fd: int) -> None: ...
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None: ...
+    def remove_writer(self, fd: int) -> None: ...
+    def post(self, callback: Callable[..., object], *args: object) -> None: ...
+
+
+def _dup_all(fds: list[int]) -> list[int]:
+    """Own private copies of descriptors, so the caller may close its objects at once."""
+    out: list[int] = []
+    try:
+        for fd in fds:
+            out.append(os.dup(fd))
+    except OSError:
+        close_fds(out)
+        raise
+    return out
+
+
+class _Pending:
+    """A frame, or what is left of it, waiting for the socket to take it."""
+
+    __slots__ = ("view", "fds", "callback")
+
+    def __init__(self, data: bytes, fds: list[int], callback: SendCallback | None) -> None:
+        self.view = memoryview(data)
+        self.fds = fds
+        self.callback = callback
+
+
+class LoopChannel:
+    """The primary's end: non-blocking, driven by the primary's event loop."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        reactor: Reactor,
+        on_frame: FrameHandler,
+        on_close: CloseHandler,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._reactor = reactor
+        self._on_frame = on_frame
+        self._on_close = on_close
+        self._decoder = Decoder(max_payload)
+        self._out: deque[_Pending] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        reactor.add_reader(self._fd, self._readable)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the channel has been closed (by either side)."""
+        return self._closed
+
+    def send(
+        self,
+        kind: Kind,
+        codec: Codec,
+        payload: bytes,
+        fds: list[int] | None = None,
+        callback: SendCallback | None = None,
+    ) -> bool:
+        """Queue a frame; ``False`` if the channel is closed. Descriptors are duplicated."""
+        if self._closed:
+            if callback is not None:
+                self._reactor.post(callback, ChannelClosedError("the IPC channel is closed"))
+            return False
+        owned = _dup_all(fds) if fds else []
+        data = encode_header(kind, codec, len(payload), len(owned)) + payload
+        with self._lock:
+            self._out.append(_Pending(data, owned, callback))
+            if len(self._out) == 1:
+                self._flush_locked()
+        return True
+
+    def _flush_locked(self) -> None:
+        while self._out and not self._closed:
+            item = self._out[0]
+            try:
+                sent = self._sock.sendmsg([item.view], ancillary_for(item.fds))
+            except (BlockingIOError, InterruptedError):
+                self._reactor.add_writer(self._fd, self._writable)
+                return
+            except OSError as exc:
+                self._reactor.post(self._fail, exc)
+                return
+            if item.fds:
+                close_fds(item.fds)  # the kernel holds its own references now
+                item.fds = []
+            item.view = item.view[sent:]
+            if item.view:
+                self._reactor.add_writer(self._fd, self._writable)
+                return
+            self._out.popleft()
+            if item.callback is not None:
+                self._reactor.post(item.callback, None)
+        self._reactor.remove_writer(self._fd)
+
+    def _writable(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _readable(self) -> None:
+        # Bounded so one chatty worker cannot starve the others on the loop.
+        for _ in range(64):
+            if self._closed:
+                return
+            try:
+                data, fds = recv_chunk(self._sock, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            except OSError as exc:
+                self._fail(exc if exc.errno != errno.ECONNRESET else None)
+                return
+            if not data:
+                close_fds(fds)
+                self._fail(None)
+                return
+            try:
+                frames = self._decoder.feed(data, fds)
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            for i, frame in enumerate(frames):
+                if self._closed:
+                    for rest in frames[i:]:
+                        close_fds(rest.fds)
+                    return
+                self._on_frame(frame)
+
+    def drain(self) -> None:
+        """Read and deliver whatever the peer already wrote (used when it has exited)."""
+        self._readable()
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        log.error("IPC protocol error, closing the channel: %s", exc)
+        self._fail(exc)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if self._closed:
+            return
+        self.close()
+        self._on_close(exc)
+
+    def close(self) -> None:
+        """Close this end now; queued frames are dropped and their callbacks told so."""
+        if self._closed:
+            return
+        self._closed = True
+        self._reactor.remove_reader(self._fd)
+        self._reactor.remove_writer(self._fd)
+        self._decoder.close()
+        with self._lock:
+            pending, self._out = self._out, deque()
+        for item in pending:
+            close_fds(item.fds)
+            if item.callback is not None:
+                self._reactor.post(item.callback, ChannelClosedError("the IPC channel closed"))
+        self._sock.close()
+
+
+class ThreadChannel:
+    """A worker's end: blocking writes under a lock, a daemon thread that reads.
+
+    The reader thread calls ``on_frame`` for each frame and ``on_close`` once, when
+    the channel ends for any reason. It is a daemon so that the channel never keeps a
+    worker alive after its program ends.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_frame: FrameHandler,
+        on_close: CloseHandler,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        sock.setblocking(True)
+        self._sock = sock
+        self._on_frame = on_frame
+        self._on_close = on_close
+        self._decoder = Decoder(max_payload)
+        self._wlock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._read_loop, name="pycluster-channel", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the reader thread."""
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the channel has been closed."""
+        return self._closed
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The reader thread, on which internal messages and message listeners run."""
+        return self._thread
+
+    def send(self, kind: Kind, codec: Codec, payload: bytes, fds: list[int] | None = None) -> None:
+        """Write one frame, blocking until the kernel has all of it."""
+        fds = fds or []
+        header = encode_header(kind, codec, len(payload), len(fds))
+        with self._wlock:
+            if self._closed:
+                raise ChannelClosedError("the IPC channel is closed")
+            sent = self._sock.sendmsg([header, payload], ancillary_for(fds))
+            if sent < len(header) + len(payload):
+                # The descriptors went with the first call; the rest is plain bytes.
+                self._sock.sendall(memoryview(header + payload)[sent:])
+
+    def _read_loop(self) -> None:
+        error: BaseException | None = None
+        try:
+            while True:
+                data, fds = recv_chunk(self._sock, READ_SIZE)
+                if not data:
+                    close_fds(fds)
+                    break
+                for frame in self._decoder.feed(data, fds):
+                    self._on_frame(frame)
+        except ProtocolError as exc:
+            log.error("IPC protocol error from the primary, closing the channel: %s", exc)
+            error = exc
+        except OSError as exc:
+            if not self._closed and exc.errno not in (errno.ECONNRESET, errno.EBADF):
+                error = exc
+        finally:
+            with self._wlock:
+                self._closed = True
+                self._decoder.close()
+                try:
+                    self._sock.close()
+                except OSError:
+                    pass
+            self._on_close(error)
+
+    def close(self) -> None:
+        """Shut the channel down; the reader thread sees the end and reports it."""
+        with self._wlock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

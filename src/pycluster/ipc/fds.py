@@ -1,0 +1,46 @@
+"""Sending and receiving descriptors with SCM_RIGHTS, without ever leaking one."""
+
+from __future__ import annotations
+
+import array
+import socket
+
+from pycluster.ipc.framing import MAX_FDS, ProtocolError, close_fds
+
+_FD_SIZE = array.array("i").itemsize
+_ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+# Received descriptors are close-on-exec, so a worker's own subprocesses never
+# inherit a connection or a listening socket by accident.
+_RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+def recv_chunk(sock: socket.socket, bufsize: int) -> tuple[bytes, list[int]]:
+    """Read one chunk and the descriptors that came with it.
+
+    Raises :class:`ProtocolError` when the kernel had to drop descriptors because
+    more arrived than one frame may carry (the rest are closed).
+    """
+    data, ancdata, flags, _addr = sock.recvmsg(bufsize, _ANCILLARY, _RECV_FLAGS)
+    fds = fds_from_ancillary(ancdata)
+    if flags & socket.MSG_CTRUNC:
+        close_fds(fds)
+        raise ProtocolError("descriptors were truncated: more than a frame may carry")
+    return data, fds
+
+
+def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """Extract every SCM_RIGHTS descriptor from ``recvmsg`` ancillary data."""
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % _FD_SIZE)])
+            fds.extend(arr)
+    return fds
+
+
+def ancillary_for(fds: list[int]) -> list[tuple[int, int, bytes]]:
+    """Ancillary data that sends ``fds`` with a ``sendmsg``."""
+    if not fds:
+        return []
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]

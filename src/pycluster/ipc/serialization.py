@@ -1,0 +1,128 @@
+"""Message codecs: JSON, and "advanced" (pickle) decoded against an allow-list.
+
+"advanced" uses pickle protocol 5 because it is fast, keeps shared and circular
+references, and carries bytes without copies. Pickle trusts its input completely,
+so decoding never uses the stock unpickler where the peer may be hostile (a worker
+running with a lowered ``uid`` talking to the primary): :class:`AllowList` resolves
+only the globals it was told about, so a crafted payload cannot reach ``os.system``
+or any other callable. Most built-in containers (tuple, set, frozenset, bytes,
+bytearray) are pickle opcodes, not globals, and need no entry at all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from typing import Any
+
+from pycluster.ipc.framing import Codec
+
+
+class DecodeError(Exception):
+    """A payload could not be decoded, or named a type that is not allowed."""
+
+
+# (module, qualified name) pairs that pickle looks up for the default types.
+_DEFAULT_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("builtins", "complex"),
+        ("datetime", "date"),
+        ("datetime", "time"),
+        ("datetime", "datetime"),
+        ("datetime", "timedelta"),
+        ("datetime", "timezone"),
+        ("decimal", "Decimal"),
+        ("fractions", "Fraction"),
+        ("uuid", "UUID"),
+        ("uuid", "SafeUUID"),
+        ("collections", "OrderedDict"),
+        ("collections", "deque"),
+        ("pathlib", "PurePath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "PureWindowsPath"),
+        ("pathlib", "Path"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+    }
+)
+
+
+class AllowList:
+    """The set of classes that "advanced" decoding may construct."""
+
+    def __init__(self) -> None:
+        self._globals: dict[tuple[str, str], Any] = {}
+
+    def add(self, *classes: type) -> None:
+        """Allow instances of ``classes`` (for example the user's dataclasses)."""
+        for cls in classes:
+            if not isinstance(cls, type):
+                raise TypeError(f"allow_types() takes classes, not {type(cls).__name__}")
+            self._globals[(cls.__module__, cls.__qualname__)] = cls
+
+    def find(self, module: str, name: str) -> Any:
+        """Return the global pickle asks for, if it is allowed."""
+        cls = self._globals.get((module, name))
+        if cls is not None:
+            return cls
+        if (module, name) in _DEFAULT_GLOBALS:
+            return _import_global(module, name)
+        raise DecodeError(
+            f"refusing to decode {module}.{name}: not an allowed type "
+            "(register it with cluster.allow_types())"
+        )
+
+
+def _import_global(module: str, name: str) -> Any:
+    mod = __import__(module, fromlist=[name])
+    return getattr(mod, name)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, allow: AllowList) -> None:
+        super().__init__(io.BytesIO(data))
+        self._allow = allow
+
+    def find_class(self, module: str, name: str) -> Any:
+        return self._allow.find(module, name)
+
+
+def encode(message: Any, codec: Codec) -> bytes:
+    """Encode a user message; raise ``TypeError`` naming the type that cannot be encoded."""
+    if codec is Codec.JSON:
+        try:
+            return json.dumps(message, separators=(",", ":"), allow_nan=True).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"cannot send message with JSON serialization: {exc}") from exc
+        except RecursionError as exc:
+            raise TypeError(
+                "cannot send a circular structure with JSON serialization "
+                "(use serialization='advanced')"
+            ) from exc
+    try:
+        return pickle.dumps(message, protocol=5)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TypeError(f"cannot send message with advanced serialization: {exc}") from exc
+
+
+def decode(payload: bytes, codec: Codec, allow: AllowList | None) -> Any:
+    """Decode a payload; with ``allow`` given, only allowed types are constructed.
+
+    Raises :class:`DecodeError` for any failure, never the codec's own exceptions.
+    """
+    try:
+        if codec is Codec.JSON:
+            return json.loads(payload)
+        if allow is None:
+            return pickle.loads(payload)
+        return _RestrictedUnpickler(payload, allow).load()
+    except DecodeError:
+        raise
+    except Exception as exc:  # any codec failure on untrusted input is the peer's fault
+        raise DecodeError(f"cannot decode {codec.name.lower()} payload: {exc!r}") from exc
+
+
+def codec_named(name: str) -> Codec:
+    """Map a ``serialization`` setting to its codec."""
+    return Codec.ADVANCED if name == "advanced" else Codec.JSON

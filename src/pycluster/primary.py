@@ -1,0 +1,561 @@
+"""The primary: forks workers, tracks their lifecycle, dispatches their messages.
+
+Everything here runs on the primary's event loop thread (see ``_reactor``). The
+lifecycle of a worker, as the primary sees it::
+
+    fork -> online -> listening -> disconnect (channel closed) / exit (process reaped)
+
+``disconnect`` and ``exit`` may come in either order; the worker leaves
+``cluster.workers`` once both have happened, before the later event is emitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Generator
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from pycluster import _settings
+from pycluster._events import EventEmitter
+from pycluster._process import WorkerProcess, signal_number, spawn
+from pycluster._reactor import Reactor
+from pycluster._worker import Address, Worker
+from pycluster.ipc import serialization
+from pycluster.ipc.channel import ChannelClosedError, LoopChannel
+from pycluster.ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
+from pycluster.ipc.messages import Act, Message, decode_internal, encode_internal
+
+if TYPE_CHECKING:
+    from pycluster._servers import ServerTable
+    from pycluster._supervisor import Supervisor
+
+log = logging.getLogger("pycluster")
+
+SCHED_NONE = 1
+SCHED_RR = 2
+POLICY_NAMES = {"rr": SCHED_RR, "none": SCHED_NONE}
+
+
+class Completion:
+    """Something that finishes on the primary's loop: awaitable, or waited on by ``run``.
+
+    ``await`` it inside a loop; outside one, the primary's own calls (``run()``,
+    blocking ``reload()``) drive the loop until it is done.
+    """
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: BaseException | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._callbacks: list[Callable[[], None]] = []
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Mark finished and wake every waiter."""
+        if self.done:
+            return
+        self.done, self.error = True, error
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        for cb in self._callbacks:
+            cb()
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop) once finished."""
+        if self.done:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if not self.done:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            yield from fut
+        if self.error is not None:
+            raise self.error
+
+
+class PrimaryBackend:
+    """The primary's side of one worker: its process and its end of the channel."""
+
+    def __init__(self, primary: Primary, codec: Codec) -> None:
+        self.primary = primary
+        self.codec = codec
+        self.process: WorkerProcess | None = None
+        self.channel: LoopChannel | None = None
+        self.worker: Worker | None = None
+
+    def send(
+        self,
+        message: Any,
+        handle: socket.socket | None,
+        keep_open: bool,
+        callback: Callable[[BaseException | None], None] | None,
+    ) -> bool:
+        payload = serialization.encode(message, self.codec)
+        channel = self.channel
+        if channel is None or channel.closed:
+            if callback is not None:
+                self.primary.reactor.post(callback, ChannelClosedError("the IPC channel is closed"))
+            return False
+        fds = [handle.fileno()] if handle is not None else None
+        sent = channel.send(Kind.USER, self.codec, payload, fds, callback)
+        if sent and handle is not None and not keep_open and _is_connected_stream(handle):
+            handle.close()
+        return sent
+
+    def send_internal(self, act: Act, **fields: Any) -> bool:
+        channel = self.channel
+        if channel is None:
+            return False
+        return channel.send(Kind.INTERNAL, Codec.JSON, encode_internal(act, **fields))
+
+    def disconnect(self) -> None:
+        worker = self.worker
+        assert worker is not None
+        self.primary.on_worker_disconnect_requested(worker)
+        self.send_internal(Act.DISCONNECT)
+
+    def kill(self, sig: int | str) -> None:
+        signum = signal_number(sig)
+        worker = self.worker
+        assert worker is not None
+        self.primary.on_worker_disconnect_requested(worker)
+        if self.channel is not None and not self.channel.closed:
+            self.channel.close()
+            self.primary.reactor.post(self.primary.on_channel_closed, worker, None)
+        if self.process is not None:
+            self.process.send_signal(signum)
+
+    def is_connected(self) -> bool:
+        return self.channel is not None and not self.channel.closed
+
+    def is_dead(self) -> bool:
+        return self.process is not None and self.process.returncode is not None
+
+
+def _is_connected_stream(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return sock.type == socket.SOCK_STREAM
+
+
+class Primary:
+    """State and behaviour of the cluster in the primary process."""
+
+    def __init__(self, emitter: EventEmitter, policy_source: Callable[[], int | None]) -> None:
+        self.emitter = emitter
+        self.reactor = Reactor(self._on_listener_error, self._tick)
+        emitter._coroutine_runner = self.reactor.spawn
+        self._policy_source = policy_source
+        self.policy: int | None = None
+        self._settings: dict[str, Any] = {}
+        self.settings_view: MappingProxyType[str, Any] = MappingProxyType(self._settings)
+        self.workers: dict[int, Worker] = {}
+        self._next_id = 1
+        self.allow = serialization.AllowList()
+        self._errors: list[BaseException] = []
+        self._wakeup: asyncio.Future[None] | None = None
+        self._servers: ServerTable | None = None
+        self.supervisor: Supervisor | None = None
+        self.starting = 0  # replacements scheduled but not forked yet
+
+    # -- settings -------------------------------------------------------------------
+    def freeze_policy(self) -> int:
+        """Fix the scheduling policy (first ``fork()`` or ``setup_primary()``)."""
+        if self.policy is None:
+            self.policy = self._policy_source() or SCHED_RR
+        return self.policy
+
+    def setup(self, values: dict[str, Any]) -> None:
+        """``setup_primary()``: merge validated settings, emit ``'setup'`` later."""
+        checked = _settings.validate(values)
+        self.freeze_policy()
+        if not self._settings:
+            self._settings.update(_settings.defaults())
+        self._settings.update(checked)
+        snapshot = MappingProxyType(dict(self._settings))
+        self._attach_if_running()
+        self.reactor.post(self.emitter.emit, "setup", snapshot)
+        if self.supervisor is not None:
+            self.supervisor.on_setup()
+
+    @property
+    def servers(self) -> ServerTable:
+        """The listening sockets this primary shares with its workers."""
+        if self._servers is None:
+            from pycluster._servers import ServerTable
+
+            self._servers = ServerTable(self)
+        return self._servers
+
+    # -- forking ----------------------------------------------------------------------
+    def fork(self, env: dict[str, Any] | None = None, *, slot: int | None = None) -> Worker:
+        """Start a worker process running the configured program."""
+        if not self._settings:
+            self.setup({})
+        self._attach_if_running()
+        s = self._settings
+        worker_id = self._next_id
+        self._next_id += 1
+        if slot is None:
+            used = {w.slot for w in self.workers.values()}
+            slot = next(i for i in range(len(used) + 1) if i not in used)
+        codec = serialization.codec_named(s["serialization"])
+        backend = PrimaryBackend(self, codec)
+        worker = Worker(worker_id, backend, slot)
+        worker._coroutine_runner = self.reactor.spawn
+        backend.worker = worker
+        self.workers[worker_id] = worker
+
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child_env = dict(os.environ)
+        if env:
+            child_env.update({str(k): str(v) for k, v in env.items() if v is not None})
+        child_env.update(
+            PYCLUSTER_UNIQUE_ID=str(worker_id),
+            PYCLUSTER_CHANNEL_FD=str(child_sock.fileno()),
+            PYCLUSTER_SERIALIZATION=s["serialization"],
+            PYCLUSTER_WORKER_SLOT=str(slot),
+        )
+        if self.supervisor is not None:
+            self.supervisor.prepare_env(worker, child_env)
+        argv = [s["executable"], *s["exec_argv"], *_settings.split_exec(s["exec"]), *s["args"]]
+        if s["stdio"] is not None:
+            stdio = s["stdio"]
+        elif s["silent"]:
+            stdio = ("inherit", "pipe", "pipe")
+        else:
+            stdio = ("inherit", "inherit", "inherit")
+        extra_fds = self.supervisor.pass_fds(worker) if self.supervisor is not None else ()
+        proc, error = spawn(
+            argv,
+            env=child_env,
+            cwd=s["cwd"],
+            pass_fds=(child_sock.fileno(), *extra_fds),
+            stdio=stdio,
+            uid=s["uid"],
+            gid=s["gid"],
+            reactor=self.reactor,
+            on_exit=lambda code, sig: self.on_exit(worker, code, sig),
+        )
+        child_sock.close()
+        backend.process = proc
+        self.reactor.post(self.emitter.emit, "fork", worker)
+        if error is not None:
+            parent_sock.close()
+            self.reactor.post(self._spawn_failed, worker, error)
+            return worker
+        backend.channel = LoopChannel(
+            parent_sock,
+            self.reactor,
+            lambda frame: self._on_frame(worker, frame),
+            lambda exc: self.on_channel_closed(worker, exc),
+        )
+        if self.supervisor is not None:
+            self.supervisor.on_fork(worker)
+        return worker
+
+    def _spawn_failed(self, worker: Worker, error: BaseException) -> None:
+        log.error("worker %d could not start: %s", worker.id, error)
+        if worker.listeners("error"):
+            worker.emit("error", error)
+        self.on_channel_closed(worker, None)
+        code = worker.process.returncode
+        self.on_exit(worker, code, None)
+
+    # -- messages from workers ------------------------------------------------------------
+    def _on_frame(self, worker: Worker, frame: Frame) -> None:
+        if frame.kind is Kind.USER:
+            self._on_user_message(worker, frame)
+            return
+        try:
+            act, msg = decode_internal(frame.payload)
+            handler = self._dispatch.get(act)
+            if handler is None:
+                raise ProtocolError(f"a worker may not send {act.value!r}")
+        except ProtocolError as exc:
+            close_fds(frame.fds)
+            self._protocol_error(worker, exc)
+            return
+        handler(self, worker, msg, frame.fds)
+
+    def _protocol_error(self, worker: Worker, exc: ProtocolError) -> None:
+        log.error("worker %d: IPC protocol error, closing its channel: %s", worker.id, exc)
+        backend: PrimaryBackend = worker._backend  # type: ignore[assignment]
+        if backend.channel is not None and not backend.channel.closed:
+            backend.channel.close()
+            self.on_channel_closed(worker, exc)
+
+    def _on_user_message(self, worker: Worker, frame: Frame) -> None:
+        try:
+            message = serialization.decode(frame.payload, frame.codec, self.allow)
+        except serialization.DecodeError as exc:
+            close_fds(frame.fds)
+            log.error("worker %d: dropped a message: %s", worker.id, exc)
+            if worker.listeners("error"):
+                worker.emit("error", exc)
+            return
+        handle = _socket_from_fds(frame.fds)
+        self.emitter.emit("message", worker, message, handle)
+        worker.emit("message", message, handle)
+
+    def _on_online(self, worker: Worker, msg: Message, fds: list[int]) -> None:
+        worker.state = "online"
+        worker.emit("online")
+        self.emitter.emit("online", worker)
+
+    def _on_listening(self, worker: Worker, msg: Message, fds: list[int]) -> None:
+        address = Address(msg.get("address"), msg.get("port"), msg.get("addressType", 4))
+        worker.state = "listening"
+        worker.emit("listening", address)
+        self.emitter.emit("listening", worker, address)
+
+    def _on_exited_after_disconnect(self, worker: Worker, msg: Message, fds: list[int]) -> None:
+        worker.exited_after_disconnect = True
+        self.on_worker_disconnect_requested(worker)
+
+    def _on_query_server(self, worker: Worker, msg: Message, fds: list[int]) -> None:
+        self.servers.query(worker, msg, fds)
+
+    def _on_close(self, worker: Worker, msg: Message, fds: list[int]) -> None:
+        self.servers.worker_closed(worker, msg)
+
+    _dispatch: dict[Act, Callable[[Primary, Worker, Message, list[int]], None]] = {
+        Act.ONLINE: _on_online,
+        Act.LISTENING: _on_listening,
+        Act.EXITED_AFTER_DISCONNECT: _on_exited_after_disconnect,
+        Act.QUERY_SERVER: _on_query_server,
+        Act.CLOSE: _on_close,
+    }
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def on_worker_disconnect_requested(self, worker: Worker) -> None:
+        """No new connection goes to a worker once its disconnect was asked for."""
+        if self._servers is not None:
+            self._servers.remove_worker(worker)
+
+    def on_channel_closed(self, worker: Worker, exc: BaseException | None) -> None:
+        """The channel to ``worker`` ended: emit ``'disconnect'`` once."""
+        if getattr(worker, "_disconnect_emitted", False):
+            return
+        worker._disconnect_emitted = True  # type: ignore[attr-defined]
+        if self._servers is not None:
+            self._servers.remove_worker(worker)
+        if worker.is_dead():
+            self._remove(worker)
+        else:
+            worker.state = "disconnected"
+        worker.exited_after_disconnect = bool(worker.exited_after_disconnect)
+        worker._mark_disconnected()
+        worker.emit("disconnect")
+        self.emitter.emit("disconnect", worker)
+
+    def on_exit(self, worker: Worker, code: int | None, sig: str | None) -> None:
+        """The worker's process was reaped: deliver what it wrote, then emit ``'exit'``."""
+        backend: PrimaryBackend = worker._backend  # type: ignore[assignment]
+        channel = backend.channel
+        if channel is not None and not channel.closed:
+            channel.drain()  # messages written just before exiting come before 'exit'
+            if not channel.closed:
+                channel.close()  # a grandchild kept the channel open; the worker is gone
+                self.on_channel_closed(worker, None)
+        if not worker.is_connected():
+            self._remove(worker)
+        worker.exited_after_disconnect = bool(worker.exited_after_disconnect)
+        worker.state = "dead"
+        if self.supervisor is not None:
+            self.supervisor.on_exit(worker, code, sig)
+        worker.emit("exit", code, sig)
+        self.emitter.emit("exit", worker, code, sig)
+
+    def _remove(self, worker: Worker) -> None:
+        self.workers.pop(worker.id, None)
+
+    # -- cluster-wide operations -----------------------------------------------------------
+    def disconnect(self, callback: Callable[[], Any] | None) -> Completion:
+        """``cluster.disconnect()``: disconnect every worker, then close the primary's handles."""
+        self._attach_if_running()
+        done = Completion()
+        waiting = [w for w in self.workers.values() if w.is_connected()]
+        remaining = len(waiting)
+
+        def finished() -> None:
+            if self._servers is not None:
+                self._servers.close_all()
+            done.finish()
+            if callback is not None:
+                result = callback()
+                if asyncio.iscoroutine(result):
+                    self.reactor.spawn(result)
+
+        def one_done() -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                finished()
+
+        for worker in waiting:
+            worker.once("disconnect", one_done)
+            worker.disconnect()
+        if not waiting:
+            self.reactor.post(finished)
+        return done
+
+    # -- driving the loop -----------------------------------------------------------------
+    def _attach_if_running(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self.reactor.loop is not loop:
+            self.reactor.attach(loop)
+
+    def _on_listener_error(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+        self._tick()
+
+    def _tick(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def idle(self) -> bool:
+        """No worker alive, none being started, nothing left to deliver."""
+        return not self.workers and not self.starting and not self.reactor.busy
+
+    async def wait_idle(self, until: Completion | None = None) -> None:
+        """Run listeners until the cluster is idle (or ``until`` is done); re-raise their errors."""
+        loop = asyncio.get_running_loop()
+        self.reactor.attach(loop)
+        while True:
+            if self._errors:
+                raise self._errors.pop(0)
+            if until.done if until is not None else self.idle:
+                return
+            self._wakeup = loop.create_future()
+            await self._wakeup
+            # Let callbacks the wake-up made runnable run before deciding we are idle.
+            await asyncio.sleep(0)
+
+    def run(self, until: Completion | None = None) -> None:
+        """Drive a private loop until idle, shutting down gracefully on SIGINT/SIGTERM."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "cluster.run() cannot be called from a running event loop; "
+                "use 'await cluster.wait_closed()'"
+            )
+        loop = asyncio.new_event_loop()
+        installed: list[int] = []
+        try:
+            if until is None:
+                for signum, handler in self._signal_handlers().items():
+                    try:
+                        loop.add_signal_handler(signum, self.reactor.post, handler, signum)
+                        installed.append(signum)
+                    except (ValueError, RuntimeError):
+                        pass  # not the main thread: signals stay with their owner
+            loop.run_until_complete(self.wait_idle(until))
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            self.reactor.detach()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def _signal_handlers(self) -> dict[int, Callable[[int], None]]:
+        handlers: dict[int, Callable[[int], None]] = {
+            signal.SIGINT: self._graceful_signal,
+            signal.SIGTERM: self._graceful_signal,
+        }
+        if self.supervisor is not None:
+            handlers.update(self.supervisor.signal_handlers())
+        return handlers
+
+    def _graceful_signal(self, signum: int) -> None:
+        log.info("primary got %s: shutting down gracefully", signal.Signals(signum).name)
+        self.shutdown(None, immediate_on_repeat=True)
+
+    def shutdown(self, timeout: float | None, *, immediate_on_repeat: bool = False) -> Completion:
+        """Disconnect every worker; kill what is left after the timeout."""
+        if self.supervisor is not None:
+            self.supervisor.stopping = True
+        if getattr(self, "_shutting_down", None) is not None:
+            if immediate_on_repeat:
+                self.kill_all(signal.SIGKILL)
+            return self._shutting_down  # type: ignore[no-any-return]
+        if timeout is None:
+            timeout = float(self._settings.get("shutdown_timeout", 30.0))
+        done = self.disconnect(None)
+        self._shutting_down: Completion | None = done
+        survivors = list(self.workers.values())
+
+        def deadline() -> None:
+            for worker in survivors:
+                if not worker.is_dead():
+                    log.warning(
+                        "worker %d did not disconnect in %.1f s: killing it", worker.id, timeout
+                    )
+                    worker.process.send_signal(signal.SIGKILL)
+
+        timer = self.reactor.call_later(timeout, deadline)
+        all_exited = Completion()
+
+        def check_exit(*_: Any) -> None:
+            if all(w.is_dead() for w in survivors):
+                timer.cancel()
+                self.emitter.remove_listener("exit", check_exit)
+                self._shutting_down = None
+                all_exited.finish()
+
+        self.emitter.on("exit", check_exit)
+        self.reactor.post(check_exit)
+        return all_exited
+
+    def kill_all(self, signum: int) -> None:
+        """Send ``signum`` to every live worker at once."""
+        for worker in list(self.workers.values()):
+            worker.process.send_signal(signum)
+
+
+def _socket_from_fds(fds: list[int]) -> socket.socket | None:
+    if not fds:
+        return None
+    close_fds(fds[1:])
+    return socket.socket(fileno=fds[0])
+
+
+def parse_policy(value: str, source: str) -> int:
+    """Map ``rr``/``none`` to a policy constant; anything else is a ``ValueError``."""
+    try:
+        return POLICY_NAMES[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{source} must be 'rr' or 'none', not {value!r}") from None
+
+
+def run_blocking(primary: Primary, completion: Completion) -> None:
+    """Finish ``completion`` by driving the primary's loop when no loop runs here."""
+    primary.run(until=completion)
+
+
+def awaitable_or_block(primary: Primary, completion: Completion) -> Awaitable[None] | None:
+    """Return ``completion`` inside a running loop; outside one, block until it is done."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        run_blocking(primary, completion)
+        return None
+    return completion
