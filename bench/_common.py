@@ -30,8 +30,49 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of process group ``pgid`` still exists (zombies included)."""
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """``(parent pid, state, start time)`` of a process from /proc, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name in parentheses may contain spaces: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def process_tree(root: int) -> dict[int, int]:
+    """Every live descendant of ``root`` (not ``root`` itself): ``pid -> start time``.
+
+    Found through parent links, not the process group: a supervisor may start its
+    children in sessions of their own (pycluster does), out of reach of ``killpg``.
+    The start time tells a process from a later one that reuses its pid.
+    """
+    children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            children.setdefault(st[0], []).append(int(entry))
+            starts[int(entry)] = st[2]
+    tree: dict[int, int] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree[pid] = starts[pid]
+            todo.extend(children.get(pid, []))
+    return tree
+
+
+def _alive(pid: int, start: int) -> bool:
+    """Whether that very process (same start time) still runs; a zombie counts as gone."""
+    st = _stat(pid)
+    return st is not None and st[2] == start and st[1] != "Z"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` still exists."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -41,31 +82,45 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """Stop a process started with ``start_new_session=True`` and everything it started.
+def _signal_all(pgid: int, tree: dict[int, int], sig: int) -> None:
+    """Send ``sig`` to a process group and to every still-running member of ``tree``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    for pid, start in tree.items():
+        if _alive(pid, start):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
-    SIGTERM goes to the whole group, so children that outlive their parent are stopped
-    too; whatever is still there after ``timeout`` seconds gets SIGKILL. The leader is
-    reaped here; its children are reaped by init once the leader is gone, so the group
-    only counts as gone when ``killpg(pgid, 0)`` fails.
+
+def stop_process_tree(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Stop a server started with ``start_new_session=True`` and everything it started.
+
+    SIGTERM goes to the leader's process group and to each of its descendants directly
+    (children in sessions of their own included), so every process runs its own SIGTERM
+    handling even if its parent's graceful shutdown is stuck. Whatever still runs after
+    ``timeout`` seconds gets SIGKILL. The leader is reaped here; its orphaned children
+    are reaped by init, so they count as gone once they are zombies.
     """
     pgid = proc.pid
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if group_alive(pgid):
-        with contextlib.suppress(ProcessLookupError):
+    tree = process_tree(proc.pid)
+
+    def settled(deadline: float) -> bool:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not any(_alive(p, s) for p, s in tree.items()):
+                return True
+            time.sleep(0.02)
+        return proc.poll() is not None and not any(_alive(p, s) for p, s in tree.items())
+
+    _signal_all(pgid, tree, signal.SIGTERM)
+    if not settled(time.monotonic() + timeout):
+        _signal_all(pgid, tree, signal.SIGKILL)
+        settled(time.monotonic() + timeout)
+    # Stragglers of the group that were not in the tree (started after the snapshot).
+    if _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=timeout)
-    # After SIGKILL the members vanish as soon as init reaps them: bounded wait.
-    deadline = time.monotonic() + timeout
-    while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

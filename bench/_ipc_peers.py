@@ -23,6 +23,7 @@ roles measure the wall time from the first start call until every child has said
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -319,7 +320,7 @@ async def _pyc_stop(cluster: Any, workers: list[Any]) -> None:
     await asyncio.wait_for(cluster.wait_closed(), ONLINE_TIMEOUT_S)
 
 
-async def pyc_rtt(opts: argparse.Namespace, pids: list[int]) -> dict[str, Any]:
+async def pyc_rtt(opts: argparse.Namespace) -> dict[str, Any]:
     """RSS, small and 1 MiB round trips between this primary and one pycluster worker."""
     import asyncio
 
@@ -327,7 +328,6 @@ async def pyc_rtt(opts: argparse.Namespace, pids: list[int]) -> dict[str, Any]:
 
     cluster.setup_primary(serialization=opts.serialization)
     worker = cluster.fork()
-    pids.append(worker.process.pid)
     try:
         await _pyc_online(cluster, [worker])
         await asyncio.sleep(opts.settle)
@@ -353,56 +353,66 @@ async def pyc_rtt(opts: argparse.Namespace, pids: list[int]) -> dict[str, Any]:
     }
 
 
-async def _pyc_fork_all(cluster: Any, n: int, pids: list[int]) -> float:
+async def _pyc_fork_all(cluster: Any, n: int) -> float:
     """Seconds from the first fork() until all *n* workers are online."""
     workers: list[Any] = []
     t0 = time.perf_counter()
     try:
         for _ in range(n):
             workers.append(cluster.fork())
-            pids.append(workers[-1].process.pid)
         await _pyc_online(cluster, workers)
         return time.perf_counter() - t0
     finally:
         await _pyc_stop(cluster, workers)
 
 
-async def pyc_fork(opts: argparse.Namespace, pids: list[int]) -> dict[str, Any]:
+async def pyc_fork(opts: argparse.Namespace) -> dict[str, Any]:
     """Fork-to-online time of *n* pycluster workers, *reps* times per count."""
     import pycluster as cluster
 
     times: dict[str, list[float]] = {}
     for n in opts.counts:
-        times[str(n)] = [await _pyc_fork_all(cluster, n, pids) for _ in range(opts.reps)]
+        times[str(n)] = [await _pyc_fork_all(cluster, n) for _ in range(opts.reps)]
     return {"fork_online_s": times}
+
+
+def _kill_workers(cluster: Any) -> None:
+    """SIGKILL every worker still alive, so that a failed measurement leaves none behind."""
+    for worker in list((cluster.workers or {}).values()):
+        # Best effort on the way out of a failure: the orchestrator's process-group
+        # kill is the backstop.
+        with contextlib.suppress(Exception):
+            if not worker.is_dead():
+                worker.process.kill("SIGKILL")
 
 
 def _run_pycluster(opts: argparse.Namespace) -> dict[str, Any] | None:
     """Run a pycluster role: the worker program in a worker, the measurement otherwise."""
     import asyncio
-    import os
-    import signal
 
     import pycluster as cluster
 
     if cluster.is_worker:
         pyc_worker()
         return None
-    pids: list[int] = []
     try:
-        if opts.role == "pyc-rtt":
-            result = asyncio.run(pyc_rtt(opts, pids))
-        else:
-            result = asyncio.run(pyc_fork(opts, pids))
-    finally:
-        # A failed run must not leave workers behind: they were started by us, by PID.
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    result["pycluster_version"] = getattr(cluster, "__version__", None)
+        measure = pyc_rtt if opts.role == "pyc-rtt" else pyc_fork
+        result = asyncio.run(measure(opts))
+    except BaseException:
+        _kill_workers(cluster)
+        raise
+    result["pycluster_version"] = _distribution_version("pycluster")
     return result
+
+
+def _distribution_version(name: str) -> str | None:
+    """Installed version of distribution *name*, or None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

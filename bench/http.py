@@ -57,7 +57,12 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
-from _common import RESULTS_DIR, format_table, free_port, stop_process_group  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    free_port,
+    stop_process_tree,
+)
+from _http_report import MODES, plot, print_report, share_text  # noqa: E402
 
 BENCH = _HERE
 SERVERS = BENCH / "servers"
@@ -66,8 +71,9 @@ WRK_SCRIPT = BENCH / "wrk_report.lua"
 PYTHON = sys.executable
 HOST = "127.0.0.1"
 BODY = b"hello world\n"
-MODES = ("keep-alive", "close")
 READY_MARK = "BENCH-READY"
+# Before each run, wait while other processes use more CPU than this (percent of a core).
+QUIET_PCT = 10.0
 
 
 # --------------------------------------------------------------------------- variants
@@ -369,9 +375,9 @@ def probe(port: int, timeout: float = 2.0) -> dict[str, bool]:
     """Check the server answers correctly in both modes.
 
     Returns ``ok`` (200 and the right body), ``closes`` (with ``Connection: close`` the
-    server closes the connection after the response, so the close mode really opens one
-    connection per request) and ``keeps_alive`` (a second request on one connection is
-    answered).
+    server answers ``Connection: close`` and closes the connection, so the close mode
+    really opens one connection per request) and ``keeps_alive`` (a second request on
+    one connection is answered).
     """
     facts = {"ok": False, "closes": False, "keeps_alive": False}
     request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -379,8 +385,11 @@ def probe(port: int, timeout: float = 2.0) -> dict[str, bool]:
         sock.sendall(request + b"Connection: close\r\n\r\n")
         head, body = _read_response(sock)
         facts["ok"] = head.startswith(b"HTTP/1.1 200") and body == BODY
+        # wrk (like any HTTP/1.1 client) only reconnects when the response says
+        # "Connection: close"; a server that closes silently makes it count errors.
+        says_close = b"\r\nconnection: close" in head.lower()
         try:
-            facts["closes"] = sock.recv(1) == b""
+            facts["closes"] = says_close and sock.recv(1) == b""
         except (TimeoutError, ConnectionError):
             facts["closes"] = False
     try:
@@ -397,10 +406,23 @@ def probe(port: int, timeout: float = 2.0) -> dict[str, bool]:
 # --------------------------------------------------------------------------- processes
 
 
-def group_cpu_seconds(pgid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of every live process in process group ``pgid``."""
+@dataclass(frozen=True)
+class ProcCpu:
+    """One process's CPU account, as read from /proc/PID/stat."""
+
+    parent: int
+    name: str
+    seconds: float
+
+
+def cpu_seconds_by_process() -> dict[int, ProcCpu]:
+    """CPU seconds used so far (user + system) by every process on the machine, by pid.
+
+    Sampled around a measurement, it gives the server's primary and workers their CPU,
+    and shows whether anything else (another benchmark, a build) ran at the same time.
+    """
     tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
+    out: dict[int, ProcCpu] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -410,10 +432,70 @@ def group_cpu_seconds(pgid: int) -> dict[int, float]:
         except OSError:
             continue  # it ended while we looked
         # The command name in parentheses may contain spaces: split after the last ')'.
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
         fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        out[int(entry)] = ProcCpu(int(fields[1]), name, seconds)
     return out
+
+
+@dataclass
+class CpuSplit:
+    """CPU seconds used during a measurement, by role."""
+
+    primary: float = 0.0
+    workers: float = 0.0
+    other: float = 0.0
+    other_top: list[str] = field(default_factory=list)
+
+
+def cpu_split(before: dict[int, ProcCpu], after: dict[int, ProcCpu], leader: int) -> CpuSplit:
+    """Split the CPU used between two samples: the server's leader (the primary), its
+    descendants (the workers, wherever their session), and every other process but this
+    one. wrk has ended by the second sample, so it is in none (getrusage counts it)."""
+    children: dict[int, list[int]] = {}
+    for pid, proc in after.items():
+        children.setdefault(proc.parent, []).append(pid)
+    workers: set[int] = set()
+    todo = list(children.get(leader, []))
+    while todo:
+        pid = todo.pop()
+        if pid not in workers:
+            workers.add(pid)
+            todo.extend(children.get(pid, []))
+    split = CpuSplit()
+    others: list[tuple[float, str]] = []
+    for pid, now in after.items():
+        then = before.get(pid)
+        used = now.seconds - (then.seconds if then else 0.0)
+        if pid == leader:
+            split.primary += used
+        elif pid in workers:
+            split.workers += used
+        elif pid != os.getpid() and used > 0:
+            split.other += used
+            others.append((used, f"{now.name}[{pid}]"))
+    # Name the biggest other users, so a noisy run says what disturbed it.
+    split.other_top = [f"{name} {used:.2f}s" for used, name in sorted(others, reverse=True)[:3]]
+    return split
+
+
+def wait_until_quiet(limit_pct: float, max_wait: float) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use under ``limit_pct``% CPU.
+
+    The machine has two cores: another benchmark or a test suite running at the same time
+    takes CPU from the server or from wrk and skews every ratio. Returns the seconds waited.
+    """
+    started = time.monotonic()
+    while True:
+        before = cpu_seconds_by_process()
+        time.sleep(0.5)
+        busy = cpu_split(before, cpu_seconds_by_process(), leader=-1).other / 0.5 * 100
+        waited = time.monotonic() - started
+        if busy < limit_pct or waited >= max_wait:
+            if waited > 1:
+                print(f"  (waited {waited:.0f} s for other processes to settle)", flush=True)
+            return waited
 
 
 class Server:
@@ -480,7 +562,7 @@ class Server:
     def stop(self) -> dict[str, int]:
         """Stop the whole group and return each worker's request count."""
         if self.proc is not None:
-            stop_process_group(self.proc, timeout=5.0)
+            stop_process_tree(self.proc, timeout=5.0)
         counts: dict[str, int] = {}
         for path in sorted(self.count_dir.glob("*.json")):
             record = json.loads(path.read_text())
@@ -497,6 +579,8 @@ def measure(variant: Variant, mode: str, args: argparse.Namespace, wrk: str) -> 
     A fresh server per mode, so each worker's share covers that mode alone.
     """
     result: dict[str, Any] = {"variant": variant.name, "mode": mode}
+    if args.quiet_wait > 0:
+        result["waited_for_quiet_s"] = wait_until_quiet(QUIET_PCT, args.quiet_wait)
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         server = Server(variant, Path(tmp))
         counts: dict[str, int] = {}
@@ -506,11 +590,11 @@ def measure(variant: Variant, mode: str, args: argparse.Namespace, wrk: str) -> 
             if args.warmup > 0:
                 run_wrk(wrk, server.port, mode, args.warmup, args.threads, args.connections)
             assert server.proc is not None
-            cpu_before = group_cpu_seconds(server.proc.pid)
+            cpu_before = cpu_seconds_by_process()
             started = time.monotonic()
             report = run_wrk(wrk, server.port, mode, args.duration, args.threads, args.connections)
             elapsed = time.monotonic() - started
-            cpu_after = group_cpu_seconds(server.proc.pid)
+            cpu = cpu_split(cpu_before, cpu_seconds_by_process(), server.proc.pid)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             result["error"] = str(exc)
             return result
@@ -518,11 +602,6 @@ def measure(variant: Variant, mode: str, args: argparse.Namespace, wrk: str) -> 
             counts = server.stop()
     seconds = report["duration_us"] / 1e6
     lat = report["latency_us"]
-    primary_pid = server.proc.pid
-    primary_cpu = cpu_after.get(primary_pid, 0.0) - cpu_before.get(primary_pid, 0.0)
-    workers_cpu = sum(
-        cpu - cpu_before.get(pid, 0.0) for pid, cpu in cpu_after.items() if pid != primary_pid
-    )
     result.update(
         rps=report["requests"] / seconds,
         requests=report["requests"],
@@ -532,10 +611,12 @@ def measure(variant: Variant, mode: str, args: argparse.Namespace, wrk: str) -> 
         error_total=sum(report["errors"].values()),
         shares=counts,
         cpu_pct={
-            "primary": 100 * primary_cpu / elapsed,
-            "workers": 100 * workers_cpu / elapsed,
+            "primary": 100 * cpu.primary / elapsed,
+            "workers": 100 * cpu.workers / elapsed,
             "wrk": 100 * report["cpu_s"] / elapsed,
+            "other": 100 * cpu.other / elapsed,
         },
+        other_processes=cpu.other_top,
     )
     return result
 
@@ -565,211 +646,6 @@ def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-# --------------------------------------------------------------------------- reporting
-
-
-def share_text(shares: dict[str, int]) -> str:
-    """Worker shares as percentages, e.g. ``50/50``; pycluster/Node workers in id order."""
-    total = sum(shares.values())
-    if not total:
-        return "-"
-    keys = sorted(shares, key=lambda k: (not k.startswith(("pyc-w", "node-w")), k))
-    if not all(k.startswith(("pyc-w", "node-w")) for k in keys):
-        keys = sorted(shares, key=lambda k: -shares[k])  # pids: largest first
-    return "/".join(f"{100 * shares[k] / total:.0f}" for k in keys)
-
-
-def results_table(results: dict[tuple[str, str], dict[str, Any]], variants: list[Variant]) -> str:
-    """One table per mode: throughput, latency, shares, CPU."""
-    out = []
-    for mode in MODES:
-        rows: list[list[object]] = []
-        for v in variants:
-            r = results.get((v.name, mode))
-            if r is None:
-                continue
-            if "error" in r:
-                rows.append([v.name, "failed: " + r["error"].splitlines()[0]])
-                rows[-1] += [""] * 8
-                continue
-            notes = []
-            if mode == "close" and not r["checks"].get("closes", True):
-                notes.append("server keeps the connection")
-            if mode == "keep-alive" and not r["checks"].get("keeps_alive", True):
-                notes.append("server closes every connection")
-            if r.get("stale"):
-                notes.append(f"from {r['stale']}")
-            lat = r["latency_ms"]
-            cpu = r["cpu_pct"]
-            rows.append(
-                [
-                    v.name,
-                    round(r["rps"]),
-                    lat["p50"],
-                    lat["p99"],
-                    r["error_total"],
-                    share_text(r["shares"]),
-                    round(cpu["primary"]),
-                    round(cpu["workers"]),
-                    round(cpu["wrk"]),
-                    "; ".join(notes),
-                ]
-            )
-        if rows:
-            headers = ["variant", "req/s", "p50 ms", "p99 ms", "errors", "shares %"]
-            headers += ["cpu% primary", "cpu% workers", "cpu% wrk", "notes"]
-            out.append(f"== {mode} ==\n" + format_table(headers, rows))
-    return "\n\n".join(out)
-
-
-def ratio_rows(
-    results: dict[tuple[str, str], dict[str, Any]], variants: list[Variant]
-) -> list[dict[str, Any]]:
-    """The goal ratios for each pycluster server family, plus Node's own rr/none ratios."""
-
-    def rps(name: str, mode: str) -> float | None:
-        r = results.get((name, mode))
-        return None if r is None or "error" in r else float(r["rps"])
-
-    rows: list[dict[str, Any]] = []
-
-    def add(num: str, den: str, mode_num: str, mode_den: str, goal: float | None) -> None:
-        a, b = rps(num, mode_num), rps(den, mode_den)
-        if a is None or b is None or b == 0:
-            return
-        value = a / b
-        rows.append(
-            {
-                "numerator": f"{num} {mode_num}",
-                "denominator": f"{den} {mode_den}",
-                "ratio": value,
-                "goal": goal,
-                "pass": None if goal is None else value >= goal,
-            }
-        )
-
-    families = sorted(
-        {v.family for v in variants if v.kind == "pycluster"},
-        key=[v.family for v in variants].index,
-    )
-    for fam in families:
-        rr, none = f"{fam}-rr", f"{fam}-none"
-        add(rr, "node-rr", "close", "close", 2.0)
-        add(rr, none, "close", "close", 0.9)
-        add(rr, none, "keep-alive", "keep-alive", 0.95)
-    add("node-rr", "node-none", "close", "close", None)
-    add("node-rr", "node-none", "keep-alive", "keep-alive", None)
-    return rows
-
-
-def reference_matrix(
-    results: dict[tuple[str, str], dict[str, Any]], variants: list[Variant]
-) -> tuple[list[str], list[list[object]]]:
-    """Each pycluster variant's req/s divided by each reference's (Node, uvicorn, gunicorn)."""
-    refs = [v.name for v in variants if v.kind in ("node", "reference")]
-    headers = ["variant"] + [
-        f"/{ref} {'ka' if m == 'keep-alive' else m}" for ref in refs for m in MODES
-    ]
-    rows: list[list[object]] = []
-    for v in variants:
-        if v.kind != "pycluster":
-            continue
-        row: list[object] = [v.name]
-        for ref in refs:
-            for mode in MODES:
-                a, b = results.get((v.name, mode)), results.get((ref, mode))
-                ok = a and b and "error" not in a and "error" not in b and b["rps"]
-                row.append(a["rps"] / b["rps"] if ok else None)  # type: ignore[index]
-        if any(x is not None for x in row[1:]):
-            rows.append(row)
-    return headers, rows
-
-
-def plot(results: dict[tuple[str, str], dict[str, Any]], variants: list[Variant]) -> list[Path]:
-    """Save throughput, latency and share plots; returns the files written."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[bench]'): no plots")
-        return []
-    names = [
-        v.name
-        for v in variants
-        if any((v.name, m) in results and "error" not in results[(v.name, m)] for m in MODES)
-    ]
-    if not names:
-        return []
-
-    def value(name: str, mode: str, get: Callable[[dict[str, Any]], float]) -> float:
-        r = results.get((name, mode))
-        return get(r) if r and "error" not in r else 0.0
-
-    written = []
-    ys = range(len(names))
-    height = 0.4
-    colors = {"keep-alive": "tab:blue", "close": "tab:orange"}
-
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.5))
-    for i, mode in enumerate(MODES):
-        vals = [value(n, mode, lambda r: r["rps"]) for n in names]
-        pos = [y + (i - 0.5) * height for y in ys]
-        ax.barh(pos, vals, height=height, label=mode, color=colors[mode])
-        for p, val in zip(pos, vals, strict=True):
-            if val:
-                ax.text(val, p, f" {val:,.0f}", va="center", fontsize=7)
-    ax.set_yticks(list(ys), names)
-    ax.invert_yaxis()
-    ax.set_xlabel("requests/s (2 workers, higher is better)")
-    ax.set_title("hello world over HTTP/1.1, wrk on 127.0.0.1")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    written.append(RESULTS_DIR / "http_rps.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.5), sharey=True)
-    for ax, mode in zip(axes, MODES, strict=True):
-        p50 = [value(n, mode, lambda r: r["latency_ms"]["p50"]) for n in names]
-        p99 = [value(n, mode, lambda r: r["latency_ms"]["p99"]) for n in names]
-        ax.barh([y - height / 2 for y in ys], p50, height=height, label="p50")
-        ax.barh([y + height / 2 for y in ys], p99, height=height, label="p99")
-        ax.set_xscale("log")
-        ax.set_title(f"latency, {mode}")
-        ax.set_xlabel("ms (log scale, lower is better)")
-        ax.legend(loc="lower right")
-    axes[0].set_yticks(list(ys), names)
-    axes[0].invert_yaxis()
-    fig.tight_layout()
-    written.append(RESULTS_DIR / "http_latency.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.5), sharey=True)
-    for ax, mode in zip(axes, MODES, strict=True):
-        for y, name in enumerate(names):
-            r = results.get((name, mode))
-            if not r or "error" in r or not r["shares"]:
-                continue
-            total = sum(r["shares"].values())
-            left = 0.0
-            for n in sorted(r["shares"].values(), reverse=True):
-                ax.barh(y, n / total, left=left, height=0.6, edgecolor="white")
-                left += n / total
-        ax.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
-        ax.set_xlim(0, 1)
-        ax.set_title(f"share of requests per worker, {mode}")
-    axes[0].set_yticks(list(ys), names)
-    axes[0].invert_yaxis()
-    fig.tight_layout()
-    written.append(RESULTS_DIR / "http_shares.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-    return written
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -794,6 +670,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--merge",
         action="store_true",
         help="keep earlier results in http.json for variants not run now (marked stale)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each run, wait up to this many seconds for other processes to go "
+        f"under {QUIET_PCT:g}%% CPU; 0: don't wait (10)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
@@ -865,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"skip {v.name}: {reason}")
         else:
             runnable.append(v)
-    per_run = args.warmup + args.duration + 2.0  # + start and stop
+    per_run = args.warmup + args.duration + 2.5  # + quiet check, start and stop
     estimate = per_run * len(runnable) * len(args.modes) * args.rounds
     print(
         f"{len(runnable)} variants x {len(args.modes)} modes x {args.rounds} round(s), "
@@ -904,27 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = [v for v in variants if any((v.name, m) in results for m in MODES)]
 
     print()
-    print(results_table(results, shown))
-    ratios = ratio_rows(results, shown)
-    if ratios:
-        print("\n== ratios (req/s) ==")
-        rows = [
-            [
-                r["numerator"],
-                r["denominator"],
-                r["ratio"],
-                "" if r["goal"] is None else f">= {r['goal']:g}",
-                "" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL"),
-            ]
-            for r in ratios
-        ]
-        print(format_table(["numerator", "denominator", "ratio", "goal", ""], rows))
-    headers, matrix = reference_matrix(results, shown)
-    if matrix:
-        print("\n== pycluster / references (req/s ratio) ==")
-        print(format_table(headers, matrix))
-    for name, reason in skipped.items():
-        print(f"skipped {name}: {reason}")
+    ratios = print_report(results, shown, skipped)
 
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

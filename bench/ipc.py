@@ -11,6 +11,12 @@ same run so that the ratios are fair:
    all emitted ``'online'``, median of several repetitions;
 4. an idle worker's resident memory (VmRSS from /proc) shortly after it came online.
 
+Round trips are measured twice: with the scheduler free to use every CPU (the primary and
+the worker usually end up on different ones), and with both pinned to one CPU. A
+cross-CPU wake-up is expensive in a VM (about 3x fewer round trips than on one CPU on the
+2-core machine this was written on), and where the two processes land changes from run to
+run; the pinned numbers are the steadier measure of each peer's CPU cost per message.
+
 Peers: Node's ``cluster`` (bench/node/ipc.js, default JSON serialization), pycluster with
 ``serialization="json"`` and ``"advanced"``, and ``multiprocessing`` as the Python
 reference (a Pipe child for 1, 2 and 4; the start of "spawn" children for 3).
@@ -40,12 +46,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from _common import RESULTS_DIR, format_table
 
@@ -66,6 +72,10 @@ PYC_PEERS = ["pyc-json", "pyc-advanced"]
 # they count as leaked (a worker noticing its closed channel needs a moment).
 LEAK_GRACE_S = 3.0
 PR_SET_CHILD_SUBREAPER = 36
+# metric -> peer (or "pycluster peer/reference" for ratios) -> value; None when unknown.
+Metrics = dict[str, dict[str, float | None]]
+# A 1-minute load average above this at the start means something else is running.
+BUSY_LOAD = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,8 +90,8 @@ class Plan:
     settle: float  # seconds between 'online' and reading the worker's RSS
 
 
-DEFAULT_PLAN = Plan(passes=3, rounds=3, seconds=1.0, reps=5, counts=(2, 8), settle=0.5)
-QUICK_PLAN = Plan(passes=1, rounds=3, seconds=0.5, reps=3, counts=(2, 8), settle=0.3)
+DEFAULT_PLAN = Plan(passes=2, rounds=3, seconds=0.8, reps=5, counts=(2, 8), settle=0.5)
+QUICK_PLAN = Plan(passes=1, rounds=2, seconds=0.3, reps=3, counts=(2, 8), settle=0.3)
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class Job:
     label: str
     cmd: list[str]
     timeout: float
+    cpus: frozenset[int] | None = None  # pin the job (and so its workers) to these CPUs
 
 
 # --- running measurements and reaping everything they started --------------------------
@@ -110,8 +121,8 @@ def _become_subreaper() -> bool:
         return False
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgid) of *pid* from /proc, or None when it is gone."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of *pid* from /proc, or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
             text = f.read()
@@ -119,7 +130,7 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
     fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[2])
+    return fields[0], int(fields[2])
 
 
 def _cmdline(pid: int) -> str:
@@ -148,7 +159,7 @@ def _live_members(pgid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             stat = _stat(int(entry))
-            if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X"):
+            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
                 members.append(int(entry))
     return members
 
@@ -195,6 +206,76 @@ def _stop_job(proc: subprocess.Popen[bytes]) -> list[str]:
     return leaked
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: stop the run (after the running job is stopped)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Interrupts:
+    """Turns SIGINT and SIGTERM into :class:`Interrupted`, but never mid-start or mid-stop.
+
+    An exception raised between fork and Popen's return would lose the child's PID, and
+    one raised while a job is being stopped would leave it half-stopped; inside
+    :meth:`deferred` a signal is only noted, and raised when the block ends.
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending: int | None = None
+
+    def install(self) -> None:
+        """Handle both signals (unless ignored, as for a background job of a shell)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._depth:
+            self._pending = signum
+        else:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block that a signal does not interrupt; it is raised when the block ends."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending is not None:
+                signum, self._pending = self._pending, None
+                raise Interrupted(signum)
+
+
+INTERRUPTS = _Interrupts()
+
+
+def _start(job: Job, out_path: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """Start *job* in a new session (so a new process group), output to *log*."""
+    # The child inherits our CPU affinity at fork: setting ours around Popen pins the
+    # job from its first instruction, without a preexec_fn.
+    own_cpus = os.sched_getaffinity(0)
+    if job.cpus:
+        os.sched_setaffinity(0, job.cpus)
+    try:
+        # Output goes to a file, not a pipe: a leftover worker holding a pipe open would
+        # make reading it hang.
+        return subprocess.Popen(
+            [*job.cmd, "--out", str(out_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_DIR,
+            start_new_session=True,
+        )
+    finally:
+        os.sched_setaffinity(0, own_cpus)
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Run one measurement in its own process group; its JSON result or an error record."""
     with tempfile.TemporaryDirectory(prefix="pycluster-ipc-") as tmp:
@@ -203,22 +284,18 @@ def run_job(job: Job) -> dict[str, Any]:
         error: str | None = None
         started = time.perf_counter()
         with open(log_path, "wb") as log:
-            # Output goes to a file, not a pipe: a leftover worker holding a pipe open
-            # would make reading it hang.
-            proc = subprocess.Popen(
-                [*job.cmd, "--out", str(out_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO_DIR,
-                start_new_session=True,
-            )
+            try:
+                with INTERRUPTS.deferred():
+                    proc = _start(job, out_path, log)
+            except OSError as exc:
+                return {"error": f"cannot start: {exc}", "log": "", "leaked": [], "elapsed_s": 0.0}
             try:
                 proc.wait(timeout=job.timeout)
             except subprocess.TimeoutExpired:
                 error = f"timed out after {job.timeout:.0f} s"
             finally:
-                leaked = _stop_job(proc)
+                with INTERRUPTS.deferred():
+                    leaked = _stop_job(proc)
         elapsed = time.perf_counter() - started
         if error is None and proc.returncode != 0:
             error = f"exited with status {proc.returncode}"
@@ -248,20 +325,24 @@ def make_jobs(plan: Plan, peers: set[str], node: str | None) -> list[Job]:
     # Two metrics of `rounds` windows each, plus start-up; the rest is slack for a slow box.
     rtt_timeout = 60 + 4 * plan.rounds * plan.seconds
     fork_timeout = 60 + 3 * plan.reps * sum(plan.counts)
-    rtt_jobs: list[Job] = []
+    rtt_cmds: list[tuple[str, str, list[str]]] = []
     if "node" in peers and node is not None:
         cmd = [node, str(NODE_SCRIPT), "--task", "rtt", *rtt]
-        rtt_jobs.append(Job("node/rtt", "Node cluster: round trips", cmd, rtt_timeout))
+        rtt_cmds.append(("node", "Node cluster", cmd))
     if "mp" in peers:
-        cmd = [*py, "--role", "mp-rtt", *rtt]
-        rtt_jobs.append(Job("mp/rtt", "mp.Pipe: round trips", cmd, rtt_timeout))
+        rtt_cmds.append(("mp", "mp.Pipe", [*py, "--role", "mp-rtt", *rtt]))
     if "pycluster" in peers:
         for ser in ("json", "advanced"):
             cmd = [*py, "--role", "pyc-rtt", "--serialization", ser, *rtt]
-            rtt_jobs.append(
-                Job(f"pyc-{ser}/rtt", f"pycluster {ser}: round trips", cmd, rtt_timeout)
-            )
-    jobs = rtt_jobs * plan.passes
+            rtt_cmds.append((f"pyc-{ser}", f"pycluster {ser}", cmd))
+    one_cpu = frozenset({min(os.sched_getaffinity(0))})
+    jobs: list[Job] = []
+    for _ in range(plan.passes):
+        for peer, label, cmd in rtt_cmds:
+            jobs.append(Job(f"{peer}/rtt", f"{label}: round trips", cmd, rtt_timeout))
+        for peer, label, cmd in rtt_cmds:
+            name = f"{label}: round trips, 1 CPU"
+            jobs.append(Job(f"{peer}/rtt-1cpu", name, cmd, rtt_timeout, one_cpu))
     if "node" in peers and node is not None:
         cmd = [node, str(NODE_SCRIPT), "--task", "fork", *fork]
         jobs.append(Job("node/fork", "Node cluster: fork -> online", cmd, fork_timeout))
@@ -303,26 +384,31 @@ def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def summarize(raw: dict[str, list[dict[str, Any]]], counts: Sequence[int]) -> dict[str, Any]:
+def summarize(raw: dict[str, list[dict[str, Any]]], counts: Sequence[int]) -> Metrics:
     """Per metric and peer, the median value in the unit the report uses."""
 
     def ok(key: str) -> dict[str, Any]:
         return _merged(raw.get(key, []))
 
-    metrics: dict[str, dict[str, float | None]] = {
+    metrics: Metrics = {
         "small_rtt_per_s": {},
+        "small_rtt_1cpu_per_s": {},
         "big_mb_per_s": {},
+        "big_mb_1cpu_per_s": {},
         **{f"fork_online_{n}_ms": {} for n in counts},
         "idle_rss_mib": {},
     }
     for peer, _label in PEERS:
-        rtt = ok(f"{peer}/rtt")
-        metrics["small_rtt_per_s"][peer] = _median(rtt.get("small_rtt_per_s"))
-        big = _median(rtt.get("big_rtt_per_s"))
-        metrics["big_mb_per_s"][peer] = (
-            None if big is None else big * 2 * rtt["payload_bytes"] / 1e6
-        )
-        rss = rtt.get("worker_rss_bytes")
+        for job_suffix, metric_suffix in (("", ""), ("-1cpu", "_1cpu")):
+            rtt = ok(f"{peer}/rtt{job_suffix}")
+            small = _median(rtt.get("small_rtt_per_s"))
+            metrics[f"small_rtt{metric_suffix}_per_s"][peer] = small
+            big = _median(rtt.get("big_rtt_per_s"))
+            mb_per_s = None if big is None else big * 2 * rtt["payload_bytes"] / 1e6
+            metrics[f"big_mb{metric_suffix}_per_s"][peer] = mb_per_s
+        # Pinning does not change what an idle worker holds: every run counts.
+        runs = raw.get(f"{peer}/rtt", []) + raw.get(f"{peer}/rtt-1cpu", [])
+        rss = _merged(runs).get("worker_rss_bytes")
         metrics["idle_rss_mib"][peer] = None if rss is None else rss / 2**20
         # Start-up does not depend on the serialization: pycluster is measured once, with
         # its default (json), and shown in that column.
@@ -355,7 +441,9 @@ def goals(counts: Sequence[int]) -> list[Goal]:
     """The goals of the brief, one per reported metric."""
     return [
         Goal("small_rtt_per_s", "small msg round trips/s", ">=", 2.0, ">= 2x Node"),
+        Goal("small_rtt_1cpu_per_s", "  same, pinned to 1 CPU", ">=", 2.0, ">= 2x Node"),
         Goal("big_mb_per_s", "1 MiB payload MB/s", ">=", 1.0, ">= 1x Node"),
+        Goal("big_mb_1cpu_per_s", "  same, pinned to 1 CPU", ">=", 1.0, ">= 1x Node"),
         *(
             Goal(f"fork_online_{n}_ms", f"fork->online {n} workers, ms", "<=", 0.5, "<= 0.5x Node")
             for n in counts
@@ -369,7 +457,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def ratios(metrics: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
+def ratios(metrics: Metrics) -> Metrics:
     """For every metric, pycluster's value over Node's and over multiprocessing's."""
     return {
         metric: {
@@ -394,8 +482,8 @@ def _verdict(goal: Goal, ratio_by_peer: dict[str, float | None]) -> str:
 
 
 def report(
-    metrics: dict[str, dict[str, float | None]],
-    rat: dict[str, dict[str, float | None]],
+    metrics: Metrics,
+    rat: Metrics,
     all_goals: list[Goal],
 ) -> str:
     """The two tables of the report: absolute numbers, then ratios against the goals."""
@@ -427,7 +515,7 @@ def _short(value: float) -> str:
 
 
 def plot(
-    metrics: dict[str, dict[str, float | None]],
+    metrics: Metrics,
     all_goals: list[Goal],
     counts: Sequence[int],
     path: Path,
@@ -440,8 +528,11 @@ def plot(
 
     colors = {"node": "#3c873a", "mp": "#888888", "pyc-json": "#306998", "pyc-advanced": "#e8b400"}
     panels = [
-        (["small_rtt_per_s"], "small-message round trips / s (higher is better)"),
-        (["big_mb_per_s"], "1 MiB payload, MB/s both ways (higher is better)"),
+        (
+            ["small_rtt_per_s", "small_rtt_1cpu_per_s"],
+            "small-message round trips / s (higher is better)",
+        ),
+        (["big_mb_per_s", "big_mb_1cpu_per_s"], "1 MiB payload, MB/s both ways (higher is better)"),
         ([f"fork_online_{n}_ms" for n in counts], "fork -> all online, ms (lower is better)"),
         (["idle_rss_mib"], "idle worker RSS, MiB (lower is better)"),
     ]
@@ -471,8 +562,10 @@ def plot(
                 )
         ax.set_xlim(-0.5, len(groups) - 0.5)
         ax.margins(y=0.15)
-        if len(groups) > 1:
+        if groups[0].startswith("fork"):
             ax.set_xticks(range(len(groups)), [f"{n} workers" for n in counts])
+        elif len(groups) > 1:
+            ax.set_xticks(range(len(groups)), ["any CPU", "both pinned to 1 CPU"])
         else:
             ax.set_xticks([])
         if ax.get_legend_handles_labels()[0]:
@@ -499,11 +592,6 @@ def _version(cmd: list[str]) -> str | None:
     return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Turn SIGTERM into SystemExit so that the finally blocks stop the running job."""
-    raise SystemExit(128 + signum)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Options of the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -528,40 +616,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return opts
 
 
-def main(argv: list[str]) -> int:
-    """Run every measurement, print the report, write the JSON and the chart."""
-    opts = parse_args(argv)
-    plan = QUICK_PLAN if opts.quick else DEFAULT_PLAN
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    subreaper = _become_subreaper()
-    node = shutil.which("node")
-    # Every run of every job, by job key (several runs when a job has several passes).
+def run_all(plan: Plan, peers: set[str], node: str | None) -> dict[str, list[dict[str, Any]]]:
+    """Run every job of the plan; every run of every job, by job key."""
     raw: dict[str, list[dict[str, Any]]] = {}
-    if "node" in opts.peers and node is None:
-        for key in ("node/rtt", "node/fork"):
-            raw[key] = [{"error": "node is not on PATH", "log": ""}]
-    started = time.perf_counter()
-    try:
-        for job in make_jobs(plan, opts.peers, node):
-            print(f"[ipc] {job.label} ...", end=" ", flush=True)
-            result = run_job(job)
-            raw.setdefault(job.key, []).append(result)
-            print(f"{result.get('error') or 'ok'} ({result['elapsed_s']:.1f} s)", flush=True)
-    except KeyboardInterrupt:
-        print("\n[ipc] interrupted; every started process was stopped", file=sys.stderr)
-        return 130
+    if "node" in peers and node is None:
+        for key in ("node/rtt", "node/rtt-1cpu", "node/fork"):
+            raw[key] = [{"error": "node is not on PATH", "log": "", "leaked": []}]
+    for job in make_jobs(plan, peers, node):
+        print(f"[ipc] {job.label} ...", end=" ", flush=True)
+        result = run_job(job)
+        raw.setdefault(job.key, []).append(result)
+        print(f"{result.get('error') or 'ok'} ({result['elapsed_s']:.1f} s)", flush=True)
+    return raw
 
+
+def print_report(
+    raw: dict[str, list[dict[str, Any]]], plan: Plan
+) -> tuple[Metrics, Metrics, list[Goal]]:
+    """Print the tables, failures and leaks; return the metrics, ratios and goals."""
     metrics = summarize(raw, plan.counts)
     rat = ratios(metrics)
     all_goals = goals(plan.counts)
     print()
     print(report(metrics, rat, all_goals))
     print(
-        "\nround trips: sequential ping-pong, median of "
-        f"{plan.passes} x {plan.rounds} windows of {plan.seconds:g} s (a fresh process pair "
-        "per pass); MB/s counts the 1 MiB payload both "
-        f"ways; fork->online: median of {plan.reps} runs (mp column: 'spawn' Process start "
-        f"until the child reports); RSS: VmRSS {plan.settle:g} s after 'online'."
+        f"\nround trips: sequential ping-pong, median of {plan.passes} x {plan.rounds} windows "
+        f"of {plan.seconds:g} s (a fresh process pair per pass); MB/s counts the 1 MiB payload "
+        f"both ways; fork->online: median of {plan.reps} runs (mp column: 'spawn' Process "
+        f"start until the child reports); RSS: VmRSS {plan.settle:g} s after 'online'."
     )
     for key, runs in raw.items():
         for result in runs:
@@ -572,17 +654,45 @@ def main(argv: list[str]) -> int:
             if result.get("leaked"):
                 print(f"\n[{key}] processes left running after the measurement (killed):")
                 print("\n".join(f"  {line}" for line in result["leaked"]))
+    return metrics, rat, all_goals
 
+
+def main(argv: list[str]) -> int:
+    """Run every measurement, print the report, write the JSON and the chart."""
+    opts = parse_args(argv)
+    plan = QUICK_PLAN if opts.quick else DEFAULT_PLAN
+    INTERRUPTS.install()
+    subreaper = _become_subreaper()
+    node = shutil.which("node")
+    load_before = os.getloadavg()[0]
+    if load_before > BUSY_LOAD:
+        print(
+            f"[ipc] warning: load average {load_before:.1f} on {os.cpu_count()} CPUs; "
+            "other work on the machine makes these numbers noisy",
+            flush=True,
+        )
+    started = time.perf_counter()
+    try:
+        raw = run_all(plan, opts.peers, node)
+        metrics, rat, all_goals = print_report(raw, plan)
+    except Interrupted as exc:
+        print(f"\n[ipc] {exc}: stopped; every started process was stopped", file=sys.stderr)
+        return 128 + exc.signum
+    pyc_versions = {run.get("pycluster_version") for runs in raw.values() for run in runs}
     document = {
         "meta": {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "quick": opts.quick,
+            "peers": sorted(opts.peers),
             "plan": asdict(plan),
             "python": sys.version.split()[0],
             "node": _version([node, "--version"]) if node else None,
+            "pycluster": next((v for v in pyc_versions if v), None),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "subreaper": subreaper,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg()[0],
             "total_s": time.perf_counter() - started,
         },
         "metrics": metrics,

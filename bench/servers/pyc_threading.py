@@ -41,11 +41,26 @@ class HelloHandler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(BODY)))
+        if self.close_connection:
+            # http.server closes after this response when the client asked, but does not
+            # say so; a client that is not told keeps sending on the dead connection.
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(BODY)
 
     def log_message(self, format: str, *args: object) -> None:
         """Silence the per-request log line: writing it would dominate the measurement."""
+
+
+class HelloServer(cluster.http.ThreadingHTTPServer):
+    """pycluster's ThreadingHTTPServer with a production-sized listen backlog.
+
+    socketserver's default backlog is 5: with 64 clients connecting at once the accept
+    queue overflows, the kernel drops handshakes and clients retry after a second, so the
+    benchmark would measure SYN retransmits. Node and uvicorn use 511 and 2048.
+    """
+
+    request_queue_size = 511
 
 
 def served_so_far() -> int:
@@ -91,7 +106,7 @@ def main() -> None:
         run_primary(args.workers)
         return
     signal.signal(signal.SIGTERM, dump_and_exit)
-    with cluster.http.ThreadingHTTPServer(("127.0.0.1", args.port), HelloHandler) as server:
+    with HelloServer(("127.0.0.1", args.port), HelloHandler) as server:
         try:
             server.serve_forever()
         finally:

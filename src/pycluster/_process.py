@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from pycluster._reactor import Reactor
+if TYPE_CHECKING:
+    from pycluster._reactor import Reactor
 
 ExitHandler = Callable[[int | None, str | None], None]
 

@@ -7,6 +7,7 @@ comparable across processes), a served connection one counter increment. Layout
 
     offset 0   double  last heartbeat from the serving loop (time.monotonic())
     offset 8   uint64  connections this worker has accepted
+    offset 16  uint64  1 while a request occupies a single-threaded serving loop
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ class StatusPage:
     def connections(self) -> int:
         """Connections the worker has accepted so far."""
         return int(_COUNT.unpack_from(self._map, 8)[0])
+
+    def set_busy(self, busy: bool) -> None:
+        """Say whether a request occupies the serving loop (round-robin skips busy workers)."""
+        _COUNT.pack_into(self._map, 16, 1 if busy else 0)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request occupies the worker's serving loop."""
+        return bool(_COUNT.unpack_from(self._map, 16)[0])
 
     def close(self) -> None:
         """Unmap the page and close its descriptor."""

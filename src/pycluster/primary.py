@@ -24,6 +24,7 @@ from pycluster import _settings
 from pycluster._events import EventEmitter
 from pycluster._process import WorkerProcess, signal_number, spawn
 from pycluster._reactor import Reactor
+from pycluster._status import StatusPage
 from pycluster._worker import Address, Worker
 from pycluster.ipc import serialization
 from pycluster.ipc.channel import ChannelClosedError, LoopChannel
@@ -90,6 +91,7 @@ class PrimaryBackend:
         self.process: WorkerProcess | None = None
         self.channel: LoopChannel | None = None
         self.worker: Worker | None = None
+        self.status: StatusPage | None = None
 
     def send(
         self,
@@ -226,6 +228,9 @@ class Primary:
             PYCLUSTER_SERIALIZATION=s["serialization"],
             PYCLUSTER_WORKER_SLOT=str(slot),
         )
+        status = StatusPage.create()
+        backend.status = status
+        child_env["PYCLUSTER_STATUS_FD"] = str(status.fd)
         if self.supervisor is not None:
             self.supervisor.prepare_env(worker, child_env)
         argv = [s["executable"], *s["exec_argv"], *_settings.split_exec(s["exec"]), *s["args"]]
@@ -240,7 +245,7 @@ class Primary:
             argv,
             env=child_env,
             cwd=s["cwd"],
-            pass_fds=(child_sock.fileno(), *extra_fds),
+            pass_fds=(child_sock.fileno(), status.fd, *extra_fds),
             stdio=stdio,
             uid=s["uid"],
             gid=s["gid"],
@@ -379,6 +384,10 @@ class Primary:
 
     def _remove(self, worker: Worker) -> None:
         self.workers.pop(worker.id, None)
+        backend: PrimaryBackend = worker._backend  # type: ignore[assignment]
+        if backend.status is not None:
+            backend.status.close()
+            backend.status = None
 
     # -- cluster-wide operations -----------------------------------------------------------
     def disconnect(self, callback: Callable[[], Any] | None) -> Completion:

@@ -1,0 +1,405 @@
+"""The primary's listening sockets, shared with workers by round-robin or as-is.
+
+A worker's ``create_server`` asks the primary (``queryServer``) for a listener at
+an address. The primary binds it once per key ``(address, port, family, type, fd)``
+and answers with a descriptor:
+
+* round-robin: one end of a ``SOCK_SEQPACKET`` pair dedicated to that worker and
+  server (the *hand-off socket*). The primary accepts connections in batches and
+  sends each one's descriptor down the next free worker's hand-off socket; the
+  worker writes back one byte when it has taken it. Connections never queue behind
+  user messages on the main channel, and a worker's listener is simply that socket.
+* shared: the listening socket itself; each worker accepts on it.
+* reuse-port: nothing is shared; the worker binds its own ``SO_REUSEPORT`` socket
+  on the port the primary reserved (so port 0 still means one port for all).
+
+The primary keeps its own copy of a handed-off connection until the worker says it
+took it. If the worker's hand-off socket closes first (its server closed, it died),
+the connection goes to another worker instead of being lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from pycluster._worker import Worker
+from pycluster.ipc.framing import Codec, Kind, close_fds
+from pycluster.ipc.messages import Act, Message, encode_internal
+from pycluster.scheduling.round_robin import RoundRobinHandle
+from pycluster.scheduling.shared import SharedHandle
+
+if TYPE_CHECKING:
+    from pycluster.primary import Primary
+
+log = logging.getLogger("pycluster")
+
+SCHED_NONE, SCHED_RR, SCHED_REUSEPORT = 1, 2, 3
+ACCEPT_BATCH = 128
+Key = tuple[Any, Any, int, int, Any]
+
+
+def address_type(family: int, type_: int) -> int | str:
+    """Node's ``addressType`` for a socket family and type."""
+    if family == socket.AF_UNIX:
+        return -1
+    if type_ == socket.SOCK_DGRAM:
+        return "udp6" if family == socket.AF_INET6 else "udp4"
+    return 6 if family == socket.AF_INET6 else 4
+
+
+def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
+    """Create and bind (and for streams, listen on) the socket a query describes."""
+    family, type_ = int(msg["family"]), int(msg["type"])
+    backlog = msg.get("backlog")
+    if msg.get("fd") is not None:
+        sock = socket.socket(fileno=os.dup(int(msg["fd"])))
+        if sock.type == socket.SOCK_STREAM:
+            sock.listen(*(() if backlog is None else (backlog,)))
+        return sock
+    if family == socket.AF_UNIX:
+        sock = socket.socket(socket.AF_UNIX, type_)
+        try:
+            sock.bind(msg["address"])
+            if type_ == socket.SOCK_STREAM:
+                sock.listen(*(() if backlog is None else (backlog,)))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    address = (msg.get("address") or "", int(msg.get("port") or 0))
+    if type_ == socket.SOCK_STREAM and not reuse_port:
+        return socket.create_server(
+            address,
+            family=family,
+            backlog=backlog,
+            dualstack_ipv6=bool(msg.get("dualstack")),
+        )
+    sock = socket.socket(family, type_)
+    try:
+        if family == socket.AF_INET6 and msg.get("dualstack"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Served:
+    """What every kind of handle shares: identity, key, address, members."""
+
+    mode = ""
+
+    def __init__(self, table: ServerTable, handle_id: int, key: Key, sock: socket.socket) -> None:
+        self.table = table
+        self.id = handle_id
+        self.key = key
+        self.sock = sock
+        self.sockname: Any = sock.getsockname()
+
+    def reply_fields(self) -> dict[str, Any]:
+        sockname = self.sockname
+        if isinstance(sockname, tuple):
+            host, port = sockname[0], sockname[1]
+        else:
+            host, port = sockname, None
+        return {"handle": self.id, "mode": self.mode, "host": host, "port": port}
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SharedServer(_Served):
+    """A listening socket every worker accepts on (SCHED_NONE, and UDP always)."""
+
+    mode = "shared"
+
+    def __init__(self, table: ServerTable, handle_id: int, key: Key, sock: socket.socket) -> None:
+        super().__init__(table, handle_id, key, sock)
+        self.handle: SharedHandle[Worker] = SharedHandle()
+
+    def add(self, worker: Worker, seq: int) -> None:
+        if not self.handle.add(worker):
+            self.table.reply_error(
+                worker, seq, errno.EADDRINUSE, "this worker already listens here"
+            )
+            return
+        self.table.reply(worker, seq, self.reply_fields(), [self.sock.fileno()])
+
+    def remove(self, worker: Worker) -> None:
+        if worker in self.handle.members and self.handle.remove(worker):
+            self.table.discard(self)
+
+
+class ReusePortServer(SharedServer):
+    """A reserved port: workers bind their own SO_REUSEPORT sockets on it."""
+
+    mode = "reuseport"
+
+    def add(self, worker: Worker, seq: int) -> None:
+        if not self.handle.add(worker):
+            self.table.reply_error(
+                worker, seq, errno.EADDRINUSE, "this worker already listens here"
+            )
+            return
+        self.table.reply(worker, seq, self.reply_fields(), [])
+
+
+class RoundRobinServer(_Served):
+    """The primary accepts; connections go to workers over their hand-off sockets."""
+
+    mode = "rr"
+
+    def __init__(self, table: ServerTable, handle_id: int, key: Key, sock: socket.socket) -> None:
+        super().__init__(table, handle_id, key, sock)
+        sock.setblocking(False)
+        self.handle: RoundRobinHandle[Worker, int] = RoundRobinHandle(self._busy)
+        self.handoffs: dict[Worker, socket.socket] = {}
+        self.reactor = table.primary.reactor
+        self.reactor.add_reader(sock.fileno(), self._accept)
+
+    @staticmethod
+    def _busy(worker: Worker) -> bool:
+        status = worker._backend.status  # type: ignore[attr-defined]
+        return status is not None and bool(status.busy)
+
+    def add(self, worker: Worker, seq: int) -> None:
+        if worker in self.handoffs:
+            self.table.reply_error(
+                worker, seq, errno.EADDRINUSE, "this worker already listens here"
+            )
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours.setblocking(False)
+            self.handoffs[worker] = ours
+            self.reactor.add_reader(ours.fileno(), lambda: self._answer(worker))
+            self.table.reply(worker, seq, self.reply_fields(), [theirs.fileno()])
+        finally:
+            theirs.close()
+        self._send(self.handle.add(worker))
+
+    def _accept(self) -> None:
+        # Drain the backlog in one wake-up: far fewer loop iterations under load.
+        handoffs = []
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _addr = self.sock._accept()  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed on %s: %s", self.sockname, exc)
+                break
+            handoffs.extend(self.handle.push(fd))
+        self._send(handoffs)
+
+    def _send(self, handoffs: list[tuple[Worker, int]]) -> None:
+        while handoffs:
+            worker, fd = handoffs.pop(0)
+            sock = self.handoffs.get(worker)
+            try:
+                if sock is None:
+                    raise ConnectionResetError
+                socket.send_fds(sock, [b"C"], [fd])
+            except OSError:
+                handoffs.extend(self._worker_gone(worker))
+
+    def _answer(self, worker: Worker) -> None:
+        sock = self.handoffs.get(worker)
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._send(self._worker_gone(worker))
+                return
+            for _ in data:
+                conn, more = self.handle.accepted(worker)
+                if conn is not None:
+                    os.close(conn)
+                    self.table.counted(worker)
+                self._send(more)
+
+    def _worker_gone(self, worker: Worker) -> list[tuple[Worker, int]]:
+        sock = self.handoffs.pop(worker, None)
+        if sock is not None:
+            self.reactor.remove_reader(sock.fileno())
+            sock.close()
+        handoffs = self.handle.refused(worker)
+        self._maybe_discard()
+        if not self.handoffs:
+            self.table.drained(self)
+        return handoffs
+
+    def remove(self, worker: Worker) -> None:
+        """Route nothing new to ``worker``; its hand-off socket stays until it answers."""
+        self.handle.remove(worker)
+        if worker in self.handoffs and not worker.is_connected():
+            self._send(self._worker_gone(worker))
+        self._maybe_discard()
+
+    def _maybe_discard(self) -> None:
+        if not self.handle.members and self.table.owns(self):
+            # The last worker left: stop listening now (new connections are refused),
+            # while workers still disconnecting keep their hand-off sockets until
+            # they close them, so a connection in flight is never cut off.
+            self.table.discard(self)
+
+    def close(self) -> None:
+        self.reactor.remove_reader(self.sock.fileno())
+        close_fds(self.handle.drain())
+        super().close()
+        if not self.handoffs:
+            return
+        # Connections a disconnecting worker refuses now have nowhere to go.
+        self.handle = _Closing(self.handle)
+
+    def close_handoffs(self) -> None:
+        """Close the hand-off sockets too (the primary is shutting everything down)."""
+        for worker in list(self.handoffs):
+            sock = self.handoffs.pop(worker)
+            self.reactor.remove_reader(sock.fileno())
+            sock.close()
+            conn = self.handle.inflight(worker)
+            self.handle.refused(worker)
+            if conn is not None:
+                os.close(conn)
+        close_fds(self.handle.drain())
+
+
+class _Closing(RoundRobinHandle[Worker, int]):
+    """A round-robin handle whose port is closed: refused connections are closed."""
+
+    def __init__(self, old: RoundRobinHandle[Worker, int]) -> None:
+        super().__init__()
+        self._inflight = old._inflight
+
+    def refused(self, worker: Worker) -> list[tuple[Worker, int]]:
+        conn = self._inflight.pop(worker, None)
+        if conn is not None:
+            os.close(conn)
+        return []
+
+
+Handle = SharedServer | RoundRobinServer
+
+
+class ServerTable:
+    """Every server the primary shares, by key and by id."""
+
+    def __init__(self, primary: Primary) -> None:
+        self.primary = primary
+        self._by_key: dict[Key, Handle] = {}
+        self._by_id: dict[int, Handle] = {}
+        self._next_id = 1
+        self.handed: dict[int, int] = {}  # worker id -> connections it took
+        self._draining: set[RoundRobinServer] = set()
+
+    def query(self, worker: Worker, msg: Message, fds: list[int]) -> None:
+        """Answer a worker's ``queryServer``: a descriptor to listen with, or an errno."""
+        close_fds(fds)
+        seq = int(msg.get("seq", 0))
+        if not worker.is_connected() or worker.exited_after_disconnect:
+            self.reply_error(worker, seq, errno.ECONNABORTED, "worker is disconnecting")
+            return
+        try:
+            key: Key = (
+                msg.get("address"),
+                msg.get("port"),
+                int(msg["family"]),
+                int(msg["type"]),
+                msg.get("fd"),
+            )
+            handle = self._by_key.get(key)
+            if handle is None:
+                handle = self._create(key, msg)
+        except OSError as exc:
+            self.reply_error(worker, seq, exc.errno or errno.EINVAL, exc.strerror or str(exc))
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            self.reply_error(worker, seq, errno.EINVAL, f"bad server query: {exc}")
+            return
+        handle.add(worker, seq)
+
+    def _create(self, key: Key, msg: Message) -> Handle:
+        policy = self.primary.freeze_policy()
+        type_ = int(msg["type"])
+        handle: Handle
+        handle_id = self._next_id
+        if policy == SCHED_REUSEPORT and type_ == socket.SOCK_STREAM and msg.get("fd") is None:
+            handle = ReusePortServer(self, handle_id, key, bind_socket(msg, reuse_port=True))
+        elif policy == SCHED_RR and type_ == socket.SOCK_STREAM:
+            handle = RoundRobinServer(self, handle_id, key, bind_socket(msg))
+        else:
+            handle = SharedServer(self, handle_id, key, bind_socket(msg))
+        self._next_id += 1
+        self._by_key[key] = handle
+        self._by_id[handle.id] = handle
+        return handle
+
+    def reply(self, worker: Worker, seq: int, fields: dict[str, Any], fds: list[int]) -> None:
+        """Answer a request of ``worker`` (descriptors are duplicated by the channel)."""
+        channel = worker._backend.channel  # type: ignore[attr-defined]
+        if channel is not None:
+            payload = encode_internal(Act.REPLY, seq=seq, **fields)
+            channel.send(Kind.INTERNAL, Codec.JSON, payload, fds or None)
+
+    def reply_error(self, worker: Worker, seq: int, err: int, text: str) -> None:
+        """Answer a request with an errno the worker raises as ``OSError``."""
+        self.reply(worker, seq, {"errno": err, "error": text}, [])
+
+    def counted(self, worker: Worker) -> None:
+        """``worker`` took one more connection."""
+        self.handed[worker.id] = self.handed.get(worker.id, 0) + 1
+
+    def queued(self) -> int:
+        """Connections accepted by the primary and waiting for a free worker."""
+        return sum(h.handle.queued for h in self._by_id.values() if isinstance(h, RoundRobinServer))
+
+    def worker_closed(self, worker: Worker, msg: Message) -> None:
+        """A worker closed one of its servers."""
+        handle = self._by_id.get(msg.get("handle", -1))
+        if handle is not None:
+            handle.remove(worker)
+
+    def remove_worker(self, worker: Worker) -> None:
+        """Stop routing to ``worker`` on every server."""
+        for handle in [*self._by_id.values(), *self._draining]:
+            handle.remove(worker)
+
+    def owns(self, handle: Handle) -> bool:
+        """Whether ``handle`` is still listening."""
+        return self._by_id.get(handle.id) is handle
+
+    def discard(self, handle: Handle) -> None:
+        """The last worker left ``handle``: stop listening."""
+        if self._by_id.pop(handle.id, None) is not None:
+            self._by_key.pop(handle.key, None)
+            handle.close()
+            if isinstance(handle, RoundRobinServer) and handle.handoffs:
+                self._draining.add(handle)
+
+    def drained(self, handle: RoundRobinServer) -> None:
+        """A closed round-robin server has no hand-off socket left."""
+        self._draining.discard(handle)
+
+    def close_all(self) -> None:
+        """Close every server and hand-off (``cluster.disconnect()`` once all workers left)."""
+        for handle in list(self._by_id.values()):
+            self.discard(handle)
+        for handle in list(self._draining):
+            handle.close_handoffs()
+        self._draining.clear()

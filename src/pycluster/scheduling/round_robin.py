@@ -1,0 +1,105 @@
+"""The round-robin handle: which worker gets the next connection.
+
+The primary accepts every connection and offers it to the next *free* worker. A
+worker has at most one hand-off in flight: it is free again once it says it took
+the connection (Node's "smarts to avoid overloading a worker"), and the worker that
+has been free longest goes first. A connection that a worker never took (it closed
+its server, or died) goes back to the front of the queue, so no connection accepted
+by the primary is lost while any worker serves the port.
+
+Pure state in, hand-offs out: every method returns the ``(worker, connection)``
+pairs the caller must now send.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+W = TypeVar("W", bound=Hashable)
+C = TypeVar("C")
+Handoff = tuple[W, C]
+
+
+class RoundRobinHandle(Generic[W, C]):
+    """Round-robin state of one shared server: members, free workers, queue, hand-offs."""
+
+    def __init__(self, is_busy: Callable[[W], bool] | None = None) -> None:
+        self._members: set[W] = set()
+        self._free: OrderedDict[W, None] = OrderedDict()
+        self._inflight: dict[W, C] = {}
+        self._queue: deque[C] = deque()
+        # A worker whose serving loop is occupied is passed over while another is free.
+        self._is_busy = is_busy
+
+    @property
+    def members(self) -> frozenset[W]:
+        """Workers that take connections from this handle."""
+        return frozenset(self._members)
+
+    @property
+    def queued(self) -> int:
+        """Connections waiting for a free worker."""
+        return len(self._queue)
+
+    def inflight(self, worker: W) -> C | None:
+        """The connection handed to ``worker`` that it has not yet taken, if any."""
+        return self._inflight.get(worker)
+
+    def add(self, worker: W) -> list[Handoff[W, C]]:
+        """A worker starts serving this handle."""
+        self._members.add(worker)
+        if worker not in self._inflight:
+            self._free[worker] = None
+        return self._distribute()
+
+    def remove(self, worker: W) -> list[Handoff[W, C]]:
+        """No new connection goes to ``worker``; one in flight waits for its answer."""
+        self._members.discard(worker)
+        self._free.pop(worker, None)
+        return []
+
+    def push(self, conn: C) -> list[Handoff[W, C]]:
+        """A connection was accepted."""
+        self._queue.append(conn)
+        return self._distribute()
+
+    def accepted(self, worker: W) -> tuple[C | None, list[Handoff[W, C]]]:
+        """``worker`` took its connection: return it (the caller closes its copy)."""
+        conn = self._inflight.pop(worker, None)
+        if worker in self._members:
+            self._free[worker] = None
+        return conn, self._distribute()
+
+    def refused(self, worker: W) -> list[Handoff[W, C]]:
+        """``worker`` is gone without taking its connection: offer it to another one."""
+        self._members.discard(worker)
+        self._free.pop(worker, None)
+        conn = self._inflight.pop(worker, None)
+        if conn is not None:
+            self._queue.appendleft(conn)
+        return self._distribute()
+
+    def drain(self) -> list[C]:
+        """Take every queued connection (the last worker left: the caller closes them)."""
+        conns = list(self._queue)
+        self._queue.clear()
+        return conns
+
+    def _distribute(self) -> list[Handoff[W, C]]:
+        out: list[Handoff[W, C]] = []
+        while self._queue and self._free:
+            worker = self._pick()
+            conn = self._queue.popleft()
+            self._inflight[worker] = conn
+            out.append((worker, conn))
+        return out
+
+    def _pick(self) -> W:
+        if self._is_busy is not None:
+            for worker in self._free:
+                if not self._is_busy(worker):
+                    del self._free[worker]
+                    return worker
+        return self._free.popitem(last=False)[0]

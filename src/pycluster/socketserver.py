@@ -1,0 +1,161 @@
+"""``socketserver`` integration: servers whose port is shared across the cluster.
+
+Put :class:`ClusterMixIn` first in the bases of any TCP or UDP ``socketserver``
+class, or use the drop-in classes below. Outside a cluster they are the standard
+classes. In a worker:
+
+* the listening socket comes from the primary (round-robin or shared);
+* ``worker.disconnect()`` stops the server taking connections at once, waits until
+  requests in progress have finished, and makes ``serve_forever()`` return;
+* the serving loop beats the worker's heartbeat (hang detection) and reports when a
+  request occupies it, so round-robin passes a busy single-threaded worker over.
+"""
+
+from __future__ import annotations
+
+import socketserver as _socketserver
+import threading
+from typing import Any
+
+from pycluster import child, net
+
+
+class ClusterMixIn:
+    """Makes a ``socketserver.BaseServer`` subclass share its port with the other workers."""
+
+    #: Bind privately in this worker instead of sharing the port.
+    cluster_exclusive = False
+
+    socket: Any
+    server_address: Any
+    address_family: int
+    socket_type: int
+    request_queue_size: int
+
+    def server_bind(self) -> None:
+        runtime = child.runtime()
+        if runtime is None or self.cluster_exclusive:
+            super().server_bind()  # type: ignore[misc]
+            return
+        listener = net.create_server(
+            self.server_address,
+            family=self.address_family,
+            type=self.socket_type,
+            backlog=self.request_queue_size,
+        )
+        self.socket.close()
+        self.socket = listener
+        # bind()/listen()/setsockopt() are no-ops on a cluster listener, so the
+        # standard class (and HTTPServer's server_name) still set themselves up.
+        super().server_bind()  # type: ignore[misc]
+        self._cluster_runtime = runtime
+        self._cluster_active = 0
+        self._cluster_cond = threading.Condition()
+        self._cluster_closing = False
+        self._cluster_serving = False
+        self._cluster_closed = threading.Event()
+        token = getattr(listener, "registry_token", None)
+        if token is not None:
+            runtime.servers.replace(token, self._cluster_close)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        cond = getattr(self, "_cluster_cond", None)
+        if cond is None:
+            super().serve_forever(poll_interval)  # type: ignore[misc]
+            return
+        with cond:
+            if self._cluster_closing:
+                closing = True
+            else:
+                closing, self._cluster_serving = False, True
+        if not closing:
+            try:
+                super().serve_forever(poll_interval)  # type: ignore[misc]
+            finally:
+                self._cluster_serving = False
+        if self._cluster_closing:
+            # Requests still in progress finish before the program goes on (and
+            # perhaps ends, taking daemon handler threads with it).
+            self._cluster_closed.wait()
+
+    def service_actions(self) -> None:
+        runtime = getattr(self, "_cluster_runtime", None)
+        if runtime is not None and runtime.status is not None:
+            runtime.status.beat()
+        super().service_actions()  # type: ignore[misc]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        cond = getattr(self, "_cluster_cond", None)
+        if cond is None:
+            super().process_request(request, client_address)  # type: ignore[misc]
+            return
+        with cond:
+            self._cluster_active += 1
+        runtime = self._cluster_runtime
+        synchronous = not isinstance(self, _socketserver.ThreadingMixIn)
+        if synchronous and runtime.status is not None:
+            runtime.status.set_busy(True)
+        try:
+            super().process_request(request, client_address)  # type: ignore[misc]
+        except BaseException:
+            self._cluster_done()
+            raise
+        finally:
+            if synchronous and runtime.status is not None:
+                runtime.status.set_busy(False)
+                runtime.status.beat()
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)  # type: ignore[misc]
+        finally:
+            if getattr(self, "_cluster_cond", None) is not None:
+                self._cluster_done()
+
+    def _cluster_done(self) -> None:
+        with self._cluster_cond:
+            self._cluster_active -= 1
+            self._cluster_cond.notify_all()
+
+    def _cluster_close(self) -> None:
+        """For ``worker.disconnect()``: stop accepting, finish requests, end serving."""
+        with self._cluster_cond:
+            self._cluster_closing = True
+            serving = self._cluster_serving
+        try:
+            self.socket.close()
+            if serving:
+                self.shutdown()  # type: ignore[attr-defined]
+            self._cluster_wait_idle()
+            self.server_close()  # type: ignore[attr-defined]
+        finally:
+            self._cluster_closed.set()
+
+    def _cluster_wait_idle(self) -> None:
+        with self._cluster_cond:
+            self._cluster_cond.wait_for(lambda: self._cluster_active <= 0)
+
+
+class TCPServer(ClusterMixIn, _socketserver.TCPServer):
+    """``socketserver.TCPServer`` sharing its port."""
+
+
+class UDPServer(ClusterMixIn, _socketserver.UDPServer):
+    """``socketserver.UDPServer`` sharing its socket."""
+
+
+class ThreadingTCPServer(ClusterMixIn, _socketserver.ThreadingTCPServer):
+    """``socketserver.ThreadingTCPServer`` sharing its port."""
+
+
+class ThreadingUDPServer(ClusterMixIn, _socketserver.ThreadingUDPServer):
+    """``socketserver.ThreadingUDPServer`` sharing its socket."""
+
+
+if hasattr(_socketserver, "UnixStreamServer"):
+
+    class UnixStreamServer(ClusterMixIn, _socketserver.UnixStreamServer):
+        """``socketserver.UnixStreamServer`` sharing its path."""
+
+    class ThreadingUnixStreamServer(ClusterMixIn, _socketserver.ThreadingUnixStreamServer):
+        """``socketserver.ThreadingUnixStreamServer`` sharing its path."""
