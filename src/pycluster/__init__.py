@@ -56,7 +56,7 @@ __all__ = [
     "emit",
     "fork",
     "http",
-    "is_master",
+    # Not "is_master": it warns on access, and `from pycluster import *` would too.
     "is_primary",
     "is_worker",
     "listeners",
@@ -189,7 +189,7 @@ def reload(*, batch: int = 1) -> Awaitable[None] | None:
     from pycluster.primary import awaitable_or_block
 
     primary = _primary("reload")
-    return awaitable_or_block(primary, _supervisor(primary).reload(batch))
+    return awaitable_or_block(primary, _supervisor_of(primary).reload(batch))
 
 
 def scale(n: int) -> Awaitable[None] | None:
@@ -197,7 +197,7 @@ def scale(n: int) -> Awaitable[None] | None:
     from pycluster.primary import awaitable_or_block
 
     primary = _primary("scale")
-    return awaitable_or_block(primary, _supervisor(primary).scale(n))
+    return awaitable_or_block(primary, _supervisor_of(primary).scale(n))
 
 
 def shutdown(timeout: float | None = None) -> Awaitable[None] | None:
@@ -211,10 +211,13 @@ def shutdown(timeout: float | None = None) -> Awaitable[None] | None:
 def statistics() -> list[dict[str, Any]]:
     """A snapshot per worker: id, slot, pid, state, uptime, connections, restarts, memory."""
     primary = _primary("statistics")
-    return _supervisor(primary).statistics()
+    stats: list[dict[str, Any]] = _supervisor_of(primary).statistics()
+    return stats
 
 
-def _supervisor(primary: Primary) -> Any:
+def _supervisor_of(primary: Primary) -> Any:
+    # Not named _supervisor: importing pycluster._supervisor sets that attribute of
+    # this package to the module, which would shadow a function of the same name.
     from pycluster._supervisor import ensure_supervisor
 
     return ensure_supervisor(primary)

@@ -67,10 +67,10 @@ class Reactor:
             self.loop = loop
             self._thread = threading.get_ident()
             pending, self._pending = self._pending, deque()
-        for fd, cb in self._readers.items():
-            loop.add_reader(fd, self._run_io, cb)
-        for fd, cb in self._writers.items():
-            loop.add_writer(fd, self._run_io, cb)
+        for fd, io_cb in self._readers.items():
+            loop.add_reader(fd, self._run_io, io_cb)
+        for fd, io_cb in self._writers.items():
+            loop.add_writer(fd, self._run_io, io_cb)
         now = time.monotonic()
         for timer in self._timers:
             timer.handle = loop.call_later(max(0.0, timer.deadline - now), self._fire, timer)

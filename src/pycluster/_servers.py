@@ -336,6 +336,9 @@ class ServerTable:
 
     def _create(self, key: Key, msg: Message) -> Handle:
         policy = self.primary.freeze_policy()
+        if msg.get("policy") in (SCHED_NONE, SCHED_RR, SCHED_REUSEPORT):
+            # A server that cannot take hand-offs (uvloop's C accept) asks to be shared.
+            policy = int(msg["policy"])
         type_ = int(msg["type"])
         handle: Handle
         handle_id = self._next_id

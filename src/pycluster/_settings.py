@@ -25,6 +25,20 @@ class Option:
     help: str
     cli: bool = True
     metavar: str | None = None
+    #: How the command line turns its text into a value (default: from ``check``).
+    parse: Callable[[str], Any] | None = None
+
+    def from_text(self, text: str) -> Any:
+        """The value of ``--option TEXT``, checked; raises ``ValueError`` naming the setting."""
+        parse = self.parse or _PARSERS.get(self.check, str)
+        try:
+            value = parse(text)
+        except ValueError as exc:
+            raise ValueError(f"setting {self.name!r}: {exc}") from None
+        try:
+            return self.check(self.name, value)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def _type_error(key: str, expected: str, value: Any) -> TypeError:
@@ -42,7 +56,8 @@ def _opt_path(key: str, value: Any) -> str | None:
         return None
     if not isinstance(value, (str, os.PathLike)):
         raise _type_error(key, "a path or None", value)
-    return os.fspath(value)  # type: ignore[return-value]
+    path = os.fspath(value)
+    return path if isinstance(path, str) else os.fsdecode(path)
 
 
 def _str_list(key: str, value: Any) -> list[str]:
@@ -73,6 +88,57 @@ def _choice(*allowed: str) -> Check:
     return check
 
 
+_PARSERS: dict[Check, Callable[[str], Any]] = {}
+_NONE_WORDS = ("none", "off", "")
+
+
+def _parse_number(integer: bool, optional: bool) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if optional and text.strip().lower() in _NONE_WORDS:
+            return None
+        try:
+            return int(text) if integer else float(text)
+        except ValueError:
+            kind = "an integer" if integer else "a number"
+            raise ValueError(
+                f"{text!r} is not {kind}" + (" (or 'none')" if optional else "")
+            ) from None
+
+    return parse
+
+
+def parse_size(text: str) -> int | None:
+    """A size in bytes: ``1048576``, ``512K``, ``256M``, ``2G`` (powers of 1024), or none."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if raw.lower() in _NONE_WORDS:
+        return None
+    scale = 1
+    if raw[-1:] in ("K", "M", "G", "T"):
+        scale = 1024 ** ("KMGT".index(raw[-1]) + 1)
+        raw = raw[:-1]
+    try:
+        return int(float(raw) * scale)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (bytes, or with K, M, G)") from None
+
+
+def _parse_id(database: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if text.isdigit():
+            return int(text)
+        import grp
+        import pwd
+
+        try:
+            if database == "user":
+                return pwd.getpwnam(text).pw_uid
+            return grp.getgrnam(text).gr_gid
+        except KeyError:
+            raise ValueError(f"no {database} named {text!r}") from None
+
+    return parse
+
+
 def _opt_id(key: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -87,14 +153,15 @@ def _number(minimum: float, *, optional: bool = False, integer: bool = False) ->
     def check(key: str, value: Any) -> Any:
         if value is None and optional:
             return None
-        kinds: tuple[type, ...] = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
             expected = "an int" if integer else "a number"
             raise _type_error(key, expected + (" or None" if optional else ""), value)
-        if value < minimum:
+        if float(value) < minimum:
             raise ValueError(f"setting {key!r} must be at least {minimum}, not {value}")
         return value
 
+    _PARSERS[check] = _parse_number(integer, optional)
     return check
 
 
@@ -126,12 +193,27 @@ def _program() -> tuple[str, list[str]]:
     """The running program as (exec, interpreter options), however it was started."""
     orig = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
     prefix = orig[1 : len(orig) - (len(sys.argv) - 1)] if len(sys.argv) > 1 else orig[1:]
-    if len(prefix) >= 2 and prefix[-2] in ("-m", "-c"):
-        return f"{prefix[-2]} {prefix[-1]}", prefix[:-2]
-    if prefix and prefix[-1].startswith("-m") and len(prefix[-1]) > 2:
-        return f"-m {prefix[-1][2:]}", prefix[:-1]
-    if prefix:
-        return _absolute_script(prefix[-1]), prefix[:-1]
+    # Read the interpreter's options as it does (getopt style), so that clustered
+    # and attached forms such as `-um pkg`, `-mpkg`, `-cCODE`, `-Wd` are understood.
+    i = 0
+    while i < len(prefix):
+        word = prefix[i]
+        if word == "--" or word == "-" or not word.startswith("-"):
+            script = prefix[i + 1] if word == "--" and i + 1 < len(prefix) else word
+            return _absolute_script(script), prefix[:i]
+        if word.startswith("--"):
+            i += 2 if word == "--check-hash-based-pycs" else 1
+            continue
+        for j in range(1, len(word)):
+            if word[j] in "cmWX":  # the options that take an argument
+                value = word[j + 1 :]
+                if word[j] in "cm":
+                    if not value and i + 1 < len(prefix):
+                        value = prefix[i + 1]
+                    return f"-{word[j]} {value}", prefix[:i] + ([word[:j]] if j > 1 else [])
+                i += 0 if value else 1  # the argument is the next word
+                break
+        i += 1
     return sys.argv[0] if sys.argv else "", []
 
 
@@ -172,8 +254,22 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("silent", lambda: False, _bool, "pipe workers' stdout/stderr to the primary", cli=False),
     Option("stdio", lambda: None, _stdio, "explicit stdio of workers", cli=False),
-    Option("uid", lambda: None, _opt_id, "user id workers run as", metavar="UID"),
-    Option("gid", lambda: None, _opt_id, "group id workers run as", metavar="GID"),
+    Option(
+        "uid",
+        lambda: None,
+        _opt_id,
+        "user workers run as (name or id)",
+        metavar="USER",
+        parse=_parse_id("user"),
+    ),
+    Option(
+        "gid",
+        lambda: None,
+        _opt_id,
+        "group workers run as (name or id)",
+        metavar="GROUP",
+        parse=_parse_id("group"),
+    ),
     Option(
         "restart",
         lambda: "never",
@@ -243,8 +339,9 @@ OPTIONS: tuple[Option, ...] = (
         "max_memory",
         lambda: None,
         _number(1, optional=True, integer=True),
-        "recycle a worker above this RSS, bytes",
-        metavar="BYTES",
+        "recycle a worker above this resident memory (bytes, or 512M, 2G)",
+        metavar="SIZE",
+        parse=parse_size,
     ),
     Option(
         "shutdown_timeout",

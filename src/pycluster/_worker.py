@@ -38,6 +38,8 @@ class Backend(Protocol):
         callback: SendCallback | None,
     ) -> bool: ...
     def disconnect(self) -> None: ...
+    def heartbeat(self) -> None: ...
+    def ready(self) -> None: ...
     def kill(self, signal: int | str) -> None: ...
     def is_connected(self) -> bool: ...
     def is_dead(self) -> bool: ...
@@ -99,6 +101,18 @@ class Worker(EventEmitter):
         self._backend.kill(signal)
 
     destroy = kill
+
+    def heartbeat(self) -> None:
+        """In a worker: tell the primary the serving loop is alive (see the ``timeout`` setting).
+
+        pycluster's servers beat by themselves; a worker running other code calls this
+        from its main loop. It costs one store to shared memory.
+        """
+        self._backend.heartbeat()
+
+    def ready(self) -> None:
+        """In a worker: ready to take over from a predecessor (ends its wait in ``reload()``)."""
+        self._backend.ready()
 
     def is_connected(self) -> bool:
         """Whether the IPC channel to the primary is open."""

@@ -132,7 +132,7 @@ def _tracking(
         server._opened()
         original = protocol.connection_lost
 
-        def connection_lost(exc: BaseException | None) -> None:
+        def connection_lost(exc: Exception | None) -> None:
             try:
                 original(exc)
             finally:
@@ -160,7 +160,13 @@ async def create_server(
     runtime = child.runtime()
     if runtime is None or sock is not None or exclusive:
         return await loop.create_server(
-            protocol_factory, host, port, family=family, sock=sock, backlog=backlog, **kwargs
+            protocol_factory,
+            host,
+            port,  # type: ignore[arg-type]
+            family=family,
+            sock=sock,  # type: ignore[arg-type]
+            backlog=backlog,
+            **kwargs,
         )
     if host is not None and not isinstance(host, str):
         raise TypeError("in a cluster worker, host must be one address (a str) or None")

@@ -163,11 +163,14 @@ class ChildRuntime:
             # disconnect: end now rather than run on as an orphan.
             _exit_now(0)
         self.worker.state = "disconnected"
-        self.worker._mark_disconnected()
         try:
             self.worker.emit("disconnect")
         except Exception:
             sys.excepthook(*sys.exc_info())
+        finally:
+            # Wake wait_disconnected() only now: a program that returns from it may
+            # end at once, and its 'disconnect' listeners must have run by then.
+            self.worker._mark_disconnected()
 
     # -- disconnect and kill -----------------------------------------------------------------
     def disconnect(self, primary_initiated: bool = False) -> None:
@@ -202,7 +205,10 @@ class ChildRuntime:
             pass
         self.channel.close()
         if threading.current_thread() is threading.main_thread():
-            _signal.signal(signum, _signal.SIG_DFL)
+            try:
+                _signal.signal(signum, _signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass  # SIGKILL and SIGSTOP cannot be caught: nothing to reset
         elif _signal.getsignal(signum) not in (_signal.SIG_DFL, None):
             _exit_now(128 + signum)  # a Python handler would turn the signal into an exception
         _flush_stdio()
@@ -211,6 +217,16 @@ class ChildRuntime:
 
     def is_connected(self) -> bool:
         return not self.channel.closed
+
+    def heartbeat(self) -> None:
+        if self.status is not None:
+            self.status.beat()
+
+    def ready(self) -> None:
+        try:
+            self.send_internal(Act.READY)
+        except OSError:
+            pass
 
     def is_dead(self) -> bool:
         return False
@@ -258,6 +274,10 @@ def boot() -> ChildRuntime | None:
         raw_fd = os.environ.pop(ENV_CHANNEL, None)
         raw_codec = os.environ.pop(ENV_SERIALIZATION, "json")
         raw_status = os.environ.pop(ENV_STATUS, None)
+        if os.environ.pop("PYCLUSTER_FAULTHANDLER", None):
+            import faulthandler
+
+            faulthandler.enable()  # a hung worker's SIGABRT prints where it was stuck
         if raw_id is None:
             return None
         if raw_fd is None:

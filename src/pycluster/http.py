@@ -41,7 +41,8 @@ def _draining_handler(handler: type[_http.BaseHTTPRequestHandler]) -> type:
                         self.close_connection = True
 
             def parse_request(self) -> bool:
-                self.server._cluster_idle(self.connection, False)  # type: ignore[attr-defined]
+                server: Any = self.server
+                server._cluster_idle(self.connection, False)
                 return bool(super().parse_request())
 
             def end_headers(self) -> None:

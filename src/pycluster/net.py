@@ -270,7 +270,7 @@ class SharedListener(_ListenerMixin, socket.socket):
                     raise TimeoutError("timed out") from None
                 if self._closed_flag():
                     raise OSError(errno.EBADF, "the listener is closed") from None
-                ready, _, _ = select.select([self, self._wake_r], [], [], remaining)
+                ready, _, _ = select.select([self.fileno(), self._wake_r], [], [], remaining)
                 if self._wake_r in ready:
                     raise OSError(errno.EBADF, "the listener is closed") from None
                 continue
@@ -396,17 +396,25 @@ def create_server(
     dualstack_ipv6: bool = False,
     exclusive: bool = False,
     fd: int | None = None,
+    policy: int | None = None,
 ) -> RoundRobinListener | SharedListener | socket.socket:
     """A listening (or, for UDP, bound) socket shared with the other workers.
 
     See the module docstring for what comes back. Errors of the primary's ``bind``
-    (``EADDRINUSE``, ``EACCES``) are raised here as ``OSError``.
+    (``EADDRINUSE``, ``EACCES``) are raised here as ``OSError``. ``policy`` asks for
+    a scheduling policy for this server alone (the command line shares the port of a
+    server whose accept runs in C, which a round-robin hand-off cannot reach).
     """
     family, type_, addr, port = _normalize(address, family, type)
     runtime = child.runtime()
     host_addr: Any = addr if family == socket.AF_UNIX else (addr, port)
     if runtime is None or exclusive:
-        return _standalone(host_addr, family, type_, backlog, reuse_port, dualstack_ipv6, fd)
+        own = _standalone(host_addr, family, type_, backlog, reuse_port, dualstack_ipv6, fd)
+        if runtime is None:
+            return own
+        # Not reported to the primary (as in Node), but still one of this worker's
+        # servers: worker.disconnect() closes it, waking a blocked accept().
+        return SharedListener(own.detach(), runtime, None)
     if fd is not None:
         addr, port = None, None
     reply = runtime.request(
@@ -418,6 +426,7 @@ def create_server(
         backlog=backlog,
         fd=fd,
         dualstack=dualstack_ipv6,
+        policy=policy,
     )
     fds: list[int] = reply.get("_fds", [])
     if "errno" in reply:

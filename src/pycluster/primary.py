@@ -138,6 +138,14 @@ class PrimaryBackend:
     def is_connected(self) -> bool:
         return self.channel is not None and not self.channel.closed
 
+    def heartbeat(self) -> None:
+        raise RuntimeError(
+            "heartbeat() is called by a worker on cluster.worker, not in the primary"
+        )
+
+    def ready(self) -> None:
+        raise RuntimeError("ready() is called by a worker on cluster.worker, not in the primary")
+
     def is_dead(self) -> bool:
         return self.process is not None and self.process.returncode is not None
 
@@ -167,8 +175,11 @@ class Primary:
         self._errors: list[BaseException] = []
         self._wakeup: asyncio.Future[None] | None = None
         self._servers: ServerTable | None = None
-        self.supervisor: Supervisor | None = None
         self.starting = 0  # replacements scheduled but not forked yet
+        self._shutting_down: Completion | None = None
+        from pycluster._supervisor import Supervisor
+
+        self.supervisor: Supervisor | None = Supervisor(self)
 
     # -- settings -------------------------------------------------------------------
     def freeze_policy(self) -> int:
@@ -334,12 +345,17 @@ class Primary:
     def _on_close(self, worker: Worker, msg: Message, fds: list[int]) -> None:
         self.servers.worker_closed(worker, msg)
 
+    def _on_ready(self, worker: Worker, msg: Message, fds: list[int]) -> None:
+        worker._ready = True  # type: ignore[attr-defined]
+        worker.emit("ready")
+
     _dispatch: dict[Act, Callable[[Primary, Worker, Message, list[int]], None]] = {
         Act.ONLINE: _on_online,
         Act.LISTENING: _on_listening,
         Act.EXITED_AFTER_DISCONNECT: _on_exited_after_disconnect,
         Act.QUERY_SERVER: _on_query_server,
         Act.CLOSE: _on_close,
+        Act.READY: _on_ready,
     }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -410,7 +426,9 @@ class Primary:
             nonlocal remaining
             remaining -= 1
             if remaining == 0:
-                finished()
+                # Posted, so the last worker's 'disconnect' reaches the cluster's
+                # listeners too before the callback runs.
+                self.reactor.post(finished)
 
         for worker in waiting:
             worker.once("disconnect", one_done)
@@ -502,14 +520,15 @@ class Primary:
         """Disconnect every worker; kill what is left after the timeout."""
         if self.supervisor is not None:
             self.supervisor.stopping = True
-        if getattr(self, "_shutting_down", None) is not None:
+        current = self._shutting_down
+        if current is not None:
             if immediate_on_repeat:
                 self.kill_all(signal.SIGKILL)
-            return self._shutting_down  # type: ignore[no-any-return]
+            return current
         if timeout is None:
             timeout = float(self._settings.get("shutdown_timeout", 30.0))
         done = self.disconnect(None)
-        self._shutting_down: Completion | None = done
+        self._shutting_down = done
         survivors = list(self.workers.values())
 
         def deadline() -> None:
@@ -565,6 +584,9 @@ def awaitable_or_block(primary: Primary, completion: Completion) -> Awaitable[No
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        run_blocking(primary, completion)
+        if not completion.done:
+            run_blocking(primary, completion)
+        if completion.error is not None:
+            raise completion.error from None
         return None
     return completion

@@ -13,6 +13,7 @@ classes. In a worker:
 
 from __future__ import annotations
 
+import socket as _socket
 import socketserver as _socketserver
 import threading
 from typing import Any
@@ -37,17 +38,34 @@ class ClusterMixIn:
         if runtime is None or self.cluster_exclusive:
             super().server_bind()  # type: ignore[misc]
             return
+        if getattr(self, "_cluster_binding", False):
+            # http.server.HTTPServer.server_bind calls socketserver.TCPServer.server_bind
+            # by name; when that name is a cluster-aware class (``pycluster run``
+            # installs them), this is that inner call on the listener we already have.
+            self.server_address = self.socket.getsockname()
+            return
+        dualstack = False
+        if self.address_family == _socket.AF_INET6:
+            # A server that turned IPV6_V6ONLY off (http.server's DualStackServer)
+            # must get a dual-stack socket from the primary too.
+            v6only = self.socket.getsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY)
+            dualstack = not v6only
         listener = net.create_server(
             self.server_address,
             family=self.address_family,
             type=self.socket_type,
             backlog=self.request_queue_size,
+            dualstack_ipv6=dualstack,
         )
         self.socket.close()
         self.socket = listener
         # bind()/listen()/setsockopt() are no-ops on a cluster listener, so the
         # standard class (and HTTPServer's server_name) still set themselves up.
-        super().server_bind()  # type: ignore[misc]
+        self._cluster_binding = True
+        try:
+            super().server_bind()  # type: ignore[misc]
+        finally:
+            self._cluster_binding = False
         self._cluster_runtime = runtime
         self._cluster_active = 0
         self._cluster_cond = threading.Condition()
@@ -77,6 +95,18 @@ class ClusterMixIn:
             # Requests still in progress finish before the program goes on (and
             # perhaps ends, taking daemon handler threads with it).
             self._cluster_closed.wait()
+
+    def get_request(self) -> Any:
+        if getattr(self, "_cluster_cond", None) is None or self.socket_type != _socket.SOCK_DGRAM:
+            return super().get_request()  # type: ignore[misc]
+        # Every worker wakes for a datagram on the shared socket but only one gets it:
+        # a blocking read would leave the others stuck where disconnect cannot end them.
+        # BlockingIOError is an OSError, which the serving loop takes as "no request".
+        data, client_address = self.socket.recvfrom(
+            self.max_packet_size,  # type: ignore[attr-defined]
+            _socket.MSG_DONTWAIT,
+        )
+        return (data, self.socket), client_address
 
     def service_actions(self) -> None:
         runtime = getattr(self, "_cluster_runtime", None)

@@ -24,6 +24,7 @@ class Act(str, Enum):
     QUERY_SERVER = "queryServer"  # worker -> primary: give me a listener for this address
     LISTENING = "listening"  # worker -> primary: a server of mine listens
     CLOSE = "close"  # worker -> primary: I closed this server
+    READY = "ready"  # worker -> primary: ready to take over (rolling reload)
     EXITED_AFTER_DISCONNECT = "exitedAfterDisconnect"  # worker -> primary, before closing
     DISCONNECT = "disconnect"  # primary -> worker: close your servers, then the channel
     REPLY = "reply"  # either way: the answer to a request with the same seq

@@ -11,9 +11,11 @@ bytearray) are pickle opcodes, not globals, and need no entry at all.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import json
 import pickle
+import re
 from typing import Any
 
 from pycluster.ipc.framing import Codec
@@ -66,6 +68,8 @@ class AllowList:
         cls = self._globals.get((module, name))
         if cls is not None:
             return cls
+        if (module, name) == ("fractions", "Fraction"):
+            return _fraction
         if (module, name) in _DEFAULT_GLOBALS:
             return _import_global(module, name)
         raise DecodeError(
@@ -79,6 +83,25 @@ def _import_global(module: str, name: str) -> Any:
     return getattr(mod, name)
 
 
+# What str(Fraction) gives: Python 3.10 pickles a Fraction as Fraction("n/d").
+_FRACTION_TEXT = re.compile(r"-?[0-9]+(/[0-9]+)?\Z")
+
+
+def _fraction(*args: Any) -> Any:
+    """Build a Fraction only from what pickling one produces: ints, or its "n/d" text.
+
+    Fraction("1e1000000000") (or a Decimal with that exponent) computes 10**10**9:
+    a 30-byte payload would stall the primary for hours.
+    """
+    from fractions import Fraction
+
+    if not 1 <= len(args) <= 2 or not all(
+        type(a) is int or (type(a) is str and _FRACTION_TEXT.match(a)) for a in args
+    ):
+        raise DecodeError("refusing to decode a Fraction from anything but integers")
+    return Fraction(*args)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, allow: AllowList) -> None:
         super().__init__(io.BytesIO(data))
@@ -86,6 +109,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         return self._allow.find(module, name)
+
+    def load(self) -> Any:
+        # The C unpickler takes an extension code (EXT1/2/4) that an earlier trusted
+        # load resolved from copyreg's process-wide cache, without asking find_class:
+        # empty the cache so every code faces the allow-list.
+        if copyreg._extension_cache:  # type: ignore[attr-defined]
+            copyreg._extension_cache.clear()  # type: ignore[attr-defined]
+        return super().load()
 
 
 def encode(message: Any, codec: Codec) -> bytes:

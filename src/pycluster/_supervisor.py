@@ -1,0 +1,425 @@
+"""Keeping workers alive, beyond Node: restarts, hang detection, recycling, reload, scale.
+
+Every behaviour here is off unless its setting asks for it, so plain Node semantics
+hold by default. The supervisor reacts to the primary's lifecycle hooks
+(``on_fork``, ``on_exit``) and runs one periodic check while a setting needs it
+(heartbeats, connection counts and memory, read from each worker's shared status
+page, so the check costs no message).
+
+A *planned* exit (``disconnect()``, ``kill()``, scale-down, shutdown, reload) is
+one with ``exited_after_disconnect`` set, and never triggers a restart. A worker
+killed for hanging is a failure and is always replaced; recycled and reloaded
+workers are replaced *before* their predecessor stops taking connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pycluster._backoff import RestartRules, SlotHistory
+from pycluster._reactor import Timer
+
+if TYPE_CHECKING:
+    from pycluster._worker import Worker
+    from pycluster.primary import Completion, Primary
+
+log = logging.getLogger("pycluster")
+
+#: Seconds between SIGABRT (faulthandler prints the stack) and SIGKILL for a hung worker.
+ABORT_GRACE = 2.0
+MONITOR_INTERVAL = 0.25
+MEMORY_INTERVAL = 1.0
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_memory(pid: int | None) -> int | None:
+    """Resident set size of ``pid`` in bytes, from /proc (None if it is gone)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Supervisor:
+    """Restart policy and worker-pool management of one primary."""
+
+    def __init__(self, primary: Primary) -> None:
+        self.p = primary
+        self.history: dict[int, SlotHistory] = {}
+        self.started: dict[int, float] = {}
+        self.retiring: dict[int, Completion] = {}
+        self.limits: dict[int, int] = {}
+        self.listens: dict[int, int] = {}
+        self.hung: set[int] = set()
+        self.stopping = False
+        self._monitor: Timer | None = None
+        self._last_memory_check = 0.0
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The primary's current settings."""
+        return self.p._settings
+
+    def rules(self) -> RestartRules:
+        """Restart rules from the current settings."""
+        s = self.settings
+        return RestartRules(
+            delay=float(s["restart_delay"]),
+            backoff=float(s["restart_backoff"]),
+            delay_max=float(s["restart_delay_max"]),
+            stable_after=float(s["stable_after"]),
+            max_restarts=int(s["max_restarts"]),
+            window=float(s["restart_window"]),
+        )
+
+    # -- hooks from the primary ------------------------------------------------------------
+    def on_setup(self) -> None:
+        """Settings changed: start or stop the periodic check."""
+        self._arm()
+
+    def prepare_env(self, worker: Worker, env: dict[str, str]) -> None:
+        """Environment for a new worker: faulthandler on when hangs are detected."""
+        if self.settings.get("timeout") is not None:
+            env["PYCLUSTER_FAULTHANDLER"] = "1"
+
+    def pass_fds(self, worker: Worker) -> tuple[int, ...]:
+        """Extra descriptors a new worker inherits (none yet)."""
+        return ()
+
+    def on_fork(self, worker: Worker) -> None:
+        """A worker was started."""
+        self.started[worker.id] = time.monotonic()
+        self.history.setdefault(worker.slot or 0, SlotHistory())
+        max_requests = self.settings.get("max_requests")
+        if max_requests is not None:
+            jitter = int(self.settings.get("max_requests_jitter") or 0)
+            self.limits[worker.id] = max_requests + random.randint(0, jitter)
+
+        def listening(*_: Any) -> None:
+            self.listens[worker.id] = self.listens.get(worker.id, 0) + 1
+
+        def online() -> None:
+            status = getattr(worker._backend, "status", None)
+            if status is not None:
+                status.beat()  # the hang clock starts when the worker is up
+
+        worker.on("listening", listening)
+        worker.on("online", online)
+        self._arm()
+
+    def on_exit(self, worker: Worker, code: int | None, sig: str | None) -> None:
+        """A worker's process ended: maybe schedule its replacement."""
+        started = self.started.pop(worker.id, time.monotonic())
+        self.limits.pop(worker.id, None)
+        self.listens.pop(worker.id, None)
+        hung = worker.id in self.hung
+        self.hung.discard(worker.id)
+        if self.stopping or worker.id in self.retiring:
+            return
+        if not hung:
+            if worker.exited_after_disconnect:
+                return
+            policy = self.settings.get("restart", "never")
+            failed = code != 0 or sig is not None
+            if policy == "never" or (policy == "on-failure" and not failed):
+                return
+        slot = worker.slot or 0
+        now = time.monotonic()
+        decision = self.history.setdefault(slot, SlotHistory()).decide(
+            self.rules(), now, now - started
+        )
+        if not decision.restart:
+            log.error("worker slot %d: giving up restarting: %s", slot, decision.reason)
+            self.p.reactor.post(self.p.emitter.emit, "give_up", worker, decision.reason)
+            return
+        log.warning(
+            "worker %d (pid %s) exited (%s): restarting slot %d in %.2f s",
+            worker.id,
+            worker.process.pid,
+            sig or f"code {code}",
+            slot,
+            decision.delay,
+        )
+        self.p.starting += 1
+        self.p.reactor.call_later(decision.delay, self._restart, worker)
+
+    def _restart(self, old: Worker) -> None:
+        self.p.starting -= 1
+        if self.stopping:
+            self.p._tick()
+            return
+        new = self.p.fork(slot=old.slot)
+        self.p.reactor.post(self.p.emitter.emit, "restart", old, new)
+
+    # -- graceful replacement -----------------------------------------------------------------
+    def replace(self, old: Worker) -> Completion:
+        """Start a replacement in ``old``'s slot; once it is ready, retire ``old``."""
+        from pycluster.primary import Completion
+
+        existing = self.retiring.get(old.id)
+        if existing is not None:
+            return existing
+        done = Completion()
+        self.retiring[old.id] = done
+        need = self.listens.get(old.id, 0)
+        new = self.p.fork(slot=old.slot)
+        self.p.reactor.post(self.p.emitter.emit, "restart", old, new)
+
+        def ready(*_: Any) -> None:
+            if new.is_dead() or done.done:
+                return
+            up = new.state in ("online", "listening") or getattr(new, "_ready", False)
+            listening = self.listens.get(new.id, 0) >= need or getattr(new, "_ready", False)
+            if up and listening:
+                for event, cb in handlers:
+                    new.remove_listener(event, cb)
+                self._retire(old, done)
+
+        def failed(code: int | None, sig: str | None) -> None:
+            if done.done:
+                return
+            log.error(
+                "replacement for worker %d exited before it was ready (%s); keeping the old one",
+                old.id,
+                sig or f"code {code}",
+            )
+            self.retiring.pop(old.id, None)
+            done.finish(RuntimeError(f"the replacement for worker {old.id} failed to start"))
+
+        handlers: list[tuple[str, Callable[..., None]]] = [
+            ("online", ready),
+            ("listening", ready),
+            ("ready", ready),
+        ]
+        for event, cb in handlers:
+            new.on(event, cb)
+        new.once("exit", failed)
+        return done
+
+    def _retire(self, worker: Worker, done: Completion | None = None) -> Completion:
+        """Disconnect ``worker`` gracefully; kill it after ``shutdown_timeout``."""
+        from pycluster.primary import Completion
+
+        if done is None:
+            done = self.retiring.get(worker.id) or Completion()
+        self.retiring[worker.id] = done
+        if worker.is_dead() or not worker.is_connected():
+            self.retiring.pop(worker.id, None)
+            done.finish()
+            return done
+        timeout = float(self.settings.get("shutdown_timeout", 30.0))
+
+        def kill() -> None:
+            if not worker.is_dead():
+                log.warning(
+                    "worker %d did not disconnect in %.1f s: killing it", worker.id, timeout
+                )
+                worker.process.send_signal(signal.SIGKILL)
+
+        timer = self.p.reactor.call_later(timeout, kill)
+
+        def finished(*_: Any) -> None:
+            timer.cancel()
+            self.retiring.pop(worker.id, None)
+            done.finish()
+
+        worker.once("exit", finished)
+        worker.disconnect()
+        return done
+
+    def _alive(self) -> list[Worker]:
+        return [
+            w
+            for w in self.p.workers.values()
+            if w.id not in self.retiring and not w.is_dead() and w.is_connected()
+        ]
+
+    def reload(self, batch: int = 1) -> Completion:
+        """Replace every worker, ``batch`` at a time, each new one ready before the old goes."""
+        from pycluster.primary import Completion
+
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, not {batch!r}")
+        self.p._attach_if_running()
+        done = Completion()
+        olds = sorted(self._alive(), key=lambda w: w.slot or 0)
+        errors: list[BaseException] = []
+        log.info("reloading %d worker(s), %d at a time", len(olds), batch)
+
+        def next_batch() -> None:
+            if not olds:
+                done.finish(errors[0] if errors else None)
+                return
+            group, olds[:] = olds[:batch], olds[batch:]
+            pending = len(group)
+
+            def one_done(comp: Completion) -> None:
+                nonlocal pending
+                if comp.error is not None:
+                    errors.append(comp.error)
+                pending -= 1
+                if pending == 0:
+                    next_batch()
+
+            for old in group:
+                comp = self.replace(old)
+                comp.add_done_callback(lambda comp=comp: one_done(comp))  # type: ignore[misc]
+
+        self.p.reactor.post(next_batch)
+        return done
+
+    def scale(self, n: int) -> Completion:
+        """Start or gracefully retire workers until ``n`` are alive."""
+        from pycluster.primary import Completion
+
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"scale() takes a worker count >= 0, not {n!r}")
+        self.p._attach_if_running()
+        done = Completion()
+        alive = sorted(self._alive(), key=lambda w: w.slot or 0)
+        comps: list[Completion] = []
+        if n > len(alive):
+            for _ in range(n - len(alive)):
+                worker = self.p.fork()
+                comp = Completion()
+                worker.once("online", comp.finish)
+                worker.once("exit", lambda *_, comp=comp: comp.finish())
+                comps.append(comp)
+        else:
+            for worker in alive[n:][::-1]:
+                comps.append(self._retire(worker))
+        log.info("scaling from %d to %d worker(s)", len(alive), n)
+        pending = len(comps)
+        if not pending:
+            self.p.reactor.post(done.finish)
+
+        def one_done() -> None:
+            nonlocal pending
+            pending -= 1
+            if pending == 0:
+                done.finish()
+
+        for comp in comps:
+            comp.add_done_callback(one_done)
+        return done
+
+    # -- the periodic check -------------------------------------------------------------------
+    def _needed(self) -> bool:
+        s = self.settings
+        return any(s.get(k) is not None for k in ("timeout", "max_requests", "max_memory"))
+
+    def _arm(self) -> None:
+        if self._monitor is None and self._needed() and self.p.workers:
+            self._monitor = self.p.reactor.call_later(MONITOR_INTERVAL, self._check)
+
+    def _check(self) -> None:
+        self._monitor = None
+        s = self.settings
+        timeout, max_memory = s.get("timeout"), s.get("max_memory")
+        now = time.monotonic()
+        memory_due = max_memory is not None and now - self._last_memory_check >= MEMORY_INTERVAL
+        if memory_due:
+            self._last_memory_check = now
+        for worker in list(self.p.workers.values()):
+            status = getattr(worker._backend, "status", None)
+            if status is None or worker.is_dead() or not worker.is_connected():
+                continue
+            if worker.id in self.retiring or worker.id in self.hung:
+                continue
+            if timeout is not None and worker.state in ("online", "listening"):
+                silent = now - status.last_beat
+                if silent > timeout:
+                    self._abort(worker, silent)
+                    continue
+            limit = self.limits.get(worker.id)
+            if limit is not None and status.connections >= limit:
+                log.info(
+                    "worker %d served %d connections: recycling it", worker.id, status.connections
+                )
+                self.replace(worker)
+                continue
+            if memory_due:
+                rss = resident_memory(worker.process.pid)
+                if rss is not None and max_memory is not None and rss > max_memory:
+                    log.info(
+                        "worker %d uses %d bytes (> %d): recycling it", worker.id, rss, max_memory
+                    )
+                    self.replace(worker)
+        self._arm()
+
+    def _abort(self, worker: Worker, silent: float) -> None:
+        log.error(
+            "worker %d (pid %s) sent no heartbeat for %.1f s: aborting it (its stack goes to stderr)",
+            worker.id,
+            worker.process.pid,
+            silent,
+        )
+        self.hung.add(worker.id)
+        worker.process.send_signal(signal.SIGABRT)
+
+        def kill() -> None:
+            if not worker.is_dead():
+                worker.process.send_signal(signal.SIGKILL)
+
+        self.p.reactor.call_later(ABORT_GRACE, kill)
+
+    # -- signals and statistics ---------------------------------------------------------------
+    def signal_handlers(self) -> dict[int, Callable[[int], None]]:
+        """What ``run()`` does on SIGHUP, SIGTTIN, SIGTTOU and SIGQUIT."""
+        return {
+            signal.SIGHUP: lambda _: self._quietly(self.reload()),
+            signal.SIGTTIN: lambda _: self._quietly(self.scale(len(self._alive()) + 1)),
+            signal.SIGTTOU: lambda _: self._quietly(self.scale(max(1, len(self._alive()) - 1))),
+            signal.SIGQUIT: self._quit,
+        }
+
+    @staticmethod
+    def _quietly(done: Completion) -> None:
+        done.add_done_callback(
+            lambda: log.error("%s", done.error) if done.error is not None else None
+        )
+
+    def _quit(self, signum: int) -> None:
+        log.warning("primary got SIGQUIT: killing every worker now")
+        self.stopping = True
+        self.p.kill_all(signal.SIGKILL)
+
+    def statistics(self) -> list[dict[str, Any]]:
+        """A snapshot per live worker."""
+        now = time.monotonic()
+        handed = self.p._servers.handed if self.p._servers is not None else {}
+        out = []
+        for worker in sorted(self.p.workers.values(), key=lambda w: w.id):
+            status = getattr(worker._backend, "status", None)
+            pid = worker.process.pid
+            history = self.history.get(worker.slot or 0)
+            out.append(
+                {
+                    "id": worker.id,
+                    "slot": worker.slot,
+                    "pid": pid,
+                    "state": worker.state,
+                    "uptime": now - self.started.get(worker.id, now),
+                    "connections": max(
+                        status.connections if status is not None else 0, handed.get(worker.id, 0)
+                    ),
+                    "restarts": history.total if history is not None else 0,
+                    "rss": resident_memory(pid),
+                }
+            )
+        return out
+
+
+def ensure_supervisor(primary: Primary) -> Supervisor:
+    """The primary's supervisor (it always has one)."""
+    assert primary.supervisor is not None
+    return primary.supervisor

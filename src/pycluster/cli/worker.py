@@ -1,0 +1,35 @@
+"""What a worker of ``pycluster run`` / ``serve`` runs: ``python -m pycluster.cli.worker SPEC``.
+
+``SPEC`` is the JSON the primary wrote (see ``cli.primary.worker_spec``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pycluster as cluster
+from pycluster.cli import logs
+
+
+def main(argv: list[str]) -> int:
+    """Run this worker's job; returns its exit status."""
+    if cluster.worker is None or len(argv) != 1:
+        print(
+            "pycluster.cli.worker is started by `pycluster run` or `pycluster serve`",
+            file=sys.stderr,
+        )
+        return 2
+    spec = json.loads(argv[0])
+    logs.configure(spec["log_level"], f"worker {cluster.worker.id}")
+    if spec["kind"] == "run":
+        from pycluster.cli import run
+
+        return run.main(spec)
+    from pycluster.cli import serve
+
+    return serve.main(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
