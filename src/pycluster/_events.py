@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -31,7 +30,7 @@ class EventEmitter(_PyeeEmitter):
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         result = f(*args, **kwargs)
-        if inspect.iscoroutine(result):
+        if isinstance(result, Coroutine):
             if self._coroutine_runner is None:
                 result.close()
                 raise RuntimeError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from pycluster._events import EventEmitter
 
 if TYPE_CHECKING:
+    import asyncio
     import socket
 
 
@@ -207,6 +207,8 @@ class _MessageIterator:
                     return self._items.popleft()
                 if self._done:
                     raise StopAsyncIteration
+                import asyncio  # here, so a worker that never iterates never imports it
+
                 self._loop = asyncio.get_running_loop()
                 self._waiter = self._loop.create_future()
                 waiter = self._waiter

@@ -45,7 +45,7 @@ log = logging.getLogger("pycluster.cli")
 
 STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 #: Seconds a disconnected worker's program gets to end by itself, then after SIGINT.
-GRACE = 3.0
+GRACE = 1.0
 
 _orig_bind = socket.socket.bind
 _orig_unlink = os.unlink
