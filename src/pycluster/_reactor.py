@@ -183,6 +183,10 @@ class Reactor:
             self.loop.remove_writer(fd)
 
     def _run_io(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            self.inflight += 1
-        self._run(callback, ())
+        # The hot path (every message, every accepted connection): no bookkeeping,
+        # just the error routing every callback gets.
+        try:
+            callback()
+        except BaseException as exc:
+            self._on_error(exc)
+        self._on_tick()

@@ -92,6 +92,7 @@ class PrimaryBackend:
         self.channel: LoopChannel | None = None
         self.worker: Worker | None = None
         self.status: StatusPage | None = None
+        self.disconnect_emitted = False
 
     def send(
         self,
@@ -174,6 +175,7 @@ class Primary:
         self.allow = serialization.AllowList()
         self._errors: list[BaseException] = []
         self._wakeup: asyncio.Future[None] | None = None
+        self._until: Completion | None = None
         self._servers: ServerTable | None = None
         self.starting = 0  # replacements scheduled but not forked yet
         self._shutting_down: Completion | None = None
@@ -366,9 +368,10 @@ class Primary:
 
     def on_channel_closed(self, worker: Worker, exc: BaseException | None) -> None:
         """The channel to ``worker`` ended: emit ``'disconnect'`` once."""
-        if getattr(worker, "_disconnect_emitted", False):
+        backend: PrimaryBackend = worker._backend  # type: ignore[assignment]
+        if backend.disconnect_emitted:
             return
-        worker._disconnect_emitted = True  # type: ignore[attr-defined]
+        backend.disconnect_emitted = True
         if self._servers is not None:
             self._servers.remove_worker(worker)
         if worker.is_dead():
@@ -451,8 +454,13 @@ class Primary:
         self._tick()
 
     def _tick(self) -> None:
+        # Called after every callback: wake the waiter only when it may be done,
+        # so a busy cluster does not pay a loop iteration per message for it.
         waiter = self._wakeup
-        if waiter is not None and not waiter.done():
+        if waiter is None or waiter.done():
+            return
+        until = self._until
+        if self._errors or (until.done if until is not None else not self.workers):
             waiter.set_result(None)
 
     @property

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from pycluster.ipc.fds import ancillary_for, recv_chunk
+from pycluster.ipc.fds import ChunkReader, ancillary_for
 from pycluster.ipc.framing import (
     DEFAULT_MAX_PAYLOAD,
     Codec,
@@ -93,6 +93,7 @@ class LoopChannel:
         self._on_frame = on_frame
         self._on_close = on_close
         self._decoder = Decoder(max_payload)
+        self._reader = ChunkReader(READ_SIZE)
         self._out: deque[_Pending] = deque()
         self._lock = threading.Lock()
         self._closed = False
@@ -157,7 +158,7 @@ class LoopChannel:
             if self._closed:
                 return
             try:
-                data, fds = recv_chunk(self._sock, READ_SIZE)
+                data, fds = self._reader.read(self._sock)
             except (BlockingIOError, InterruptedError):
                 return
             except ProtocolError as exc:
@@ -233,6 +234,7 @@ class ThreadChannel:
         self._on_frame = on_frame
         self._on_close = on_close
         self._decoder = Decoder(max_payload)
+        self._reader = ChunkReader(READ_SIZE)
         self._wlock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(
@@ -269,7 +271,7 @@ class ThreadChannel:
         error: BaseException | None = None
         try:
             while True:
-                data, fds = recv_chunk(self._sock, READ_SIZE)
+                data, fds = self._reader.read(self._sock)
                 if not data:
                     close_fds(fds)
                     break

@@ -114,7 +114,7 @@ class Decoder:
         """Bytes of an incomplete frame held so far."""
         return len(self._buf)
 
-    def feed(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> list[Frame]:
+    def feed(self, data: bytes | memoryview, fds: list[int] | tuple[int, ...] = ()) -> list[Frame]:
         """Consume one received chunk and return the frames it completed, in order."""
         if self._closed:
             close_fds(list(fds))
