@@ -180,3 +180,310 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class LiveProgram:
+    """A started program the test talks to while it runs.
+
+    Threads drain its stdout and stderr as they come, so a test can wait for an
+    event line while the program keeps running, and the pipes never fill up.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        import threading
+
+        self.proc = proc
+        self.pid = proc.pid
+        self._cond = threading.Condition()
+        self._out: list[str] = []
+        self._err: list[bytes] = []
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(proc.stdout, True), daemon=True),
+            threading.Thread(target=self._pump, args=(proc.stderr, False), daemon=True),
+        ]
+        for t in self._pumps:
+            t.start()
+
+    def _pump(self, stream: object, is_out: bool) -> None:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        partial = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            with self._cond:
+                if is_out:
+                    partial += chunk
+                    *done, partial = partial.split(b"\n")
+                    self._out.extend(line.decode(errors="replace") for line in done)
+                else:
+                    self._err.append(chunk)
+                self._cond.notify_all()
+        with self._cond:
+            if partial:
+                self._out.append(partial.decode(errors="replace"))
+            self._cond.notify_all()
+
+    @property
+    def stdout(self) -> str:
+        with self._cond:
+            return "\n".join(self._out)
+
+    @property
+    def stderr(self) -> str:
+        with self._cond:
+            return b"".join(self._err).decode(errors="replace")
+
+    def events(self) -> list[dict[str, object]]:
+        """The JSON-object lines printed so far."""
+        with self._cond:
+            lines = list(self._out)
+        return [json.loads(s) for s in (x.strip() for x in lines) if s.startswith("{")]
+
+    def wait_for(
+        self, count: int = 1, timeout: float = 10, **match: object
+    ) -> list[dict[str, object]]:
+        """Wait until ``count`` events carry every ``key=value`` of ``match``; return them all.
+
+        A value of ``...`` only asks for the key to be there.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [e for e in self.events() if _matches(e, match)]
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._pumps_alive()):
+                    break
+                self._cond.wait(min(left, 0.1))
+        pytest.fail(
+            f"no {count} event(s) matching {match} in {timeout} s\n"
+            f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+        )
+
+    def wait_line(self, text: str, count: int = 1, timeout: float = 10) -> list[str]:
+        """Wait until ``text`` occurs ``count`` times in the output; return its lines."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [line for line in self._out if text in line]
+                # Lines of processes sharing the pipe may interleave: count occurrences.
+                if sum(line.count(text) for line in found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._pumps_alive()):
+                    break
+                self._cond.wait(min(left, 0.1))
+        pytest.fail(
+            f"no {count} line(s) with {text!r} in {timeout} s\n"
+            f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+        )
+
+    def _pumps_alive(self) -> bool:
+        return any(t.is_alive() for t in self._pumps)
+
+    def finish(self, timeout: float = 15) -> Result:
+        """Wait for the program (and every process sharing its output) to end."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(
+                f"program did not finish in {timeout} s\n"
+                f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+            )
+        for t in self._pumps:
+            t.join(timeout)
+        return Result(self.proc.returncode, self.stdout, self.stderr, self.pid)
+
+    def close(self) -> None:
+        """Reap the process and close its pipes (its output's writers must be gone)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for t in self._pumps:
+            t.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _matches(event: dict[str, object], match: dict[str, object]) -> bool:
+    return all(k in event and (v is ... or event[k] == v) for k, v in match.items())
+
+
+class Live:
+    """Starts programs as ``LiveProgram``s, tagged like ``Cluster``'s, reaped after the test."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.programs: list[LiveProgram] = []
+
+    def start(
+        self, code: str, *args: str, env: dict[str, str] | None = None, name: str = "main.py"
+    ) -> LiveProgram:
+        """Write ``code`` to ``name`` and start it with ``args``."""
+        path = self.cluster.write(name, code)
+        return self.exec([sys.executable, str(path), *args], env=env)
+
+    def exec(self, argv: list[str], env: dict[str, str] | None = None) -> LiveProgram:
+        """Start ``argv`` in the test's directory with the test's tag."""
+        proc = subprocess.Popen(
+            argv,
+            cwd=self.cluster.tmp,
+            env=self.cluster.env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        program = LiveProgram(proc)
+        self.programs.append(program)
+        return program
+
+
+@pytest.fixture
+def live(cluster_env: Cluster) -> Iterator[Live]:
+    """Start programs and talk to them while they run; everything is reaped afterwards."""
+    starter = Live(cluster_env)
+    try:
+        yield starter
+    finally:
+        for program in starter.programs:
+            if program.proc.poll() is None:
+                program.proc.kill()
+        cluster_env.reap()  # workers hold the output pipes too: end them before closing
+        for program in starter.programs:
+            program.close()
+
+
+class Command:
+    """A command-line program (``python -m pycluster ...``) a test talks to while it runs.
+
+    Its stdout and stderr are merged (the CLI logs to stderr) and read as they come by
+    a thread, so the test can wait for a log line while the program keeps running.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        import threading
+
+        self.proc = proc
+        self._cond = threading.Condition()
+        self._lines: list[str] = []
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        partial = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            with self._cond:
+                if not chunk:
+                    if partial:
+                        self._lines.append(partial.decode(errors="replace"))
+                    self._cond.notify_all()
+                    return
+                partial += chunk
+                *done, partial = partial.split(b"\n")
+                self._lines.extend(line.decode(errors="replace") for line in done)
+                self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        """Everything it printed so far."""
+        with self._cond:
+            return "\n".join(self._lines)
+
+    def wait_line(self, text: str, timeout: float = 15, count: int = 1) -> list[str]:
+        """Wait until ``count`` lines contain ``text``; return those lines."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [line for line in self._lines if text in line]
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._pump.is_alive():
+                    break
+                self._cond.wait(min(left, 0.1))
+        pytest.fail(f"no {count} line(s) with {text!r} in {timeout} s; output:\n{self.output}")
+
+    def finish(self, timeout: float = 20) -> tuple[int, str]:
+        """Wait for the program to end; returns its status and its whole output."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"program did not finish in {timeout} s; output:\n{self.output}")
+        self._pump.join(timeout)
+        return self.proc.returncode, self.output
+
+    def close(self) -> None:
+        """Reap the process and close its pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._pump.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class Commands:
+    """Starts ``python -m pycluster ...`` (or any argv) tagged like ``Cluster``'s programs."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.started: list[Command] = []
+
+    def start(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+        argv: list[str] | None = None,
+        user: int | None = None,
+    ) -> Command:
+        """Start ``python -m pycluster ARGS`` (or ``argv``) in the test's directory."""
+        proc = subprocess.Popen(
+            argv or [sys.executable, "-m", "pycluster", *args],
+            cwd=self.cluster.tmp,
+            env=self.cluster.env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            user=user,
+        )
+        command = Command(proc)
+        self.started.append(command)
+        return command
+
+    def run(self, *args: str, timeout: float = 20, **kwargs: object) -> tuple[int, str]:
+        """Run a command to completion: its status and output."""
+        return self.start(*args, **kwargs).finish(timeout)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def commands(cluster_env: Cluster) -> Iterator[Commands]:
+    """Run command-line programs; every process they start is reaped afterwards."""
+    starter = Commands(cluster_env)
+    try:
+        yield starter
+    finally:
+        for command in starter.started:
+            if command.proc.poll() is None:
+                command.proc.kill()
+        cluster_env.reap()
+        for command in starter.started:
+            command.close()
