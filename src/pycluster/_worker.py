@@ -23,6 +23,7 @@ class Address(NamedTuple):
 
 
 SendCallback = Callable[[BaseException | None], None]
+Opener = Callable[[], "tuple[Any, Any] | None"]
 
 
 class Backend(Protocol):
@@ -60,7 +61,9 @@ class Worker(EventEmitter):
         self.exited_after_disconnect: bool | None = None
         self._backend = backend
         # Messages that reached a worker before anyone listened for them.
-        self._held: deque[tuple[Any, Any]] = deque()
+        # Messages that reached a worker before anyone listened, still undecoded: an
+        # "advanced" message may name a class the program has not defined yet.
+        self._held: deque[Opener] = deque()
         self._iterators: list[_MessageIterator] = []
         self._deliver_lock = threading.RLock()
         self._disconnected = threading.Event()
@@ -128,8 +131,10 @@ class Worker(EventEmitter):
         it = _MessageIterator(self)
         with self._deliver_lock:
             held, self._held = self._held, deque()
-            for item in held:
-                it.push(item)
+            for opener in held:
+                item = opener()
+                if item is not None:
+                    it.push(item)
             if self._disconnected.is_set():
                 it.finish()
             else:
@@ -149,18 +154,27 @@ class Worker(EventEmitter):
         if event == "message" and self._held:
             with self._deliver_lock:
                 held, self._held = self._held, deque()
-                for message, handle in held:
-                    self.emit("message", message, handle)
+                for opener in held:
+                    item = opener()
+                    if item is not None:
+                        self.emit("message", *item)
 
-    def _deliver(self, message: Any, handle: Any) -> None:
-        """Hand a received message to the listeners and iterators, or hold it for them."""
+    def _deliver(self, opener: Opener) -> None:
+        """Hand a received message to the listeners and iterators, or hold it for them.
+
+        ``opener`` decodes the message (``None`` if it cannot be decoded); it runs
+        only once someone is there to receive the message.
+        """
         with self._deliver_lock:
             if not self._iterators and not self.listeners("message"):
-                self._held.append((message, handle))
+                self._held.append(opener)
+                return
+            item = opener()
+            if item is None:
                 return
             for it in self._iterators:
-                it.push((message, handle))
-            self.emit("message", message, handle)
+                it.push(item)
+            self.emit("message", *item)
 
     def _mark_disconnected(self) -> None:
         with self._deliver_lock:

@@ -142,19 +142,24 @@ class ChildRuntime:
                 raise ProtocolError(f"the primary may not send {act.value!r}")
             return
         try:
-            message = serialization.decode(frame.payload, frame.codec, None)
-        except serialization.DecodeError as exc:
-            close_fds(frame.fds)
-            log.error("dropped a message from the primary: %s", exc)
-            return
-        handle = socket.socket(fileno=frame.fds[0]) if frame.fds else None
-        close_fds(frame.fds[1:])
-        try:
-            self.worker._deliver(message, handle)
+            self.worker._deliver(lambda: self._open(frame))
         except Exception:
             # A failing listener is the program's bug: report it as an uncaught
             # exception in a thread would be, and keep the channel alive.
             sys.excepthook(*sys.exc_info())
+
+    @staticmethod
+    def _open(frame: Frame) -> tuple[Any, socket.socket | None] | None:
+        """Decode a user frame into (message, handle); ``None`` (logged) if it cannot be."""
+        try:
+            message = serialization.decode(frame.payload, frame.codec, None)
+        except serialization.DecodeError as exc:
+            close_fds(frame.fds)
+            log.error("dropped a message from the primary: %s", exc)
+            return None
+        handle = socket.socket(fileno=frame.fds[0]) if frame.fds else None
+        close_fds(frame.fds[1:])
+        return message, handle
 
     def _on_close(self, error: BaseException | None) -> None:
         self.requests.fail_all(ChannelClosedError("the IPC channel to the primary closed"))

@@ -241,11 +241,6 @@ else:
 """)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker decodes each message on arrival, before its program has defined "
-    "the classes the message names; the message is dropped instead of held",
-)
 def test_advanced_message_for_a_class_the_worker_defines_later(cluster_env: Cluster) -> None:
     result = cluster_env.run(EARLY_CLASS)
     assert result.returncode == 0, result.stderr
