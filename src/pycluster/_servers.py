@@ -82,6 +82,15 @@ def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
     try:
         if family == socket.AF_INET6 and msg.get("dualstack"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuse_port and address[1]:
+            # SO_REUSEPORT would silently share the port with any other program of
+            # this user (another cluster): a plain bind must succeed first.
+            with socket.socket(family, type_) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    dual = bool(msg.get("dualstack"))
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
+                probe.bind(address)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

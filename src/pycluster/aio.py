@@ -83,6 +83,9 @@ class Server:
                 task.cancelling() if task is not None and hasattr(task, "cancelling") else 0
             )
             if self._closed_by_cluster and not cancelling:
+                # Requests in progress finish before the program goes on (and perhaps
+                # ends, which would cancel their tasks mid-answer).
+                await self._idle.wait()
                 return
             raise
 

@@ -63,11 +63,16 @@ class ServerRegistry:
         if closer is not None:
             threading.Thread(target=closer, name="pycluster-close", daemon=True).start()
 
-    def replace(self, token: int, closer: Closer) -> None:
-        """An integration (socketserver, asyncio) takes over closing a listener."""
+    def replace(self, token: int, closer: Closer) -> bool:
+        """An integration (socketserver, asyncio) takes over closing a listener.
+
+        ``False`` if a disconnect already closed it: the integration must not serve.
+        """
         with self._lock:
             if token in self._closers:
                 self._closers[token] = closer
+                return True
+            return False
 
     def close_all(self) -> None:
         """Close every registered server and wait until each is closed."""

@@ -277,6 +277,7 @@ class Primary:
             self.reactor,
             lambda frame: self._on_frame(worker, frame),
             lambda exc: self.on_channel_closed(worker, exc),
+            name=f"worker {worker_id} (pid {proc.pid})",
         )
         if self.supervisor is not None:
             self.supervisor.on_fork(worker)

@@ -73,8 +73,11 @@ class ClusterMixIn:
         self._cluster_serving = False
         self._cluster_closed = threading.Event()
         token = getattr(listener, "registry_token", None)
-        if token is not None:
-            runtime.servers.replace(token, self._cluster_close)
+        if token is not None and not runtime.servers.replace(token, self._cluster_close):
+            # A disconnect came while binding and closed the listener itself: there
+            # is nothing to serve (serve_forever() returns at once).
+            self._cluster_closing = True
+            self._cluster_closed.set()
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         cond = getattr(self, "_cluster_cond", None)
@@ -89,6 +92,12 @@ class ClusterMixIn:
         if not closing:
             try:
                 super().serve_forever(poll_interval)  # type: ignore[misc]
+            except (OSError, ValueError):
+                # A disconnect right after listening can close the listener before
+                # the serving loop has registered it (fileno() is then -1): that
+                # ends serving, it is not an error.
+                if not self._cluster_closing:
+                    raise
             finally:
                 self._cluster_serving = False
         if self._cluster_closing:

@@ -94,6 +94,7 @@ class ClusterApp:
         self.reloading = False
         self.exit_code = 0
         self.control: Any = None
+        self.bind_list: list[binds.Bind] = []
         self.metrics: Any = None
 
     # -- start and run ----------------------------------------------------------------------
@@ -114,7 +115,8 @@ class ClusterApp:
     def _setup(self) -> None:
         if self.ns.policy is not None:
             cluster.scheduling_policy = POLICIES[self.ns.policy]
-        spec = worker_spec(self.ns, self._binds())
+        self.bind_list = self._binds()
+        spec = worker_spec(self.ns, self.bind_list)
         spec["policy"] = POLICY_NAMES.get(cluster.scheduling_policy, "rr")
         cluster.setup_primary(
             exec="-m pycluster.cli.worker", args=[json.dumps(spec)], **settings_from(self.ns)
@@ -147,6 +149,9 @@ class ClusterApp:
             if watchdog is not None:
                 watchdog.cancel()
             await self._stop_services()
+            for bind in self.bind_list:
+                if bind["kind"] == "unix":  # as Node's server.close(): no socket file left
+                    binds.remove_stale_socket(bind["path"])
         log.info("stopped")
         return self.exit_code
 

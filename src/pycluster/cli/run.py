@@ -129,7 +129,7 @@ class _Managed:
     def retire(self) -> None:
         """For a disconnect: the program's socket becomes one that never gets a connection."""
         quiet = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        quiet.bind("")  # an unnamed abstract address: nobody can connect to it
+        _orig_bind(quiet, "")  # an unnamed abstract address: nobody can connect to it
         quiet.listen(1)
         sock = self.sock()
         if sock is not None and sock.fileno() == self.fd:

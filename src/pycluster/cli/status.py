@@ -120,7 +120,9 @@ def watch(fetch: Callable[[], Status], interval: float) -> None:
         ) from None
     from pycluster.cli.control import ControlError
 
-    with Live(_rich_table(fetch()), refresh_per_second=4, screen=False) as live:
+    first = fetch()
+    print(f"watching {first['primary']['name']} (Ctrl-C to stop)", flush=True)
+    with Live(_rich_table(first), refresh_per_second=4, screen=False) as live:
         while True:
             time.sleep(interval)
             try:

@@ -85,8 +85,10 @@ class LoopChannel:
         on_frame: FrameHandler,
         on_close: CloseHandler,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        name: str = "peer",
     ) -> None:
         sock.setblocking(False)
+        self._name = name
         self._sock = sock
         self._fd = sock.fileno()
         self._reactor = reactor
@@ -188,7 +190,7 @@ class LoopChannel:
         self._readable()
 
     def _protocol_error(self, exc: ProtocolError) -> None:
-        log.error("IPC protocol error, closing the channel: %s", exc)
+        log.error("IPC protocol error from %s, closing its channel: %s", self._name, exc)
         self._fail(exc)
 
     def _fail(self, exc: BaseException | None) -> None:

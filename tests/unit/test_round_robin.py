@@ -1,0 +1,310 @@
+"""The round-robin handle, sans I/O: who gets each connection, and none is ever lost.
+
+Workers are plain strings and connections plain ints here; the handle never looks
+inside either.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+)
+
+from pycluster.scheduling.round_robin import RoundRobinHandle
+
+Handle = RoundRobinHandle[str, int]
+
+
+def handle_with(*workers: str) -> Handle:
+    h: Handle = RoundRobinHandle()
+    for w in workers:
+        assert h.add(w) == []
+    return h
+
+
+class TestHandOff:
+    """One connection in flight per worker; the longest-free worker goes first."""
+
+    def test_one_in_flight_per_worker(self) -> None:
+        h = handle_with("a", "b")
+        assert h.push(1) == [("a", 1)]
+        assert h.push(2) == [("b", 2)]
+        # Both busy: the third waits even though "a" is a member.
+        assert h.push(3) == []
+        assert h.queued == 1
+        assert (h.inflight("a"), h.inflight("b")) == (1, 2)
+
+    def test_accepted_frees_the_worker_and_hands_the_next(self) -> None:
+        h = handle_with("a")
+        h.push(1)
+        h.push(2)
+        conn, more = h.accepted("a")
+        assert conn == 1
+        assert more == [("a", 2)]
+        assert h.inflight("a") == 2 and h.queued == 0
+
+    def test_free_workers_are_a_fifo(self) -> None:
+        h = handle_with("a", "b", "c")
+        assert [h.push(i)[0][0] for i in range(3)] == ["a", "b", "c"]
+        # Freed in the order c, a, b: that is the order of the next hand-offs.
+        for w in ("c", "a", "b"):
+            h.accepted(w)
+        assert [h.push(i)[0][0] for i in range(3, 6)] == ["c", "a", "b"]
+
+    def test_even_spread(self) -> None:
+        h = handle_with("a", "b", "c", "d")
+        counts: Counter[str] = Counter()
+        for conn in range(400):
+            for worker, _ in h.push(conn):
+                counts[worker] += 1
+            # Every worker answers at once: the spread is perfectly even.
+            for worker in list(counts):
+                if h.inflight(worker) is not None:
+                    _, more = h.accepted(worker)
+                    counts.update(w for w, _ in more)
+        assert counts == Counter({"a": 100, "b": 100, "c": 100, "d": 100})
+
+    def test_spurious_accept_returns_nothing(self) -> None:
+        h = handle_with("a")
+        assert h.accepted("a") == (None, [])
+        assert h.accepted("stranger") == (None, [])
+        assert h.members == {"a"}
+
+    def test_adding_twice_does_not_double_a_worker(self) -> None:
+        h = handle_with("a")
+        h.add("a")
+        assert h.push(1) == [("a", 1)]
+        assert h.push(2) == []
+
+
+class TestNoMembers:
+    """Connections wait while no worker serves the port."""
+
+    def test_queue_grows_then_drains_to_the_first_worker(self) -> None:
+        h: Handle = RoundRobinHandle()
+        for conn in range(5):
+            assert h.push(conn) == []
+        assert h.queued == 5
+        assert h.add("a") == [("a", 0)]
+        assert h.add("b") == [("b", 1)]
+        assert h.queued == 3
+
+    def test_drain_takes_everything_queued(self) -> None:
+        h = handle_with("a")
+        for conn in range(4):
+            h.push(conn)
+        assert h.drain() == [1, 2, 3]
+        assert h.queued == 0
+        assert h.inflight("a") == 0  # what is in flight is not the queue's
+        assert h.drain() == []
+
+
+class TestRemoveAndRefuse:
+    """Leaving workers: nothing new goes to them, nothing they held is lost."""
+
+    def test_removed_worker_gets_nothing_new(self) -> None:
+        h = handle_with("a", "b")
+        h.remove("a")
+        assert h.members == {"b"}
+        assert h.push(1) == [("b", 1)]
+        assert h.push(2) == []
+
+    def test_removed_worker_in_flight_waits_for_its_answer(self) -> None:
+        h = handle_with("a", "b")
+        h.push(1)  # to a
+        h.remove("a")
+        assert h.inflight("a") == 1
+        conn, more = h.accepted("a")
+        assert conn == 1
+        # It took it; still not a member, so it stays out of the rotation.
+        h.push(2)
+        h.push(3)
+        assert h.inflight("a") is None
+        assert h.inflight("b") == 2
+
+    def test_removed_worker_refusing_passes_the_connection_on(self) -> None:
+        h = handle_with("a", "b")
+        h.push(1)  # a
+        h.push(2)  # b
+        h.push(3)  # queued
+        h.remove("a")
+        assert h.refused("a") == []  # b still busy: 1 goes to the front of the queue
+        _, more = h.accepted("b")
+        assert more == [("b", 1)]  # before 3, which was queued earlier but behind it
+        _, more = h.accepted("b")
+        assert more == [("b", 3)]
+
+    def test_refused_goes_to_another_free_worker_at_once(self) -> None:
+        h = handle_with("a", "b")
+        h.push(1)  # a
+        assert h.refused("a") == [("b", 1)]
+        assert "a" not in h.members
+
+    def test_refused_with_nobody_left_waits_in_the_queue(self) -> None:
+        h = handle_with("a")
+        h.push(1)
+        h.push(2)
+        assert h.refused("a") == []
+        assert h.queued == 2
+        assert h.drain() == [1, 2]
+
+    def test_rejoining_while_in_flight_waits_for_the_answer(self) -> None:
+        h = handle_with("a")
+        h.push(1)
+        h.remove("a")
+        assert h.add("a") == []
+        assert h.push(2) == []  # "a" still has 1 in flight
+        _, more = h.accepted("a")
+        assert more == [("a", 2)]
+
+
+class TestBusyPredicate:
+    """A busy worker is passed over while a free one is not busy, but never starves the queue."""
+
+    def test_busy_worker_is_skipped(self) -> None:
+        busy = {"a"}
+        h: Handle = RoundRobinHandle(lambda w: w in busy)
+        h.add("a")
+        h.add("b")
+        assert h.push(1) == [("b", 1)]
+        # Only "a" is free now: busy or not, it takes the next one.
+        assert h.push(2) == [("a", 2)]
+
+    def test_all_free_workers_busy_uses_the_longest_free(self) -> None:
+        h: Handle = RoundRobinHandle(lambda w: True)
+        h.add("a")
+        h.add("b")
+        assert h.push(1) == [("a", 1)]
+        assert h.push(2) == [("b", 2)]
+
+    def test_skipped_worker_keeps_its_place(self) -> None:
+        busy = {"a"}
+        h: Handle = RoundRobinHandle(lambda w: w in busy)
+        for w in ("a", "b", "c"):
+            h.add(w)
+        assert h.push(1) == [("b", 1)]
+        busy.clear()
+        assert h.push(2) == [("a", 2)]  # still first in line once it is not busy
+        assert h.push(3) == [("c", 3)]
+
+
+WORKERS = ["w0", "w1", "w2", "w3"]
+
+
+class RoundRobinMachine(RuleBasedStateMachine):
+    """Random add/remove/push/accepted/refused/drain sequences against the invariants.
+
+    The machine keeps only what the caller knows (what it pushed, the hand-offs it
+    was told to send, what came back), never a copy of the handle's algorithm.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy: set[str] = set()
+        self.handle: Handle = RoundRobinHandle(lambda w: w in self.busy)
+        self.next_conn = 0
+        self.pushed: list[int] = []
+        self.done: list[int] = []  # returned by accepted() or drain(): the caller's again
+        self.sent: dict[str, int] = {}  # hand-offs not yet answered
+        self.members: set[str] = set()
+        # A refused connection that went back to the queue: it must leave it first.
+        self.front: int | None = None
+
+    def take(self, handoffs: list[tuple[str, int]]) -> None:
+        if handoffs and self.front is not None:
+            assert handoffs[0][1] == self.front, "a refused connection lost its place"
+            self.front = None
+        for worker, conn in handoffs:
+            assert worker in self.handle.members, f"{conn} handed to non-member {worker}"
+            assert worker in self.members
+            assert worker not in self.sent, f"{worker} got a second connection in flight"
+            assert conn in self.pushed
+            self.sent[worker] = conn
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def add(self, worker: str) -> None:
+        self.members.add(worker)
+        self.take(self.handle.add(worker))
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def remove(self, worker: str) -> None:
+        self.members.discard(worker)
+        assert self.handle.remove(worker) == []
+        assert self.handle.inflight(worker) == self.sent.get(worker)
+
+    @rule()
+    def push(self) -> None:
+        conn = self.next_conn
+        self.next_conn += 1
+        self.pushed.append(conn)
+        self.take(self.handle.push(conn))
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def accepted(self, worker: str) -> None:
+        conn, more = self.handle.accepted(worker)
+        assert conn == self.sent.pop(worker, None)
+        if conn is not None:
+            self.done.append(conn)
+        self.take(more)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def refused(self, worker: str) -> None:
+        conn = self.sent.pop(worker, None)
+        queued_before = self.handle.queued
+        self.members.discard(worker)
+        more = self.handle.refused(worker)
+        if conn is not None:
+            # Back at the front: it is the first to go out again, or it waits first.
+            if more:
+                assert more[0][1] == conn
+            else:
+                assert self.handle.queued == queued_before + 1
+                self.front = conn
+        self.take(more)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def toggle_busy(self, worker: str) -> None:
+        self.busy ^= {worker}
+
+    @precondition(lambda self: self.handle.queued > 0)
+    @rule()
+    def drain(self) -> None:
+        drained = self.handle.drain()
+        if self.front is not None:
+            assert drained[0] == self.front
+            self.front = None
+        self.done.extend(drained)
+        assert self.handle.queued == 0
+
+    @invariant()
+    def nothing_lost_or_duplicated(self) -> None:
+        in_flight = list(self.sent.values())
+        waiting = len(self.pushed) - len(self.done) - len(in_flight)
+        accounted = Counter(self.done) + Counter(in_flight)
+        assert all(n == 1 for n in accounted.values()), "a connection was duplicated"
+        assert set(accounted) <= set(self.pushed)
+        assert self.handle.queued == waiting
+
+    @invariant()
+    def handle_agrees_on_what_is_in_flight(self) -> None:
+        for worker in WORKERS:
+            assert self.handle.inflight(worker) == self.sent.get(worker)
+        assert self.handle.members == self.members
+
+    @invariant()
+    def no_idle_worker_while_connections_wait(self) -> None:
+        if self.handle.queued:
+            assert all(w in self.sent for w in self.members), "a free member sits idle"
+
+
+RoundRobinMachine.TestCase.settings = settings(
+    max_examples=120, stateful_step_count=40, deadline=None
+)
+TestRoundRobinProperties = RoundRobinMachine.TestCase

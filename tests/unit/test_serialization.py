@@ -1,0 +1,546 @@
+"""Message codecs: JSON and "advanced" round trips, the allow-list, hostile pickles.
+
+The hostile payloads are written opcode by opcode. Each one would create a marker
+file if a stock unpickler ran it (checked against the stock unpickler in a separate
+interpreter), so "runs no code" is observed, not assumed.
+"""
+
+from __future__ import annotations
+
+import collections
+import copyreg
+import dataclasses
+import datetime as dt
+import decimal
+import fractions
+import json
+import math
+import pathlib
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pycluster.ipc.framing import Codec
+from pycluster.ipc.serialization import AllowList, DecodeError, decode, encode
+
+PROPERTY = settings(max_examples=150, deadline=None)
+
+
+@dataclasses.dataclass
+class Point:
+    """A user type: refused until allowed."""
+
+    x: int
+    y: int
+
+
+class Outer:
+    """Holds a nested class, so allow-listing by qualified name is exercised."""
+
+    @dataclasses.dataclass
+    class Inner:
+        label: str
+
+
+@dataclasses.dataclass
+class Node:
+    """A user type that can take part in a reference cycle."""
+
+    name: str
+    next: Node | None = None
+
+
+def advanced(value: Any, allow: AllowList | None = None) -> Any:
+    """Encode with "advanced" and decode as the primary does (against an allow-list)."""
+    return decode(encode(value, Codec.ADVANCED), Codec.ADVANCED, allow or AllowList())
+
+
+def assert_same(a: Any, b: Any) -> None:
+    """Equal values of exactly the same types, all the way down."""
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, (list, tuple, collections.deque)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b)
+    else:
+        assert a == b
+
+
+# -- JSON ------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+class TestJson:
+    """The default codec: any JSON value round-trips unchanged."""
+
+    @PROPERTY
+    @given(value=json_values)
+    def test_round_trip(self, value: Any) -> None:
+        payload = encode(value, Codec.JSON)
+        assert isinstance(payload, bytes)
+        assert_same(decode(payload, Codec.JSON, AllowList()), value)
+        assert_same(decode(payload, Codec.JSON, None), value)
+
+    def test_internal_looking_dict_is_plain_data(self) -> None:
+        value = {"act": "disconnect", "seq": 1, "cmd": "NODE_CLUSTER"}
+        assert decode(encode(value, Codec.JSON), Codec.JSON, None) == value
+
+    def test_non_finite_floats(self) -> None:
+        out = decode(encode([math.inf, -math.inf, math.nan], Codec.JSON), Codec.JSON, None)
+        assert out[:2] == [math.inf, -math.inf] and math.isnan(out[2])
+
+    @pytest.mark.parametrize(
+        "payload", [b"", b"{", b"\xff\xfe", b"[1,]", b"nul", b"[" * 100_000 + b"]" * 100_000]
+    )
+    def test_malformed_is_decode_error(self, payload: bytes) -> None:
+        with pytest.raises(DecodeError):
+            decode(payload, Codec.JSON, AllowList())
+
+    @PROPERTY
+    @given(payload=st.binary(max_size=100))
+    def test_any_bytes_give_a_value_or_decode_error(self, payload: bytes) -> None:
+        try:
+            decode(payload, Codec.JSON, AllowList())
+        except DecodeError:
+            pass
+
+    @pytest.mark.parametrize(
+        ("value", "name"),
+        [
+            ({1, 2}, "set"),
+            (Point(1, 2), "Point"),
+            (b"bytes", "bytes"),
+            ({"nested": [object()]}, "object"),
+        ],
+    )
+    def test_unencodable_names_the_type(self, value: Any, name: str) -> None:
+        with pytest.raises(TypeError, match=name):
+            encode(value, Codec.JSON)
+
+    def test_circular_structure_is_type_error(self) -> None:
+        loop: list[Any] = []
+        loop.append(loop)
+        with pytest.raises(TypeError, match="(?i)circular"):
+            encode(loop, Codec.JSON)
+
+
+# -- advanced: the default allow-list ---------------------------------------------------------
+
+leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+    st.binary(max_size=20).map(bytearray),
+    st.complex_numbers(allow_nan=False),
+    st.dates(),
+    st.times(),
+    st.datetimes(),
+    # Only fixed-offset zones are on the default list (zoneinfo.ZoneInfo is not).
+    st.builds(
+        dt.datetime.replace,
+        st.datetimes(),
+        tzinfo=st.builds(
+            dt.timezone, st.timedeltas(dt.timedelta(hours=-23), dt.timedelta(hours=23))
+        ),
+    ),
+    st.timedeltas(),
+    st.decimals(allow_nan=False),
+    st.fractions(),
+    st.uuids(),
+    st.text(alphabet="abc/", max_size=12).map(pathlib.PurePosixPath),
+    st.text(alphabet="abc\\", max_size=12).map(pathlib.PureWindowsPath),
+    st.text(alphabet="abc/", max_size=12).map(pathlib.Path),
+)
+hashables = st.one_of(st.integers(), st.text(max_size=10), st.binary(max_size=10), st.uuids())
+advanced_values = st.recursive(
+    leaves,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.lists(children, max_size=4).map(tuple),
+        st.dictionaries(hashables, children, max_size=4),
+        st.dictionaries(hashables, children, max_size=4).map(collections.OrderedDict),
+        st.lists(children, max_size=4).map(collections.deque),
+        st.sets(hashables, max_size=4),
+        st.frozensets(hashables, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+class TestAdvancedDefaults:
+    """Every type API.md lists round-trips with no allow_types() call."""
+
+    @PROPERTY
+    @given(value=advanced_values)
+    def test_round_trip(self, value: Any) -> None:
+        assert_same(advanced(value), value)
+
+    def test_each_documented_type(self) -> None:
+        tz = dt.timezone(dt.timedelta(hours=5, minutes=30), "IST")
+        values = [
+            None,
+            True,
+            12345678901234567890,
+            1.5,
+            "text",
+            [1, "a"],
+            {"k": [1]},
+            (1, 2),
+            {1, 2},
+            frozenset({3}),
+            b"\x00\xff",
+            bytearray(b"ab"),
+            1 + 2j,
+            dt.date(2024, 2, 29),
+            dt.time(23, 59, 1, 5, tzinfo=tz),
+            dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=tz),
+            dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc),
+            dt.timedelta(days=-3, microseconds=7),
+            tz,
+            decimal.Decimal("-1.50E+7"),
+            fractions.Fraction(-22, 7),
+            uuid.uuid4(),
+            collections.OrderedDict([("b", 1), ("a", 2)]),
+            collections.deque([1, 2, 3], maxlen=5),
+            pathlib.PurePosixPath("/etc/x"),
+            pathlib.PureWindowsPath(r"C:\x"),
+            pathlib.Path("relative/p"),
+        ]
+        for value in values:
+            out = advanced(value)
+            assert type(out) is type(value)
+            assert out == value
+        assert advanced(collections.deque([1], maxlen=5)).maxlen == 5
+
+    def test_circular_references_survive(self) -> None:
+        lst: list[Any] = [1]
+        lst.append(lst)
+        d: dict[str, Any] = {}
+        d["self"] = d
+        od: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        od["me"] = od
+        dq: collections.deque[Any] = collections.deque()
+        dq.append(dq)
+        out_lst, out_d, out_od, out_dq = advanced((lst, d, od, dq))
+        assert out_lst[1] is out_lst
+        assert out_d["self"] is out_d
+        assert out_od["me"] is out_od
+        assert out_dq[0] is out_dq
+
+    def test_shared_references_stay_shared(self) -> None:
+        shared = [1, 2]
+        out = advanced({"a": shared, "b": shared, "t": (shared,)})
+        assert out["a"] is out["b"] is out["t"][0]
+
+    def test_large_bytes(self) -> None:
+        blob = bytes(range(256)) * 8192
+        assert advanced(blob) == blob
+
+
+# -- advanced: user classes ------------------------------------------------------------------
+
+
+class TestAllowList:
+    """User classes are refused, naming them, until AllowList.add()."""
+
+    def test_unknown_class_is_refused_by_name(self) -> None:
+        with pytest.raises(DecodeError) as info:
+            advanced(Point(1, 2))
+        message = str(info.value)
+        assert f"{__name__}.Point" in message
+        assert "allow_types" in message
+
+    def test_allowed_after_add(self) -> None:
+        allow = AllowList()
+        allow.add(Point)
+        assert advanced([Point(1, 2)], allow) == [Point(1, 2)]
+
+    def test_nested_class_by_qualified_name(self) -> None:
+        allow = AllowList()
+        with pytest.raises(DecodeError, match="Outer.Inner"):
+            advanced(Outer.Inner("x"), allow)
+        allow.add(Outer.Inner)
+        assert advanced(Outer.Inner("x"), allow) == Outer.Inner("x")
+
+    def test_allowing_one_class_does_not_allow_its_fields(self) -> None:
+        allow = AllowList()
+        allow.add(Node)
+        with pytest.raises(DecodeError, match="Point"):
+            advanced(Node("a", Point(1, 2)), allow)  # type: ignore[arg-type]
+
+    def test_user_objects_in_a_cycle(self) -> None:
+        allow = AllowList()
+        allow.add(Node)
+        a = Node("a")
+        b = Node("b", a)
+        a.next = b
+        out = advanced(a, allow)
+        assert out.next.next is out and out.next.name == "b"
+
+    def test_lists_are_independent(self) -> None:
+        first, second = AllowList(), AllowList()
+        first.add(Point)
+        advanced(Point(0, 0), first)
+        with pytest.raises(DecodeError):
+            advanced(Point(0, 0), second)
+
+    @pytest.mark.parametrize("bad", [Point(1, 2), "Point", 3, None])
+    def test_add_takes_classes_only(self, bad: Any) -> None:
+        with pytest.raises(TypeError):
+            AllowList().add(bad)
+
+    def test_without_allow_list_anything_decodes(self) -> None:
+        # The worker trusts its primary: no allow-list on that side.
+        assert decode(encode(Point(3, 4), Codec.ADVANCED), Codec.ADVANCED, None) == Point(3, 4)
+
+
+# -- advanced: hostile payloads --------------------------------------------------------------
+
+
+def text0(value: str) -> bytes:
+    """A protocol-0 unicode argument (the ``V`` opcode)."""
+    return b"V" + value.encode("raw_unicode_escape") + b"\n"
+
+
+def short_unicode(value: str) -> bytes:
+    """A SHORT_BINUNICODE argument (protocol 4+)."""
+    raw = value.encode()
+    return b"\x8c" + bytes([len(raw)]) + raw
+
+
+def call_global0(module: str, name: str, *args: str) -> bytes:
+    """``module.name(*args)`` as GLOBAL + MARK + args + TUPLE + REDUCE."""
+    return b"c" + f"{module}\n{name}\n".encode() + b"(" + b"".join(map(text0, args)) + b"tR."
+
+
+def call_stack_global(module: str, name: str, *args: str) -> bytes:
+    """``module.name(*args)`` as protocol-4 STACK_GLOBAL + REDUCE."""
+    body = short_unicode(module) + short_unicode(name) + b"\x93"
+    body += b"(" + b"".join(map(short_unicode, args)) + b"t" + b"R."
+    return b"\x80\x04" + body
+
+
+class Popener:
+    """Pickles as a call to ``subprocess.Popen`` (only ever pickled, never run here)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (subprocess.Popen, (self.argv,))
+
+
+def hostile_payloads(marker: Path) -> dict[str, bytes]:
+    """Payloads that each create ``marker`` when a stock unpickler loads them."""
+    touch = f"touch {marker}"
+    create = f"open({str(marker)!r}, 'w').close()"
+    return {
+        "os.system via REDUCE": call_global0("os", "system", touch),
+        "posix.system via REDUCE": call_global0("posix", "system", touch),
+        "builtins.eval via GLOBAL": call_global0("builtins", "eval", create),
+        "__builtin__.exec via GLOBAL": call_global0("__builtin__", "exec", create),
+        "builtins.eval via STACK_GLOBAL": call_stack_global("builtins", "eval", create),
+        "os.system via INST": b"(" + text0(touch) + b"ios\nsystem\n.",
+        "getattr chain to os.system": (
+            b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n("
+            + text0("os")
+            + b"tR"
+            + text0("system")
+            + b"tR("
+            + text0(touch)
+            + b"tR."
+        ),
+        "subprocess.Popen via __reduce__": pickle.dumps(
+            Popener(["touch", str(marker)]), protocol=5
+        ),
+        "subprocess.Popen via protocol 2": pickle.dumps(
+            Popener(["touch", str(marker)]), protocol=2
+        ),
+    }
+
+
+STOCK_LOADER = """
+import pickle, sys
+obj = pickle.loads(sys.stdin.buffer.read())
+if hasattr(obj, "wait"):
+    obj.wait()
+"""
+
+
+def test_hostile_payloads_are_real(tmp_path: Path) -> None:
+    """Control: each payload does create the marker under the stock unpickler."""
+    marker = tmp_path / "pwned"
+    for name, payload in hostile_payloads(marker).items():
+        subprocess.run([sys.executable, "-c", STOCK_LOADER], input=payload, check=True, timeout=20)
+        assert marker.exists(), name
+        marker.unlink()
+
+
+class TestHostilePickles:
+    """Crafted pickles raise DecodeError and run nothing."""
+
+    @pytest.fixture
+    def marker(self, tmp_path: Path) -> Iterator[Path]:
+        path = tmp_path / "pwned"
+        yield path
+        assert not path.exists(), "a hostile payload ran"
+
+    def test_code_execution_payloads_are_refused(self, marker: Path) -> None:
+        for name, payload in hostile_payloads(marker).items():
+            with pytest.raises(DecodeError, match="refusing") as info:
+                decode(payload, Codec.ADVANCED, AllowList())
+            assert "not an allowed type" in str(info.value), name
+            assert not marker.exists(), name
+
+    def test_refusal_names_the_global(self, marker: Path) -> None:
+        with pytest.raises(DecodeError, match=r"os\.system"):
+            decode(call_global0("os", "system", "true"), Codec.ADVANCED, AllowList())
+        with pytest.raises(DecodeError, match=r"subprocess\.Popen"):
+            decode(pickle.dumps(Popener(["true"])), Codec.ADVANCED, AllowList())
+
+    @pytest.mark.parametrize(
+        "payload",
+        [b"\x80\x05\x82\x7f)R.", b"\x80\x05\x83\xff\x7f)R.", b"\x80\x05\x84\xff\xff\xff\x00)R."],
+        ids=["EXT1", "EXT2", "EXT4"],
+    )
+    def test_unregistered_extension_codes(self, payload: bytes, marker: Path) -> None:
+        with pytest.raises(DecodeError):
+            decode(payload, Codec.ADVANCED, AllowList())
+
+    @pytest.fixture
+    def extension(self) -> Iterator[int]:
+        """os.getcwd registered as a copyreg extension code, unregistered afterwards."""
+        code = 0x7FFF_FF01
+        copyreg.add_extension("os", "getcwd", code)
+        try:
+            yield code
+        finally:
+            copyreg.remove_extension("os", "getcwd", code)
+
+    def test_registered_extension_still_checked(self, extension: int, marker: Path) -> None:
+        payload = b"\x80\x05\x84" + struct.pack("<I", extension) + b")R."
+        with pytest.raises(DecodeError, match=r"os\.getcwd"):
+            decode(payload, Codec.ADVANCED, AllowList())
+
+    def test_extension_cached_by_an_earlier_trusted_load(
+        self, extension: int, marker: Path
+    ) -> None:
+        # The C unpickler caches resolved extension codes process-wide; a code the
+        # primary's own trusted unpickling resolved must still face the allow-list.
+        ref = b"\x80\x05\x84" + struct.pack("<I", extension) + b"."
+        pickle.loads(ref)
+        payload = b"\x80\x05\x84" + struct.pack("<I", extension) + b")R."
+        with pytest.raises(DecodeError, match=r"os\.getcwd"):
+            decode(payload, Codec.ADVANCED, AllowList())
+
+    @pytest.mark.parametrize(
+        "payload",
+        [b"(" + text0("touch x") + b"P0\n.", b"\x80\x05" + short_unicode("pid") + b"Q."],
+        ids=["PERSID", "BINPERSID"],
+    )
+    def test_persistent_ids(self, payload: bytes, marker: Path) -> None:
+        with pytest.raises(DecodeError, match="persistent"):
+            decode(payload, Codec.ADVANCED, AllowList())
+
+    def test_huge_bytearray_via_reduce(self, marker: Path) -> None:
+        payload = b"cbuiltins\nbytearray\n(I1000000000000\ntR."
+        with pytest.raises(DecodeError, match=r"builtins\.bytearray"):
+            decode(payload, Codec.ADVANCED, AllowList())
+
+    @pytest.mark.parametrize("opcode", [b"\x96", b"\x8e"], ids=["BYTEARRAY8", "BINBYTES8"])
+    def test_huge_declared_length(self, opcode: bytes, marker: Path) -> None:
+        payload = b"\x80\x05" + opcode + struct.pack("<Q", 1 << 62) + b"."
+        with pytest.raises(DecodeError):
+            decode(payload, Codec.ADVANCED, AllowList())
+
+    def test_fraction_exponent_is_not_an_amplifier(self, marker: Path) -> None:
+        # 30 bytes asking Fraction to compute 10**10**9 would stall the primary's
+        # loop for hours; pickles of real Fractions never carry an exponent.
+        payload = call_global0("fractions", "Fraction", "1e1000000000")
+        start = time.monotonic()
+        with pytest.raises(DecodeError):
+            decode(payload, Codec.ADVANCED, AllowList())
+        assert time.monotonic() - start < 1
+
+    def test_fraction_from_its_string_form_still_decodes(self) -> None:
+        # Python 3.10 pickles a Fraction as Fraction("n/d").
+        payload = call_global0("fractions", "Fraction", "-22/7")
+        assert decode(payload, Codec.ADVANCED, AllowList()) == fractions.Fraction(-22, 7)
+
+    @PROPERTY
+    @given(payload=st.binary(max_size=60))
+    def test_any_bytes_give_a_value_or_decode_error(self, payload: bytes) -> None:
+        # Arbitrary bytes: never another exception type (and never a call, since
+        # find_class refuses everything not allowed).
+        try:
+            decode(b"\x80\x05" + payload, Codec.ADVANCED, AllowList())
+        except DecodeError:
+            pass
+
+
+# -- advanced: unencodable messages ----------------------------------------------------------
+
+
+def _socket() -> socket.socket:
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+class TestAdvancedEncodeErrors:
+    """encode() raises TypeError naming what cannot be sent."""
+
+    @pytest.mark.parametrize(
+        ("make", "name"),
+        [
+            (lambda: lambda: 1, "lambda"),
+            (lambda: {"cb": lambda: 1}, "lambda"),
+            (threading.Lock, "lock"),
+            (lambda: [threading.RLock()], "RLock"),
+            (lambda: (i for i in ()), "generator"),
+        ],
+        ids=["lambda", "nested-lambda", "lock", "rlock", "generator"],
+    )
+    def test_unpicklable(self, make: Callable[[], Any], name: str) -> None:
+        with pytest.raises(TypeError, match=name):
+            encode(make(), Codec.ADVANCED)
+
+    def test_socket(self) -> None:
+        with _socket() as sock, pytest.raises(TypeError, match="socket"):
+            encode({"s": sock}, Codec.ADVANCED)
+
+    def test_json_codec_message_mentions_serialization(self) -> None:
+        with pytest.raises(TypeError, match="JSON"):
+            encode({1, 2}, Codec.JSON)
+
+
+def test_json_encoding_is_compact_utf8() -> None:
+    assert encode({"a": [1, "é"]}, Codec.JSON) == json.dumps(
+        {"a": [1, "é"]}, separators=(",", ":")
+    ).encode("utf-8")
