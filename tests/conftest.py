@@ -135,8 +135,17 @@ class Cluster:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # Kill the workers too: they hold the output pipes open.
             proc.kill()
-            out, err = proc.communicate()
+            for pid in tagged_pids(self.tag):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                out, err = "", ""
             pytest.fail(f"program did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
         return Result(proc.returncode, out, err, proc.pid)
 

@@ -95,7 +95,9 @@ class _DrainingMixIn(ClusterMixIn):
                 ]
             for conn in idle:
                 try:
-                    if select.select([conn], [], [], 0)[0]:
+                    pending = select.poll()  # not select(): descriptors may be >= 1024
+                    pending.register(conn, select.POLLIN)
+                    if pending.poll(0):
                         continue  # a request (or the client's close) is there to read
                     conn.shutdown(socket.SHUT_RDWR)
                 except (OSError, ValueError):

@@ -552,7 +552,9 @@ class Primary:
         all_exited = Completion()
 
         def check_exit(*_: Any) -> None:
-            if all(w.is_dead() for w in survivors):
+            # Runs from the post below and from 'exit' events: an exit delivered
+            # before the post ran would finish twice (and remove the listener twice).
+            if not all_exited.done and all(w.is_dead() for w in survivors):
                 timer.cancel()
                 self.emitter.remove_listener("exit", check_exit)
                 self._shutting_down = None

@@ -73,7 +73,11 @@ class ClusterMixIn:
         self._cluster_serving = False
         self._cluster_closed = threading.Event()
         token = getattr(listener, "registry_token", None)
-        if token is not None and not runtime.servers.replace(token, self._cluster_close):
+        if token is not None:
+            taken = runtime.servers.replace(token, self._cluster_close)
+        else:
+            taken = listener.fileno() != -1  # the token is gone once the listener closed
+        if not taken:
             # A disconnect came while binding and closed the listener itself: there
             # is nothing to serve (serve_forever() returns at once).
             self._cluster_closing = True

@@ -8,6 +8,7 @@ One module per role:
   workers, logs their lifecycle, answers signals, runs the services below;
 * :mod:`~pycluster.cli.worker`: what a worker process runs (``-m pycluster.cli.worker``);
 * :mod:`~pycluster.cli.run`: makes an unchanged program's servers cluster-aware;
+* :mod:`~pycluster.cli.sockets`: the plain-socket part of that (``bind`` interception);
 * :mod:`~pycluster.cli.serve`: serves a WSGI or ASGI application with uvicorn;
 * :mod:`~pycluster.cli.control`: the control socket and its client commands;
 * :mod:`~pycluster.cli.status`: the per-worker table (``status``, ``status --watch``);

@@ -1,0 +1,184 @@
+"""``pycluster run``: unchanged server programs run in several workers sharing their port."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+
+import pytest
+
+from tests.conftest import Cluster, Commands, free_port
+
+THREADING_HTTP = """
+import http.server, os, sys
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = str(os.getpid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+with http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Hello) as server:
+    server.serve_forever()
+os.write(1, b"serve_forever returned\\n")
+"""
+
+PLAIN_SOCKET = """
+import os, socket, sys
+
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+sock.listen()
+os.write(1, f"program listens on {sock.getsockname()[1]}\\n".encode())
+while True:
+    conn, _ = sock.accept()
+    with conn:
+        conn.recv(65536)
+        body = str(os.getpid()).encode()
+        head = b"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nContent-Length: %d\\r\\n\\r\\n"
+        conn.sendall(head % len(body) + body)
+"""
+
+ASYNCIO_STREAMS = """
+import asyncio, os, sys
+
+async def answer(reader, writer):
+    await reader.readuntil(b"\\r\\n\\r\\n")
+    body = str(os.getpid()).encode()
+    head = b"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nContent-Length: %d\\r\\n\\r\\n"
+    writer.write(head % len(body) + body)
+    await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", int(sys.argv[1]))
+    async with server:
+        await server.serve_forever()
+    os.write(1, b"serve_forever returned\\n")
+
+if sys.argv[2] == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+def get(port: int, path: str = "/") -> tuple[int, str]:
+    """One GET on a new connection: status and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def pids_answering(port: int, want: int, tries: int = 40) -> set[str]:
+    """Worker pids seen answering, asking until ``want`` were seen or ``tries`` ran out."""
+    seen: set[str] = set()
+    for _ in range(tries):
+        status, body = get(port)
+        assert status == 200
+        seen.add(body)
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def stop(command: object) -> str:
+    """SIGTERM the primary; it must end with status 0. Returns its output."""
+    command.proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+    code, output = command.finish()  # type: ignore[attr-defined]
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    return str(output)
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_threading_http_server_serves_from_every_worker(
+    cluster_env: Cluster, commands: Commands, policy: str
+) -> None:
+    cluster_env.write("server.py", THREADING_HTTP)
+    port = free_port()
+    command = commands.start("run", "-w", "2", "--policy", policy, "server.py", str(port))
+    command.wait_line("ready: 2 worker(s)")
+    assert len(command.wait_line(f"listening on 127.0.0.1:{port}", count=2)) == 2
+    seen = pids_answering(port, want=2)
+    if policy == "rr":
+        assert len(seen) == 2  # round-robin reaches both workers
+    output = stop(command)
+    # The drop-in server drained and serve_forever() returned: the program ended itself.
+    assert output.count("serve_forever returned") == 2
+    assert output.count("exited (code 0)") == 2
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_plain_socket_program_is_shared(
+    cluster_env: Cluster, commands: Commands, policy: str
+) -> None:
+    cluster_env.write("server.py", PLAIN_SOCKET)
+    port = free_port()
+    command = commands.start("run", "-w", "2", "--policy", policy, "server.py", str(port))
+    command.wait_line("ready: 2 worker(s)")
+    # The program's own getsockname() sees the shared port.
+    assert len(command.wait_line(f"program listens on {port}", count=2)) == 2
+    seen = pids_answering(port, want=2)
+    if policy == "rr":
+        assert len(seen) == 2
+    output = stop(command)
+    assert output.count("exited (code 0)") == 2
+
+
+def test_asyncio_program_round_robin(cluster_env: Cluster, commands: Commands) -> None:
+    cluster_env.write("server.py", ASYNCIO_STREAMS)
+    port = free_port()
+    command = commands.start("run", "-w", "2", "server.py", str(port), "asyncio")
+    command.wait_line("ready: 2 worker(s)")
+    assert len(pids_answering(port, want=2)) == 2
+    output = stop(command)
+    assert output.count("serve_forever returned") == 2
+
+
+def test_uvloop_program_falls_back_to_a_shared_socket(
+    cluster_env: Cluster, commands: Commands
+) -> None:
+    pytest.importorskip("uvloop")
+    cluster_env.write("server.py", ASYNCIO_STREAMS)
+    port = free_port()
+    command = commands.start("run", "-w", "2", "server.py", str(port), "uvloop")
+    command.wait_line("ready: 2 worker(s)")
+    # Said once, clearly, by the first worker; the server still answers.
+    warning = command.wait_line("uvloop accepts connections in C")
+    assert len(warning) == 1 and "policy none" in warning[0]
+    assert get(port)[0] == 200
+    stop(command)
+
+
+def test_module_with_bind_override(cluster_env: Cluster, commands: Commands) -> None:
+    (cluster_env.tmp / "hello.txt").write_text("hello from a file\n")
+    port = free_port()
+    # http.server asks for port 0; --bind puts its server on our port instead.
+    command = commands.start("run", "-w", "2", "-b", f"127.0.0.1:{port}", "-m", "http.server", "0")
+    command.wait_line("ready: 2 worker(s)")
+    assert get(port, "/hello.txt") == (200, "hello from a file\n")
+    stop(command)
+
+
+def test_bad_programs_fail_fast(cluster_env: Cluster, commands: Commands) -> None:
+    code, output = commands.run("run", "-w", "2", "missing.py")
+    assert code == 2 and "no such program: missing.py" in output
+    cluster_env.write("crash.py", "raise SystemExit('cannot start: no config')\n")
+    code, output = commands.run("run", "-w", "2", "crash.py")
+    assert code == 3, output
+    assert "cannot start: no config" in output
+    assert "failed before any worker listened" in output
+    code, output = commands.run("run", "-w", "2")
+    assert code == 2 and "run needs a SCRIPT" in output

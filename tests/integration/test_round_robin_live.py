@@ -1,0 +1,235 @@
+"""Round-robin robustness with real sockets, workers that stall, refuse or die.
+
+The primary of each program is an asyncio client of its own cluster: it forks
+workers with a role (``serve``: answer each connection with the worker id;
+``stuck``: listen but never accept; ``http``: a single-threaded HTTP server whose
+``/block`` request blocks until released), provokes the situation, and prints what
+the clients saw.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Cluster, free_port
+
+PROGRAM = """
+import asyncio, json, os, select, socket, sys, threading
+from http.server import BaseHTTPRequestHandler
+import pycluster as cluster
+
+PORT = int(os.environ["PORT"])
+
+def emit(**kw):
+    sys.stdout.write(json.dumps(kw) + "\\n")
+
+async def fetch(path="/", timeout=5):
+    # One fresh connection with a tiny request; the whole answer, until EOF.
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    try:
+        writer.write(b"GET %s HTTP/1.0\\r\\n\\r\\n" % path.encode())
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    return data.decode().rpartition("\\n")[2]
+
+async def connect():
+    # A connection with its tiny request sent, whose answer is read later.
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    writer.write(b"GET / HTTP/1.0\\r\\n\\r\\n")
+    await writer.drain()
+    return reader, writer
+
+async def outcome(reader, timeout=5):
+    # How a connection ends: its answer, or that the primary closed it.
+    try:
+        data = await asyncio.wait_for(reader.read(), timeout)
+    except ConnectionResetError:
+        return "closed"
+    return data.decode() or "closed"
+
+if cluster.is_primary:
+    inbox = asyncio.Queue()
+    listening = asyncio.Queue()
+    cluster.on("message", lambda w, m, h: inbox.put_nowait([w.id, m]))
+    cluster.on("listening", lambda w, a: listening.put_nowait(w.id))
+    cluster.on("exit", lambda w, code, sig: emit(exit=w.id, code=code, signal=sig))
+
+    async def fork(role):
+        worker = cluster.fork({"ROLE": role})
+        assert await asyncio.wait_for(listening.get(), 15) == worker.id
+        return worker
+
+    async def finish():
+        await cluster.disconnect()
+        await cluster.wait_closed()
+        emit(done=True)
+
+    asyncio.run(globals()[sys.argv[1]]())
+else:
+    ROLE = os.environ["ROLE"]
+    if ROLE == "serve":
+        srv = cluster.create_server(("127.0.0.1", PORT))
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                break
+            with conn:
+                conn.recv(1024)  # the tiny request (closing it unread would reset)
+                conn.sendall(b"%d" % cluster.worker.id)
+    elif ROLE == "stuck":
+        srv = cluster.create_server(("127.0.0.1", PORT))
+        cluster.worker.on("message", lambda m, h: srv.close())
+        select.select([srv], [], [])  # a connection was handed to us: never take it
+        cluster.worker.send("pending")
+        cluster.worker.wait_disconnected()
+    elif ROLE == "http":
+        release = threading.Event()
+        cluster.worker.on("message", lambda m, h: release.set())
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/block":
+                    cluster.worker.send("blocked")
+                    release.wait(20)
+                body = b"%d" % cluster.worker.id
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        cluster.http.HTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+"""
+
+SCENARIOS = """
+async def never_taken():
+    # The only worker gets a connection it never takes.
+    stuck = await fork("stuck")
+    reader, writer = await connect()
+    assert await asyncio.wait_for(inbox.get(), 10) == [stuck.id, "pending"]
+    serving = await fork("serve")
+    # One hand-off in flight per worker: everything new goes to the other one.
+    ids = [await fetch() for _ in range(6)]
+    try:
+        early = await asyncio.wait_for(reader.read(), 0.3)
+    except asyncio.TimeoutError:
+        early = None
+    how = sys.argv[2]
+    if how == "crash":
+        stuck.process.kill("SIGKILL")
+    elif how == "kill":
+        stuck.kill("SIGKILL")
+    else:
+        stuck.send("close your server")
+    answer = await outcome(reader)
+    writer.close()
+    more = [await fetch() for _ in range(3)]
+    emit(serving=serving.id, ids=ids, early=early, answer=answer, more=more)
+    await finish()
+
+async def busy():
+    a = await fork("http")
+    b = await fork("http")
+    blocked = asyncio.create_task(fetch("/block", timeout=20))
+    busy_id, what = await asyncio.wait_for(inbox.get(), 10)
+    assert what == "blocked"
+    free_id = ({a.id, b.id} - {busy_id}).pop()
+    # A connection that does not get its answer promptly is waiting for the busy
+    # worker: at most one may (the one hand-off the busy worker can have in flight).
+    answered, waiting = [], []
+
+    async def batch(n):
+        tasks = [asyncio.create_task(fetch(timeout=20)) for _ in range(n)]
+        done, pending = await asyncio.wait(tasks, timeout=1.5)
+        answered.extend(t.result() for t in done)
+        waiting.extend(pending)
+
+    for _ in range(6):
+        await batch(1)  # one at a time
+    await batch(8)  # all at once
+    cluster.workers[busy_id].send("release")
+    late = [await t for t in waiting]
+    emit(busy=busy_id, free=free_id, answered=answered, late=late, blocked=await blocked)
+    await finish()
+
+async def last_leaves():
+    stuck = await fork("stuck")
+    first = await connect()
+    assert await asyncio.wait_for(inbox.get(), 10) == [stuck.id, "pending"]
+    queued = [await connect() for _ in range(3)]
+    if sys.argv[2] == "crash":
+        stuck.process.kill("SIGKILL")
+    else:
+        stuck.send("close your server")
+    ends = [await outcome(r) for r, _ in [first, *queued]]
+    for _, w in [first, *queued]:
+        w.close()
+    try:
+        _, late = await asyncio.open_connection("127.0.0.1", PORT)
+    except ConnectionRefusedError:
+        refused = True
+    else:
+        refused = False
+        late.close()
+    emit(ends=ends, refused=refused)
+    await finish()
+"""
+
+
+def report_of(events: list[dict[str, object]], key: str) -> dict[str, object]:
+    """The one event carrying ``key`` (the scenario's report)."""
+    found = [e for e in events if key in e]
+    assert len(found) == 1, events
+    return found[0]
+
+
+def run(cluster_env: Cluster, scenario: str, *args: str) -> list[dict[str, object]]:
+    """Run one scenario; return its events after checking it ended cleanly."""
+    code = PROGRAM.replace("if cluster.is_primary:", SCENARIOS + "\nif cluster.is_primary:", 1)
+    result = cluster_env.run(code, scenario, *args, env={"PORT": str(free_port())})
+    assert result.returncode == 0, result.stderr
+    events = result.events()
+    assert events[-1] == {"done": True}, events
+    return events
+
+
+@pytest.mark.parametrize("how", ["crash", "kill", "close"])
+def test_a_connection_the_worker_never_takes_goes_to_another(
+    cluster_env: Cluster, how: str
+) -> None:
+    events = run(cluster_env, "never_taken", how)
+    report = report_of(events, "serving")
+    serving = str(report["serving"])
+    assert report["ids"] == [serving] * 6  # the stuck worker got nothing more
+    assert report["early"] is None  # the first client was still waiting
+    assert report["answer"] == serving  # then a full answer, from the other worker
+    assert report["more"] == [serving] * 3
+    exits = {e["exit"]: e for e in events if "exit" in e}
+    assert exits[2]["code"] == 0, exits
+    if how == "crash":
+        assert exits[1]["signal"] == "SIGKILL", exits
+    elif how == "close":
+        assert exits[1]["code"] == 0, exits
+    # kill() closes the channel before it signals: either may end the worker.
+
+
+def test_a_busy_single_threaded_worker_is_passed_over(cluster_env: Cluster) -> None:
+    report = report_of(run(cluster_env, "busy"), "busy")
+    busy, free = str(report["busy"]), str(report["free"])
+    answered, late = report["answered"], report["late"]
+    assert len(answered) + len(late) == 14
+    assert len(late) <= 1, report
+    assert set(answered) == {free}
+    assert set(late) <= {busy}  # the one that waited got its full answer, late
+    assert report["blocked"] == busy  # the long request got its full answer
+
+
+@pytest.mark.parametrize("how", ["close", "crash"])
+def test_when_the_last_worker_leaves_the_port_closes(cluster_env: Cluster, how: str) -> None:
+    report = report_of(run(cluster_env, "last_leaves", how), "ends")
+    assert report["ends"] == ["closed"] * 4  # in flight and queued: closed, not hanging
+    assert report["refused"] is True  # the primary stopped listening
