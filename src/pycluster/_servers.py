@@ -255,7 +255,7 @@ class RoundRobinServer(_Served):
 
     def remove(self, worker: Worker) -> None:
         """Route nothing new to ``worker``; its hand-off socket stays until it answers."""
-        self.handle.remove(worker)
+        self._send(self.handle.remove(worker))
         if worker in self.handoffs and not worker.is_connected():
             self._send(self._worker_gone(worker))
         self._maybe_discard()

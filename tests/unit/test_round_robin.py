@@ -174,8 +174,18 @@ class TestBusyPredicate:
         h.add("a")
         h.add("b")
         assert h.push(1) == [("b", 1)]
-        # Only "a" is free now: busy or not, it takes the next one.
-        assert h.push(2) == [("a", 2)]
+        # Only "a" is free, and busy; "b" is about to be free: wait for it.
+        assert h.push(2) == []
+        assert h.accepted("b") == (1, [("b", 2)])
+
+    def test_busy_worker_used_when_no_other_will_be_free(self) -> None:
+        busy = {"a", "b"}
+        h: Handle = RoundRobinHandle(lambda w: w in busy)
+        h.add("a")
+        h.add("b")
+        assert h.push(1) == [("a", 1)]
+        # Only "b" is free; "a" (in flight) is busy too: nobody better is coming.
+        assert h.push(2) == [("b", 2)]
 
     def test_all_free_workers_busy_uses_the_longest_free(self) -> None:
         h: Handle = RoundRobinHandle(lambda w: True)
@@ -236,8 +246,11 @@ class RoundRobinMachine(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(WORKERS))
     def remove(self, worker: str) -> None:
         self.members.discard(worker)
-        assert self.handle.remove(worker) == []
-        assert self.handle.inflight(worker) == self.sent.get(worker)
+        in_flight = self.sent.get(worker)
+        more = self.handle.remove(worker)
+        assert self.handle.inflight(worker) == in_flight
+        assert all(w != worker for w, _ in more)
+        self.take(more)
 
     @rule()
     def push(self) -> None:
@@ -272,6 +285,7 @@ class RoundRobinMachine(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(WORKERS))
     def toggle_busy(self, worker: str) -> None:
         self.busy ^= {worker}
+        self.take(self.handle.redistribute())
 
     @precondition(lambda self: self.handle.queued > 0)
     @rule()
@@ -301,7 +315,12 @@ class RoundRobinMachine(RuleBasedStateMachine):
     @invariant()
     def no_idle_worker_while_connections_wait(self) -> None:
         if self.handle.queued:
-            assert all(w in self.sent for w in self.members), "a free member sits idle"
+            free = [w for w in self.members if w not in self.sent]
+            # A free member waits only if it is busy and a member that is not busy
+            # has a hand-off in flight (it will be free in a moment).
+            assert all(w in self.busy for w in free), "a free member sits idle"
+            if free:
+                assert any(w in self.members and w not in self.busy for w in self.sent)
 
 
 RoundRobinMachine.TestCase.settings = settings(

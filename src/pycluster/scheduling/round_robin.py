@@ -3,7 +3,8 @@
 The primary accepts every connection and offers it to the next *free* worker. A
 worker has at most one hand-off in flight: it is free again once it says it took
 the connection (Node's "smarts to avoid overloading a worker"), and the worker that
-has been free longest goes first. A connection that a worker never took (it closed
+has been free longest goes first, and one whose serving loop is busy is passed
+over while another worker is, or is about to be, free. A connection that a worker never took (it closed
 its server, or died) goes back to the front of the queue, so no connection accepted
 by the primary is lost while any worker serves the port.
 
@@ -58,7 +59,7 @@ class RoundRobinHandle(Generic[W, C]):
         """No new connection goes to ``worker``; one in flight waits for its answer."""
         self._members.discard(worker)
         self._free.pop(worker, None)
-        return []
+        return self._distribute()  # connections held for it may go to a busy worker now
 
     def push(self, conn: C) -> list[Handoff[W, C]]:
         """A connection was accepted."""
@@ -87,19 +88,31 @@ class RoundRobinHandle(Generic[W, C]):
         self._queue.clear()
         return conns
 
+    def redistribute(self) -> list[Handoff[W, C]]:
+        """Hand queued connections out again (a worker's busy state may have changed)."""
+        return self._distribute()
+
     def _distribute(self) -> list[Handoff[W, C]]:
         out: list[Handoff[W, C]] = []
         while self._queue and self._free:
             worker = self._pick()
+            if worker is None:
+                break
             conn = self._queue.popleft()
             self._inflight[worker] = conn
             out.append((worker, conn))
         return out
 
-    def _pick(self) -> W:
-        if self._is_busy is not None:
+    def _pick(self) -> W | None:
+        is_busy = self._is_busy
+        if is_busy is not None:
             for worker in self._free:
-                if not self._is_busy(worker):
+                if not is_busy(worker):
                     del self._free[worker]
                     return worker
+            # Every free worker is busy. A worker that is not busy will be free as
+            # soon as it takes its hand-off: wait for it rather than queue the
+            # connection behind a long request.
+            if any(w in self._members and not is_busy(w) for w in self._inflight):
+                return None
         return self._free.popitem(last=False)[0]
