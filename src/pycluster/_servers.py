@@ -144,7 +144,7 @@ class SharedServer(_Served):
 
     def remove(self, worker: Worker) -> None:
         if worker in self.handle.members and self.handle.remove(worker):
-            self.table.discard(self)
+            self.table.unused(self)
 
 
 class ReusePortServer(SharedServer):
@@ -265,7 +265,7 @@ class RoundRobinServer(_Served):
             # The last worker left: stop listening now (new connections are refused),
             # while workers still disconnecting keep their hand-off sockets until
             # they close them, so a connection in flight is never cut off.
-            self.table.discard(self)
+            self.table.unused(self)
 
     def close(self) -> None:
         self.reactor.remove_reader(self.sock.fileno())
@@ -395,6 +395,23 @@ class ServerTable:
     def owns(self, handle: Handle) -> bool:
         """Whether ``handle`` is still listening."""
         return self._by_id.get(handle.id) is handle
+
+    def unused(self, handle: Handle) -> None:
+        """The last worker left ``handle``: stop listening, unless a restart is on its way.
+
+        With a restart pending, the port stays open and connections wait (in the
+        queue or the kernel's backlog) for the replacement, instead of being refused.
+        """
+        supervisor = self.primary.supervisor
+        if supervisor is not None and supervisor.may_restart():
+            return  # decided once the worker's exit is known (see prune())
+        self.discard(handle)
+
+    def prune(self) -> None:
+        """Stop listening on every port no worker serves (no restart is pending any more)."""
+        for handle in list(self._by_id.values()):
+            if not handle.handle.members:
+                self.discard(handle)
 
     def discard(self, handle: Handle) -> None:
         """The last worker left ``handle``: stop listening."""

@@ -60,6 +60,9 @@ class Supervisor:
         self.limits: dict[int, int] = {}
         self.listens: dict[int, int] = {}
         self.hung: set[int] = set()
+        # Slots whose crashed worker is being replaced; while any is, ports stay open.
+        self.pending_slots: dict[int, int] = {}  # slot -> generation of its restart
+        self._generation = 0
         self.stopping = False
         self._monitor: Timer | None = None
         self._last_memory_check = 0.0
@@ -139,6 +142,7 @@ class Supervisor:
         )
         if not decision.restart:
             log.error("worker slot %d: giving up restarting: %s", slot, decision.reason)
+            self._settled(slot)
             self.p.reactor.post(self.p.emitter.emit, "give_up", worker, decision.reason)
             return
         log.warning(
@@ -150,15 +154,39 @@ class Supervisor:
             decision.delay,
         )
         self.p.starting += 1
+        self._generation += 1
+        self.pending_slots[slot] = self._generation
         self.p.reactor.call_later(decision.delay, self._restart, worker)
 
     def _restart(self, old: Worker) -> None:
         self.p.starting -= 1
+        slot = old.slot or 0
+        generation = self.pending_slots.get(slot, 0)
         if self.stopping:
+            self._settled(slot, generation)
             self.p._tick()
             return
         new = self.p.fork(slot=old.slot)
+        # The slot is settled once its new worker listens, exits without a further
+        # restart, or has been up a while without serving a port.
+        new.once("listening", lambda *_: self._settled(slot, generation))
+        new.once("exit", lambda *_: self._settled(slot, generation))
+        stable = float(self.settings["stable_after"])
+        self.p.reactor.call_later(stable, self._settled, slot, generation)
         self.p.reactor.post(self.p.emitter.emit, "restart", old, new)
+
+    def may_restart(self) -> bool:
+        """Whether a worker that leaves now might be replaced (so keep its ports open)."""
+        if self.stopping:
+            return False
+        return bool(self.pending_slots) or self.settings.get("restart", "never") != "never"
+
+    def _settled(self, slot: int, generation: int | None = None) -> None:
+        current = self.pending_slots.get(slot)
+        if current is not None and (generation is None or generation == current):
+            del self.pending_slots[slot]
+            if not self.pending_slots and self.p._servers is not None:
+                self.p._servers.prune()
 
     # -- graceful replacement -----------------------------------------------------------------
     def replace(self, old: Worker) -> Completion:

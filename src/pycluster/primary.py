@@ -399,6 +399,8 @@ class Primary:
         worker.state = "dead"
         if self.supervisor is not None:
             self.supervisor.on_exit(worker, code, sig)
+            if self._servers is not None and not self.supervisor.pending_slots:
+                self._servers.prune()  # ports kept open in case of a restart that won't come
         worker.emit("exit", code, sig)
         self.emitter.emit("exit", worker, code, sig)
 
