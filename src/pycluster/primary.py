@@ -475,15 +475,19 @@ class Primary:
         """Run listeners until the cluster is idle (or ``until`` is done); re-raise their errors."""
         loop = asyncio.get_running_loop()
         self.reactor.attach(loop)
-        while True:
-            if self._errors:
-                raise self._errors.pop(0)
-            if until.done if until is not None else self.idle:
-                return
-            self._wakeup = loop.create_future()
-            await self._wakeup
-            # Let callbacks the wake-up made runnable run before deciding we are idle.
-            await asyncio.sleep(0)
+        self._until = until  # _tick() wakes us when this is done, not when idle
+        try:
+            while True:
+                if self._errors:
+                    raise self._errors.pop(0)
+                if until.done if until is not None else self.idle:
+                    return
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                # Let callbacks the wake-up made runnable run before deciding we are idle.
+                await asyncio.sleep(0)
+        finally:
+            self._until = None
 
     def run(self, until: Completion | None = None) -> None:
         """Drive a private loop until idle, shutting down gracefully on SIGINT/SIGTERM."""

@@ -176,3 +176,27 @@ def test_only_the_owner_may_control(cluster_env: Cluster, commands: Commands) ->
         assert command.finish()[0] == 0
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_clients_find_the_cluster_by_themselves(cluster_env: Cluster, commands: Commands) -> None:
+    cluster_env.write("server.py", THREADING_HTTP)
+    runtime_dir = cluster_env.tmp / "xdg"
+    runtime_dir.mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(runtime_dir)}
+    first = commands.start("run", "-w", "1", "--name", "blue", "server.py", "0", env=env)
+    first.wait_line("ready: ")
+    assert (runtime_dir / "pycluster" / "blue.sock").exists()
+    code, table = commands.run("status", env=env)  # the only one: no option needed
+    assert code == 0 and table.startswith("blue: pycluster run server.py")
+    second = commands.start("run", "-w", "1", "--name", "green", "server.py", "0", env=env)
+    second.wait_line("ready: ")
+    code, output = commands.run("status", env=env)
+    assert code == 1 and "several clusters run (blue, green)" in output
+    code, table = commands.run("status", "--name", "green", env=env)
+    assert code == 0 and table.startswith("green: ")
+    # A name can't be taken twice while its cluster runs.
+    code, output = commands.run("run", "-w", "1", "--name", "blue", "server.py", "0", env=env)
+    assert code == 1 and "another cluster already answers" in output
+    for command in (first, second):
+        command.proc.send_signal(signal.SIGTERM)
+        assert command.finish()[0] == 0

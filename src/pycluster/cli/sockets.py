@@ -56,6 +56,7 @@ def called_by_pycluster() -> bool:
 
 
 def uvloop_running() -> bool:
+    """Whether this thread's event loop (running, or the policy's next one) is uvloop's."""
     if "uvloop" not in sys.modules:
         return False
     try:
