@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 from typing import TYPE_CHECKING, Any
 
 from pycluster._worker import Worker
@@ -39,6 +40,8 @@ log = logging.getLogger("pycluster")
 
 SCHED_NONE, SCHED_RR, SCHED_REUSEPORT = 1, 2, 3
 ACCEPT_BATCH = 128
+_HANDOFF = [b"C"]
+_fd_bytes = struct.Struct("i").pack
 Key = tuple[Any, Any, int, int, Any]
 
 
@@ -217,7 +220,7 @@ class RoundRobinServer(_Served):
             try:
                 if sock is None:
                     raise ConnectionResetError
-                socket.send_fds(sock, [b"C"], [fd])
+                sock.sendmsg(_HANDOFF, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes(fd))])
             except OSError:
                 handoffs.extend(self._worker_gone(worker))
 
@@ -225,22 +228,23 @@ class RoundRobinServer(_Served):
         sock = self.handoffs.get(worker)
         if sock is None:
             return
-        while True:
-            try:
-                data = sock.recv(64)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._send(self._worker_gone(worker))
-                return
-            for _ in data:
-                conn, more = self.handle.accepted(worker)
-                if conn is not None:
-                    os.close(conn)
-                    self.table.counted(worker)
-                self._send(more)
+        # One read per wake-up: with one hand-off in flight there is at most one
+        # answer waiting, and the loop calls again (level-triggered) if there is more.
+        try:
+            data = sock.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._send(self._worker_gone(worker))
+            return
+        conn, more = self.handle.accepted(worker)
+        if conn is not None:
+            os.close(conn)
+            self.table.counted(worker)
+        if more:
+            self._send(more)
 
     def _worker_gone(self, worker: Worker) -> list[tuple[Worker, int]]:
         sock = self.handoffs.pop(worker, None)
