@@ -100,7 +100,8 @@ class Hammer(threading.Thread):
                     conn = None
             except Exception as exc:
                 self.failures.append(repr(exc))
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 conn = None
             time.sleep(0.003)  # leave the two cores some room for the cluster
         if conn is not None:
