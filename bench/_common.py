@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -30,45 +31,81 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _stat(pid: int) -> tuple[int, str, int] | None:
-    """``(parent pid, state, start time)`` of a process from /proc, or None if it is gone."""
+@dataclass(frozen=True)
+class ProcInfo:
+    """What /proc/PID/stat says about one process."""
+
+    parent: int
+    state: str
+    start: int  # clock ticks after boot: tells a process from a later one with its pid
+    name: str
+    cpu_s: float  # user + system CPU seconds so far
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """Read /proc/PID/stat, or None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             stat = f.read()
     except OSError:
         return None
     # The command name in parentheses may contain spaces: split after the last ')'.
+    name = stat[stat.find("(") + 1 : stat.rfind(")")]
     fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[1]), fields[0], int(fields[19])
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return ProcInfo(int(fields[1]), fields[0], int(fields[19]), name, cpu)
 
 
-def process_tree(root: int) -> dict[int, int]:
-    """Every live descendant of ``root`` (not ``root`` itself): ``pid -> start time``.
+def proc_table() -> dict[int, ProcInfo]:
+    """Every process on the machine, by pid."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (info := proc_info(int(entry))) is not None:
+            table[int(entry)] = info
+    return table
 
-    Found through parent links, not the process group: a supervisor may start its
-    children in sessions of their own (pycluster does), out of reach of ``killpg``.
-    The start time tells a process from a later one that reuses its pid.
+
+def machine_task_cpu_s() -> float:
+    """User + system CPU seconds of every task on the machine since boot (/proc/stat).
+
+    Unlike a walk over /proc/PID, this includes processes that started and ended in
+    between two samples, such as a test suite's short-lived children. Interrupt time is
+    left out, as it is from each process's own account.
+    """
+    with open("/proc/stat", encoding="ascii") as f:
+        user, nice, system = (int(x) for x in f.readline().split()[1:4])
+    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(table: dict[int, ProcInfo], root: int) -> set[int]:
+    """The pids below ``root`` in ``table``, found through parent links.
+
+    Not the process group: a supervisor may start its children in sessions of their
+    own (pycluster does), out of reach of ``killpg``.
     """
     children: dict[int, list[int]] = {}
-    starts: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(int(entry))) is not None:
-            children.setdefault(st[0], []).append(int(entry))
-            starts[int(entry)] = st[2]
-    tree: dict[int, int] = {}
+    for pid, info in table.items():
+        children.setdefault(info.parent, []).append(pid)
+    found: set[int] = set()
     todo = list(children.get(root, []))
     while todo:
         pid = todo.pop()
-        if pid not in tree:
-            tree[pid] = starts[pid]
+        if pid not in found:
+            found.add(pid)
             todo.extend(children.get(pid, []))
-    return tree
+    return found
+
+
+def process_tree(root: int) -> dict[int, int]:
+    """Every live descendant of ``root`` (not ``root`` itself): ``pid -> start time``."""
+    table = proc_table()
+    return {pid: table[pid].start for pid in descendants(table, root)}
 
 
 def _alive(pid: int, start: int) -> bool:
     """Whether that very process (same start time) still runs; a zombie counts as gone."""
-    st = _stat(pid)
-    return st is not None and st[2] == start and st[1] != "Z"
+    info = proc_info(pid)
+    return info is not None and info.start == start and info.state != "Z"
 
 
 def _group_alive(pgid: int) -> bool:

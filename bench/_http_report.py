@@ -37,6 +37,11 @@ class VariantInfo(Protocol):
     def family(self) -> str: ...
 
 
+def _disturbed(r: dict[str, Any]) -> bool:
+    """Whether other processes took enough CPU during the run to doubt its numbers."""
+    return bool(r.get("cpu_pct", {}).get("other", 0.0) > BUSY_WARNING_PCT)
+
+
 def _ok(r: dict[str, Any] | None) -> bool:
     """Whether a run exists and produced numbers."""
     return r is not None and "error" not in r
@@ -62,8 +67,8 @@ def _notes(r: dict[str, Any], mode: str) -> str:
         notes.append("server keeps the connection")
     if mode == "keep-alive" and not checks.get("keeps_alive", True):
         notes.append("server closes every connection")
-    other = r.get("cpu_pct", {}).get("other", 0.0)
-    if other > BUSY_WARNING_PCT:
+    if _disturbed(r):
+        other = r["cpu_pct"]["other"]
         top = ", ".join(r.get("other_processes", [])[:2])
         notes.append(f"busy machine: others used {other:.0f}% CPU ({top})")
     if r.get("stale"):
@@ -112,16 +117,18 @@ def ratio_rows(results: Results, variants: Sequence[VariantInfo]) -> list[dict[s
 
     def add(num: str, num_mode: str, den: str, den_mode: str, goal: float | None) -> None:
         a, b = results.get((num, num_mode)), results.get((den, den_mode))
-        if not (_ok(a) and _ok(b)) or not b["rps"]:  # type: ignore[index]
-            return
-        value = a["rps"] / b["rps"]  # type: ignore[index]
+        if a is None or b is None:
+            return  # not run: nothing to say
+        # A failed run still gets a row, so a goal that could not be checked shows.
+        value = a["rps"] / b["rps"] if _ok(a) and _ok(b) and b["rps"] else None
         rows.append(
             {
                 "numerator": f"{num} {num_mode}",
                 "denominator": f"{den} {den_mode}",
                 "ratio": value,
                 "goal": goal,
-                "pass": None if goal is None else value >= goal,
+                "pass": None if goal is None or value is None else value >= goal,
+                "disturbed": _disturbed(a) or _disturbed(b),
             }
         )
 
@@ -134,6 +141,9 @@ def ratio_rows(results: Results, variants: Sequence[VariantInfo]) -> list[dict[s
         add(rr, "close", "node-rr", "close", GOAL_CLOSE_VS_NODE)
         add(rr, "close", none, "close", GOAL_CLOSE_VS_SHARED)
         add(rr, "keep-alive", none, "keep-alive", GOAL_KEEPALIVE_VS_SHARED)
+        # For context: the kernel's SO_REUSEPORT balancing, where a family has it.
+        add(rr, "close", f"{fam}-reuseport", "close", None)
+        add(rr, "keep-alive", f"{fam}-reuseport", "keep-alive", None)
     add("node-rr", "close", "node-none", "close", None)
     add("node-rr", "keep-alive", "node-none", "keep-alive", None)
     return rows
@@ -161,6 +171,16 @@ def reference_matrix(
     return headers, rows
 
 
+def _verdict(row: dict[str, Any]) -> str:
+    """PASS / FAIL for a goal, ``no data`` when a run behind it failed, blank without goal."""
+    if row["goal"] is None:
+        return ""
+    if row["pass"] is None:
+        return "no data"
+    verdict = "PASS" if row["pass"] else "FAIL"
+    return f"{verdict} (busy machine)" if row.get("disturbed") else verdict
+
+
 def print_report(
     results: Results, variants: Sequence[VariantInfo], skipped: dict[str, str]
 ) -> list[dict[str, Any]]:
@@ -173,9 +193,9 @@ def print_report(
             [
                 r["numerator"],
                 r["denominator"],
-                r["ratio"],
+                "n/a" if r["ratio"] is None else r["ratio"],
                 "" if r["goal"] is None else f">= {r['goal']:g}",
-                "" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL"),
+                _verdict(r),
             ]
             for r in ratios
         ]

@@ -16,8 +16,9 @@ imported inside the functions that need it: each child pays only for what it use
 user's small program would.
 
 The "rtt" roles measure, in this order: the idle worker's resident memory once it is up,
-small-message round trips per second, and 1 MiB string round trips per second. The "fork"
-roles measure the wall time from the first start call until every child has said it is up.
+small-message round trips per second, and 1 MiB string round trips per second, each with
+the CPU time both processes spent on them. The "fork" roles measure the wall time from the
+first start call until every child has said it is up.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -70,18 +72,37 @@ def read_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def cpu_ticks(pids: list[int]) -> int:
+    """CPU time (user + system, in clock ticks) used so far by the processes *pids*."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        # Fields after the command name, which may hold spaces: utime and stime are the
+        # 14th and 15th fields of the whole line.
+        fields = text[text.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
 class Meter:
     """Counts completed round trips in fixed-length windows after a warm-up.
 
     Several short windows instead of one long one let the report show the spread, so a
-    single noisy second on a 2-core machine is visible rather than averaged away.
+    single noisy second on a 2-core machine is visible rather than averaged away. The
+    CPU time that the primary and the worker (*pids*) spend over the measured windows
+    is kept too: unlike round trips per second, CPU per round trip hardly changes when
+    other programs share the machine.
     """
 
-    def __init__(self, warmup: int, rounds: int, seconds: float) -> None:
+    def __init__(self, warmup: int, rounds: int, seconds: float, pids: list[int]) -> None:
         self.warmup = warmup
         self.rounds = rounds
         self.seconds = seconds
+        self.pids = pids
         self.rates: list[float] = []
+        self.measured = 0
+        self.cpu_ticks = 0
         self._done = 0
         self._in_window = 0
         self._window_start = 0.0
@@ -91,15 +112,29 @@ class Meter:
         self._done += 1
         if self._done <= self.warmup:
             if self._done == self.warmup:
+                self.cpu_ticks = -cpu_ticks(self.pids)
                 self._window_start = time.perf_counter()
             return False
         self._in_window += 1
+        self.measured += 1
         elapsed = time.perf_counter() - self._window_start
         if elapsed >= self.seconds:
             self.rates.append(self._in_window / elapsed)
             self._in_window = 0
             self._window_start = time.perf_counter()
-        return len(self.rates) >= self.rounds
+        if len(self.rates) < self.rounds:
+            return False
+        self.cpu_ticks += cpu_ticks(self.pids)
+        return True
+
+    def result(self, prefix: str) -> dict[str, list[float]]:
+        """The numbers of a finished measurement, keyed for bench/ipc.py."""
+        return {
+            f"{prefix}_rtt_per_s": self.rates,
+            # One entry per measurement, so that runs merge by concatenation.
+            f"{prefix}_cpu_ticks": [self.cpu_ticks],
+            f"{prefix}_measured": [self.measured],
+        }
 
 
 # --- multiprocessing.Pipe peer ---------------------------------------------------------
@@ -129,8 +164,8 @@ def _mp_ping_pong(
     make: Callable[[int], object],
     is_echo: Callable[[object, int], bool],
     meter: Meter,
-) -> list[float]:
-    """Sequential ping-pong over a Pipe until *meter* is done; returns its rates."""
+) -> Meter:
+    """Sequential ping-pong over a Pipe until *meter* is done; returns it."""
     n = 0
     while True:
         conn.send(make(n))
@@ -138,7 +173,7 @@ def _mp_ping_pong(
             raise RuntimeError(f"multiprocessing child echoed something else for {n}")
         n += 1
         if meter.tick():
-            return meter.rates
+            return meter
 
 
 def _mp_stop(procs: list[Any], conns: list[Connection]) -> None:
@@ -174,22 +209,23 @@ def mp_rtt(opts: argparse.Namespace) -> dict[str, Any]:
         conn.recv()
         time.sleep(opts.settle)
         rss = read_rss_bytes(proc.pid)
+        pids = [os.getpid(), proc.pid]
         small = _mp_ping_pong(
-            conn, small_message, is_small_echo, Meter(SMALL_WARMUP, opts.rounds, opts.seconds)
+            conn, small_message, is_small_echo, Meter(SMALL_WARMUP, opts.rounds, opts.seconds, pids)
         )
         payload = make_payload()
         big = _mp_ping_pong(
             conn,
             lambda _n: payload,
             lambda message, _n: message == payload,
-            Meter(BIG_WARMUP, opts.rounds, opts.seconds),
+            Meter(BIG_WARMUP, opts.rounds, opts.seconds, pids),
         )
     finally:
         _mp_stop([proc], [conn])
     return {
         "worker_rss_bytes": rss,
-        "small_rtt_per_s": small,
-        "big_rtt_per_s": big,
+        **small.result("small"),
+        **big.result("big"),
         "payload_bytes": len(payload),
     }
 
@@ -240,6 +276,7 @@ def pyc_worker() -> None:
     import pycluster as cluster
 
     me = cluster.worker
+    assert me is not None  # only called in a worker
 
     def echo(message: object, handle: object = None) -> None:
         me.send(message)
@@ -277,8 +314,8 @@ async def _pyc_ping_pong(
     make: Callable[[int], object],
     is_echo: Callable[[object, int], bool],
     meter: Meter,
-) -> list[float]:
-    """Sequential ping-pong with one pycluster worker until *meter* is done.
+) -> Meter:
+    """Sequential ping-pong with one pycluster worker until *meter* is done; returns it.
 
     The next message is sent from inside the 'message' listener, as a Node program
     would do it, so no extra event-loop hop is measured.
@@ -286,7 +323,7 @@ async def _pyc_ping_pong(
     import asyncio
 
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[list[float]] = loop.create_future()
+    done: asyncio.Future[Meter] = loop.create_future()
     sent = 0
 
     def on_message(message: object, handle: object = None) -> None:
@@ -296,7 +333,7 @@ async def _pyc_ping_pong(
         if not is_echo(message, sent - 1):
             done.set_exception(RuntimeError(f"worker echoed something else for {sent - 1}"))
         elif meter.tick():
-            done.set_result(meter.rates)
+            done.set_result(meter)
         else:
             worker.send(make(sent))
             sent += 1
@@ -332,22 +369,26 @@ async def pyc_rtt(opts: argparse.Namespace) -> dict[str, Any]:
         await _pyc_online(cluster, [worker])
         await asyncio.sleep(opts.settle)
         rss = read_rss_bytes(worker.process.pid)
+        pids = [os.getpid(), worker.process.pid]
         small = await _pyc_ping_pong(
-            worker, small_message, is_small_echo, Meter(SMALL_WARMUP, opts.rounds, opts.seconds)
+            worker,
+            small_message,
+            is_small_echo,
+            Meter(SMALL_WARMUP, opts.rounds, opts.seconds, pids),
         )
         payload = make_payload()
         big = await _pyc_ping_pong(
             worker,
             lambda _n: payload,
             lambda message, _n: message == payload,
-            Meter(BIG_WARMUP, opts.rounds, opts.seconds),
+            Meter(BIG_WARMUP, opts.rounds, opts.seconds, pids),
         )
     finally:
         await _pyc_stop(cluster, [worker])
     return {
         "worker_rss_bytes": rss,
-        "small_rtt_per_s": small,
-        "big_rtt_per_s": big,
+        **small.result("small"),
+        **big.result("big"),
         "payload_bytes": len(payload),
         "serialization": opts.serialization,
     }

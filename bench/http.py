@@ -7,7 +7,8 @@ which is where round-robin costs most, since the primary accepts every connectio
 hands it to a worker). Variants:
 
 * pycluster: an asyncio server (``cluster.aio.start_server``; also on uvloop) and
-  ``cluster.http.ThreadingHTTPServer``, each under ``rr`` and ``none``;
+  ``cluster.http.ThreadingHTTPServer``, each under ``rr`` and ``none`` (the asyncio one
+  also under ``SCHED_REUSEPORT``), and ``pycluster serve`` on a tiny ASGI app;
 * Node.js ``cluster`` + ``http.createServer`` under ``rr`` and ``none``;
 * for reference: uvicorn ``--workers 2`` and gunicorn ``-w 2`` (sync and gthread).
 
@@ -20,13 +21,17 @@ and ``bench/results/http_*.png``.
 
 Usage::
 
-    python bench/http.py                 # everything, about 4 minutes
+    python bench/http.py                 # every default variant, about 4.5 minutes
     python bench/http.py --quick         # 2 s per run
-    python bench/http.py --only 'pyc-aio-*,node-*'
+    python bench/http.py --only 'pyc-aio-*,node-*' --rounds 3
     python bench/http.py --list
 
-New variants (say ``pycluster serve MODULE:APP``) are one entry in ``VARIANTS``.
-``wrk`` is installed from Debian's packages when missing (needs root).
+A new variant is one more ``Variant`` in ``all_variants()`` (``_serve_variants`` is the
+model: ``pycluster serve MODULE:APP``, skipped with its reason where it is missing;
+``default=False`` keeps a variant out of the default run).
+``wrk`` is installed from Debian's packages when missing (needs root). Before each run
+the benchmark waits (up to ``--quiet-wait`` seconds) for other processes to leave the
+CPU, and flags a run that was disturbed anyway.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,21 +61,15 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
-from _common import (  # noqa: E402
-    RESULTS_DIR,
-    free_port,
-    stop_process_tree,
-)
+from _common import RESULTS_DIR  # noqa: E402
 from _http_report import MODES, plot, print_report, share_text  # noqa: E402
+from _http_server import HOST, CpuSample, Server, cpu_split, wait_until_quiet  # noqa: E402
 
 BENCH = _HERE
 SERVERS = BENCH / "servers"
 NODE_SERVER = BENCH / "node" / "http_server.js"
 WRK_SCRIPT = BENCH / "wrk_report.lua"
 PYTHON = sys.executable
-HOST = "127.0.0.1"
-BODY = b"hello world\n"
-READY_MARK = "BENCH-READY"
 # Before each run, wait while other processes use more CPU than this (percent of a core).
 QUIET_PCT = 10.0
 
@@ -151,7 +149,7 @@ class Variant:
 
 
 def _pycluster_variants(workers: int) -> list[Variant]:
-    """pycluster's own servers, each under both scheduling policies."""
+    """pycluster's own servers, each under rr and none (the asyncio one also reuseport)."""
     servers = [
         ("pyc-aio", "pycluster asyncio", "pyc_asyncio.py", ["--loop", "asyncio"]),
         ("pyc-aio-uvloop", "pycluster asyncio+uvloop", "pyc_asyncio.py", ["--loop", "uvloop"]),
@@ -159,14 +157,17 @@ def _pycluster_variants(workers: int) -> list[Variant]:
     ]
     variants = []
     for family, label, script, extra in servers:
-        for policy in ("rr", "none"):
+        policies = ("rr", "none", "reuseport") if family == "pyc-aio" else ("rr", "none")
+        for policy in policies:
+            # PYCLUSTER_SCHED_POLICY only names rr and none: reuseport is a server option.
+            options = ["--policy", "reuseport"] if policy == "reuseport" else []
+            env = {} if policy == "reuseport" else {"PYCLUSTER_SCHED_POLICY": policy}
 
-            def command(port: int, script: str = script, extra: list[str] = extra) -> list[str]:
-                return [PYTHON, str(SERVERS / script), "--port", str(port)] + [
-                    "--workers",
-                    str(workers),
-                    *extra,
-                ]
+            def command(
+                port: int, script: str = script, opts: list[str] = extra + options
+            ) -> list[str]:
+                argv = [PYTHON, str(SERVERS / script), "--port", str(port)]
+                return [*argv, "--workers", str(workers), *opts]
 
             variants.append(
                 Variant(
@@ -176,7 +177,7 @@ def _pycluster_variants(workers: int) -> list[Variant]:
                     family=family,
                     policy=policy,
                     command=command,
-                    env={"PYCLUSTER_SCHED_POLICY": policy},
+                    env=env,
                     requires=_needs_pycluster,
                 )
             )
@@ -262,18 +263,18 @@ def _reference_variants(workers: int) -> list[Variant]:
 
 
 def _serve_variants(workers: int) -> list[Variant]:
-    """Hook for ``pycluster serve MODULE:APP`` (not run by default until it exists).
+    """``pycluster serve MODULE:APP`` on the same ASGI app as uvicorn, under rr and none.
 
-    Uses the same ASGI app as uvicorn; readiness is the app's lifespan line when the
-    server runs lifespan, so only an answered GET is required. Run it with
-    ``--only 'pyc-serve-*'``; flip ``default`` once the command is stable.
+    Skipped (with the reason) where the command is missing. Its HTTP layer is uvicorn's,
+    so next to the ``uvicorn`` variant it shows what pycluster's supervision costs.
     """
     variants = []
     for policy in ("rr", "none"):
 
         def command(port: int, policy: str = policy) -> list[str]:
-            argv = [PYTHON, "-m", "pycluster", "serve", "-w", str(workers)]
-            return [*argv, "-b", f"{HOST}:{port}", "--policy", policy, "asgi_app:app"]
+            argv = [PYTHON, "-m", "pycluster", "serve", "-w", str(workers), "--no-control"]
+            argv += ["--log-level", "warning", "-b", f"{HOST}:{port}", "--policy", policy]
+            return [*argv, "asgi_app:app"]
 
         variants.append(
             Variant(
@@ -283,8 +284,7 @@ def _serve_variants(workers: int) -> list[Variant]:
                 family="pyc-serve",
                 policy=policy,
                 command=command,
-                ready_lines=0,
-                default=False,
+                ready_lines=workers,  # the app's lifespan startup line, one per worker
                 requires=_needs_pycluster_serve,
             )
         )
@@ -295,9 +295,9 @@ def all_variants(workers: int) -> list[Variant]:
     """Every known variant, in the order they run (pairs to compare run next to each other)."""
     return (
         _pycluster_variants(workers)
+        + _serve_variants(workers)
         + _node_variants(workers)
         + _reference_variants(workers)
-        + _serve_variants(workers)
     )
 
 
@@ -346,230 +346,6 @@ def run_wrk(
     raise RuntimeError(f"wrk printed no report (exit {done.returncode}): {output[-1:]}")
 
 
-# --------------------------------------------------------------------------- HTTP probes
-
-
-def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
-    """Read one HTTP response (head, body) using its Content-Length."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the end of the response head")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the end of the body")
-        body += chunk
-    return head, body[:length]
-
-
-def probe(port: int, timeout: float = 2.0) -> dict[str, bool]:
-    """Check the server answers correctly in both modes.
-
-    Returns ``ok`` (200 and the right body), ``closes`` (with ``Connection: close`` the
-    server answers ``Connection: close`` and closes the connection, so the close mode
-    really opens one connection per request) and ``keeps_alive`` (a second request on
-    one connection is answered).
-    """
-    facts = {"ok": False, "closes": False, "keeps_alive": False}
-    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
-        sock.sendall(request + b"Connection: close\r\n\r\n")
-        head, body = _read_response(sock)
-        facts["ok"] = head.startswith(b"HTTP/1.1 200") and body == BODY
-        # wrk (like any HTTP/1.1 client) only reconnects when the response says
-        # "Connection: close"; a server that closes silently makes it count errors.
-        says_close = b"\r\nconnection: close" in head.lower()
-        try:
-            facts["closes"] = says_close and sock.recv(1) == b""
-        except (TimeoutError, ConnectionError):
-            facts["closes"] = False
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout) as sock:
-            for _ in range(2):
-                sock.sendall(request + b"\r\n")
-                head, body = _read_response(sock)
-            facts["keeps_alive"] = head.startswith(b"HTTP/1.1 200") and body == BODY
-    except (TimeoutError, ConnectionError):
-        facts["keeps_alive"] = False
-    return facts
-
-
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass(frozen=True)
-class ProcCpu:
-    """One process's CPU account, as read from /proc/PID/stat."""
-
-    parent: int
-    name: str
-    seconds: float
-
-
-def cpu_seconds_by_process() -> dict[int, ProcCpu]:
-    """CPU seconds used so far (user + system) by every process on the machine, by pid.
-
-    Sampled around a measurement, it gives the server's primary and workers their CPU,
-    and shows whether anything else (another benchmark, a build) ran at the same time.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, ProcCpu] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue  # it ended while we looked
-        # The command name in parentheses may contain spaces: split after the last ')'.
-        name = stat[stat.find("(") + 1 : stat.rfind(")")]
-        fields = stat[stat.rfind(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / tick
-        out[int(entry)] = ProcCpu(int(fields[1]), name, seconds)
-    return out
-
-
-@dataclass
-class CpuSplit:
-    """CPU seconds used during a measurement, by role."""
-
-    primary: float = 0.0
-    workers: float = 0.0
-    other: float = 0.0
-    other_top: list[str] = field(default_factory=list)
-
-
-def cpu_split(before: dict[int, ProcCpu], after: dict[int, ProcCpu], leader: int) -> CpuSplit:
-    """Split the CPU used between two samples: the server's leader (the primary), its
-    descendants (the workers, wherever their session), and every other process but this
-    one. wrk has ended by the second sample, so it is in none (getrusage counts it)."""
-    children: dict[int, list[int]] = {}
-    for pid, proc in after.items():
-        children.setdefault(proc.parent, []).append(pid)
-    workers: set[int] = set()
-    todo = list(children.get(leader, []))
-    while todo:
-        pid = todo.pop()
-        if pid not in workers:
-            workers.add(pid)
-            todo.extend(children.get(pid, []))
-    split = CpuSplit()
-    others: list[tuple[float, str]] = []
-    for pid, now in after.items():
-        then = before.get(pid)
-        used = now.seconds - (then.seconds if then else 0.0)
-        if pid == leader:
-            split.primary += used
-        elif pid in workers:
-            split.workers += used
-        elif pid != os.getpid() and used > 0:
-            split.other += used
-            others.append((used, f"{now.name}[{pid}]"))
-    # Name the biggest other users, so a noisy run says what disturbed it.
-    split.other_top = [f"{name} {used:.2f}s" for used, name in sorted(others, reverse=True)[:3]]
-    return split
-
-
-def wait_until_quiet(limit_pct: float, max_wait: float) -> float:
-    """Wait (at most ``max_wait`` s) until other processes use under ``limit_pct``% CPU.
-
-    The machine has two cores: another benchmark or a test suite running at the same time
-    takes CPU from the server or from wrk and skews every ratio. Returns the seconds waited.
-    """
-    started = time.monotonic()
-    while True:
-        before = cpu_seconds_by_process()
-        time.sleep(0.5)
-        busy = cpu_split(before, cpu_seconds_by_process(), leader=-1).other / 0.5 * 100
-        waited = time.monotonic() - started
-        if busy < limit_pct or waited >= max_wait:
-            if waited > 1:
-                print(f"  (waited {waited:.0f} s for other processes to settle)", flush=True)
-            return waited
-
-
-class Server:
-    """A variant's server process group, from start to a reaped stop."""
-
-    def __init__(self, variant: Variant, workdir: Path) -> None:
-        self.variant = variant
-        self.port = free_port(HOST)
-        self.count_dir = workdir / "counts"
-        self.count_dir.mkdir()
-        self.log_path = workdir / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the server in its own session, output to a log file (never a full pipe)."""
-        env = dict(os.environ)
-        env.update(self.variant.env)
-        env["BENCH_COUNT_DIR"] = str(self.count_dir)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(SERVERS), os.environ.get("PYTHONPATH", "")) if p
-        )
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.variant.command(self.port),
-                cwd=SERVERS,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The end of the server's output, for error messages."""
-        text = self.log_path.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def wait_ready(self, timeout: float) -> dict[str, bool]:
-        """Wait for the readiness lines and a correct answer; returns the probe's facts."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.proc.returncode} before it was ready:\n"
-                    + self.log_tail()
-                )
-            marks = self.log_path.read_text(errors="replace").count(READY_MARK)
-            if marks >= self.variant.ready_lines:
-                try:
-                    facts = probe(self.port)
-                except OSError:
-                    facts = {"ok": False}
-                if facts["ok"]:
-                    return facts
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"server not ready after {timeout:g} s ({marks} of "
-                    f"{self.variant.ready_lines} ready lines):\n" + self.log_tail()
-                )
-            time.sleep(0.05)
-
-    def stop(self) -> dict[str, int]:
-        """Stop the whole group and return each worker's request count."""
-        if self.proc is not None:
-            stop_process_tree(self.proc, timeout=5.0)
-        counts: dict[str, int] = {}
-        for path in sorted(self.count_dir.glob("*.json")):
-            record = json.loads(path.read_text())
-            counts[record["worker"]] = record["requests"]
-        return counts
-
-
 # --------------------------------------------------------------------------- one run
 
 
@@ -579,10 +355,15 @@ def measure(variant: Variant, mode: str, args: argparse.Namespace, wrk: str) -> 
     A fresh server per mode, so each worker's share covers that mode alone.
     """
     result: dict[str, Any] = {"variant": variant.name, "mode": mode}
-    if args.quiet_wait > 0:
-        result["waited_for_quiet_s"] = wait_until_quiet(QUIET_PCT, args.quiet_wait)
+    # Each run may wait for a quiet machine, within one budget for the whole invocation:
+    # on a machine that is never quiet, waiting before every run would only add minutes.
+    max_wait = min(args.quiet_wait, args.quiet_budget)
+    if max_wait > 0:
+        waited = wait_until_quiet(QUIET_PCT, max_wait)
+        args.quiet_budget -= waited
+        result["waited_for_quiet_s"] = waited
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
-        server = Server(variant, Path(tmp))
+        server = Server(variant, Path(tmp), cwd=SERVERS)
         counts: dict[str, int] = {}
         try:
             server.start()
@@ -590,11 +371,11 @@ def measure(variant: Variant, mode: str, args: argparse.Namespace, wrk: str) -> 
             if args.warmup > 0:
                 run_wrk(wrk, server.port, mode, args.warmup, args.threads, args.connections)
             assert server.proc is not None
-            cpu_before = cpu_seconds_by_process()
+            cpu_before = CpuSample.take()
             started = time.monotonic()
             report = run_wrk(wrk, server.port, mode, args.duration, args.threads, args.connections)
             elapsed = time.monotonic() - started
-            cpu = cpu_split(cpu_before, cpu_seconds_by_process(), server.proc.pid)
+            cpu = cpu_split(cpu_before, CpuSample.take(), server.proc.pid, report["cpu_s"])
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             result["error"] = str(exc)
             return result
@@ -621,6 +402,26 @@ def measure(variant: Variant, mode: str, args: argparse.Namespace, wrk: str) -> 
     return result
 
 
+def _sum_shares(per_round: list[dict[str, int]]) -> dict[str, int]:
+    """Add up the worker counts of several rounds.
+
+    Workers named by id (``pyc-w1``, ``node-w2``) are the same slot in every round and
+    add up by name. Workers named by pid are new processes each round, so they add up
+    by rank instead (the busiest of each round together, and so on).
+    """
+    if all(k.startswith(("pyc-w", "node-w")) for shares in per_round for k in shares):
+        total: dict[str, int] = {}
+        for shares in per_round:
+            for worker, n in shares.items():
+                total[worker] = total.get(worker, 0) + n
+        return total
+    by_rank: dict[str, int] = {}
+    for shares in per_round:
+        for rank, n in enumerate(sorted(shares.values(), reverse=True), 1):
+            by_rank[f"rank{rank}"] = by_rank.get(f"rank{rank}", 0) + n
+    return by_rank
+
+
 def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine the rounds of one (variant, mode): medians of the numbers, summed shares."""
     good = [r for r in rounds if "error" not in r]
@@ -637,11 +438,7 @@ def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         k: statistics.median(r["cpu_pct"][k] for r in good) for k in good[0]["cpu_pct"]
     }
     merged["error_total"] = sum(r["error_total"] for r in good)
-    shares: dict[str, int] = {}
-    for r in good:
-        for worker, n in r["shares"].items():
-            shares[worker] = shares.get(worker, 0) + n
-    merged["shares"] = shares
+    merged["shares"] = _sum_shares([r["shares"] for r in good])
     merged["rounds"] = rounds
     return merged
 
@@ -676,10 +473,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=10.0,
         help="before each run, wait up to this many seconds for other processes to go "
-        f"under {QUIET_PCT:g}%% CPU; 0: don't wait (10)",
+        f"under {QUIET_PCT:g}%% CPU, at most 60 s in all; 0: don't wait (10)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
+    args.quiet_budget = 60.0
     if args.quick:
         args.duration, args.warmup = 2, min(args.warmup, 1)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]

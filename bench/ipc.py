@@ -9,21 +9,26 @@ same run so that the ratios are fair:
    MB/s (10**6 bytes per second, counting the payload in both directions);
 3. fork-to-online time: wall time from the first ``fork()`` until 2 (and 8) workers have
    all emitted ``'online'``, median of several repetitions;
-4. an idle worker's resident memory (VmRSS from /proc) shortly after it came online.
+4. an idle worker's resident memory (VmRSS from /proc) shortly after it came online;
+5. as a reference without a goal: the CPU time (user + system, from /proc) that the
+   primary and the worker together spend per round trip. Throughput swings with whatever
+   else the machine runs; CPU per message hardly does, so it is the number to compare
+   across runs and commits.
 
 Round trips are measured twice: with the scheduler free to use every CPU (the primary and
 the worker usually end up on different ones), and with both pinned to one CPU. A
 cross-CPU wake-up is expensive in a VM (about 3x fewer round trips than on one CPU on the
 2-core machine this was written on), and where the two processes land changes from run to
-run; the pinned numbers are the steadier measure of each peer's CPU cost per message.
+run; the pinned numbers take that lottery out.
 
 Peers: Node's ``cluster`` (bench/node/ipc.js, default JSON serialization), pycluster with
 ``serialization="json"`` and ``"advanced"``, and ``multiprocessing`` as the Python
 reference (a Pipe child for 1, 2 and 4; the start of "spawn" children for 3).
 
 Each measurement runs in a fresh process group (bench/_ipc_peers.py, or node) that is
-stopped and reaped whatever happens, Ctrl-C included. Results: a table on stdout,
-bench/results/ipc.json and bench/results/ipc.png.
+stopped and reaped whatever happens, Ctrl-C included; the measurements of all peers are
+interleaved, in several passes, so that a busy moment of the machine hits them alike.
+Results: a table on stdout, bench/results/ipc.json and bench/results/ipc.png.
 
 Usage (from the repository root)::
 
@@ -45,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -82,15 +88,15 @@ BUSY_LOAD = 1.0
 class Plan:
     """How long and how often each metric is measured."""
 
-    passes: int  # fresh processes per round-trip peer, interleaved with the other peers
+    passes: int  # fresh processes per peer and measurement, interleaved with the other peers
     rounds: int  # measured windows per round-trip metric and pass
     seconds: float  # length of one window
-    reps: int  # repetitions of each fork-to-online measurement
+    reps: int  # repetitions of each fork-to-online measurement per pass
     counts: tuple[int, ...]  # worker counts of the fork-to-online measurement
     settle: float  # seconds between 'online' and reading the worker's RSS
 
 
-DEFAULT_PLAN = Plan(passes=2, rounds=3, seconds=0.8, reps=5, counts=(2, 8), settle=0.5)
+DEFAULT_PLAN = Plan(passes=2, rounds=3, seconds=0.8, reps=3, counts=(2, 8), settle=0.5)
 QUICK_PLAN = Plan(passes=1, rounds=2, seconds=0.3, reps=3, counts=(2, 8), settle=0.3)
 
 
@@ -121,8 +127,8 @@ def _become_subreaper() -> bool:
         return False
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, process group) of *pid* from /proc, or None when it is gone."""
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, session id) of *pid* from /proc, or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
             text = f.read()
@@ -130,7 +136,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
     fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2])
+    return fields[0], int(fields[1]), int(fields[3])
 
 
 def _cmdline(pid: int) -> str:
@@ -153,15 +159,30 @@ def _reap_children() -> None:
             return
 
 
-def _live_members(pgid: int) -> list[int]:
-    """Processes of group *pgid* that still run (zombies are dead: they don't count)."""
-    members = []
+def _job_processes(session: int) -> list[int]:
+    """Live processes that a job started: our descendants, and its session's members.
+
+    Parent links find them all while we are a subreaper, whatever process groups or
+    sessions they moved to (pycluster gives each worker a process group of its own, out
+    of reach of ``killpg``); the session catches orphans if we could not become one.
+    Zombies are dead and do not count.
+    """
+    stats = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-                members.append(int(entry))
-    return members
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            stats[int(entry)] = stat
+    children: dict[int, list[int]] = {}
+    for pid, (_state, ppid, _sid) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    ours: set[int] = set()
+    todo = [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in ours:
+                ours.add(child)
+                todo.append(child)
+    ours |= {pid for pid, (_state, _ppid, sid) in stats.items() if sid == session}
+    return sorted(pid for pid in ours if stats[pid][0] not in ("Z", "X"))
 
 
 def _kill(pids: Sequence[int], sig: signal.Signals) -> None:
@@ -172,37 +193,33 @@ def _kill(pids: Sequence[int], sig: signal.Signals) -> None:
 
 
 def _stop_job(proc: subprocess.Popen[bytes]) -> list[str]:
-    """Stop the job's process group, reap it, and return what outlived its leader.
+    """Stop a job and everything it started, reap it all, and report what outlived it.
 
-    The group was created for the job, so it holds only processes the job started: the
-    leader (node or Python) and its workers. Anything that still runs LEAK_GRACE_S after
-    the leader has ended is reported (and killed by PID): a benchmark that leaves
-    processes behind has found a bug.
+    A job that ended by itself should leave nothing behind: whatever still runs
+    LEAK_GRACE_S after its leader ended is reported (then killed by PID), because a
+    benchmark that leaves processes behind has found a bug.
     """
-    pgid = proc.pid
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+        _kill(_job_processes(proc.pid), signal.SIGTERM)
         try:
             proc.wait(timeout=LEAK_GRACE_S)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
+            _kill(_job_processes(proc.pid), signal.SIGKILL)
             proc.wait()
     deadline = time.monotonic() + LEAK_GRACE_S
     while True:
         _reap_children()
-        members = _live_members(pgid)
-        if not members or time.monotonic() >= deadline:
+        left = _job_processes(proc.pid)
+        if not left or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
-    leaked = [f"{pid}: {_cmdline(pid)}" for pid in members]
-    _kill(members, signal.SIGKILL)
+    leaked = [f"{pid}: {_cmdline(pid)}" for pid in left]
     deadline = time.monotonic() + LEAK_GRACE_S
-    while _live_members(pgid) and time.monotonic() < deadline:
-        _reap_children()
+    while left and time.monotonic() < deadline:
+        _kill(left, signal.SIGKILL)
         time.sleep(0.02)
-    _reap_children()
+        _reap_children()
+        left = _job_processes(proc.pid)
     return leaked
 
 
@@ -312,7 +329,7 @@ def run_job(job: Job) -> dict[str, Any]:
 
 
 def make_jobs(plan: Plan, peers: set[str], node: str | None) -> list[Job]:
-    """The measurements of one run, round trips first, then start-up times.
+    """The measurements of one run: per pass, round trips, then start-up times.
 
     Round trips on a 2-core box depend on where the scheduler happens to put the two
     processes, so each peer gets several fresh processes (passes), interleaved with the
@@ -325,6 +342,16 @@ def make_jobs(plan: Plan, peers: set[str], node: str | None) -> list[Job]:
     # Two metrics of `rounds` windows each, plus start-up; the rest is slack for a slow box.
     rtt_timeout = 60 + 4 * plan.rounds * plan.seconds
     fork_timeout = 60 + 3 * plan.reps * sum(plan.counts)
+    fork_jobs: list[Job] = []
+    if "node" in peers and node is not None:
+        cmd = [node, str(NODE_SCRIPT), "--task", "fork", *fork]
+        fork_jobs.append(Job("node/fork", "Node cluster: fork -> online", cmd, fork_timeout))
+    if "mp" in peers:
+        cmd = [*py, "--role", "mp-fork", *fork]
+        fork_jobs.append(Job("mp/fork", "mp spawn: start -> up", cmd, fork_timeout))
+    if "pycluster" in peers:
+        cmd = [*py, "--role", "pyc-fork", *fork]
+        fork_jobs.append(Job("pyc/fork", "pycluster: fork -> online", cmd, fork_timeout))
     rtt_cmds: list[tuple[str, str, list[str]]] = []
     if "node" in peers and node is not None:
         cmd = [node, str(NODE_SCRIPT), "--task", "rtt", *rtt]
@@ -343,15 +370,7 @@ def make_jobs(plan: Plan, peers: set[str], node: str | None) -> list[Job]:
         for peer, label, cmd in rtt_cmds:
             name = f"{label}: round trips, 1 CPU"
             jobs.append(Job(f"{peer}/rtt-1cpu", name, cmd, rtt_timeout, one_cpu))
-    if "node" in peers and node is not None:
-        cmd = [node, str(NODE_SCRIPT), "--task", "fork", *fork]
-        jobs.append(Job("node/fork", "Node cluster: fork -> online", cmd, fork_timeout))
-    if "mp" in peers:
-        cmd = [*py, "--role", "mp-fork", *fork]
-        jobs.append(Job("mp/fork", "mp spawn: start -> up", cmd, fork_timeout))
-    if "pycluster" in peers:
-        cmd = [*py, "--role", "pyc-fork", *fork]
-        jobs.append(Job("pyc/fork", "pycluster: fork -> online", cmd, fork_timeout))
+        jobs.extend(fork_jobs)
     return jobs
 
 
@@ -395,9 +414,12 @@ def summarize(raw: dict[str, list[dict[str, Any]]], counts: Sequence[int]) -> Me
         "small_rtt_1cpu_per_s": {},
         "big_mb_per_s": {},
         "big_mb_1cpu_per_s": {},
+        "small_cpu_us": {},
+        "big_cpu_ms": {},
         **{f"fork_online_{n}_ms": {} for n in counts},
         "idle_rss_mib": {},
     }
+    clock_ticks = os.sysconf("SC_CLK_TCK")
     for peer, _label in PEERS:
         for job_suffix, metric_suffix in (("", ""), ("-1cpu", "_1cpu")):
             rtt = ok(f"{peer}/rtt{job_suffix}")
@@ -406,9 +428,14 @@ def summarize(raw: dict[str, list[dict[str, Any]]], counts: Sequence[int]) -> Me
             big = _median(rtt.get("big_rtt_per_s"))
             mb_per_s = None if big is None else big * 2 * rtt["payload_bytes"] / 1e6
             metrics[f"big_mb{metric_suffix}_per_s"][peer] = mb_per_s
-        # Pinning does not change what an idle worker holds: every run counts.
-        runs = raw.get(f"{peer}/rtt", []) + raw.get(f"{peer}/rtt-1cpu", [])
-        rss = _merged(runs).get("worker_rss_bytes")
+        # Pinning does not change what an idle worker holds, and changes the CPU cost of a
+        # message little: every run counts.
+        both = _merged(raw.get(f"{peer}/rtt", []) + raw.get(f"{peer}/rtt-1cpu", []))
+        for prefix, metric, scale in (("small", "small_cpu_us", 1e6), ("big", "big_cpu_ms", 1e3)):
+            measured = sum(both.get(f"{prefix}_measured", []))
+            ticks = sum(both.get(f"{prefix}_cpu_ticks", []))
+            metrics[metric][peer] = ticks / clock_ticks / measured * scale if measured else None
+        rss = both.get("worker_rss_bytes")
         metrics["idle_rss_mib"][peer] = None if rss is None else rss / 2**20
         # Start-up does not depend on the serialization: pycluster is measured once, with
         # its default (json), and shown in that column.
@@ -444,6 +471,8 @@ def goals(counts: Sequence[int]) -> list[Goal]:
         Goal("small_rtt_1cpu_per_s", "  same, pinned to 1 CPU", ">=", 2.0, ">= 2x Node"),
         Goal("big_mb_per_s", "1 MiB payload MB/s", ">=", 1.0, ">= 1x Node"),
         Goal("big_mb_1cpu_per_s", "  same, pinned to 1 CPU", ">=", 1.0, ">= 1x Node"),
+        Goal("small_cpu_us", "CPU per small round trip, us", "", 0.0, "report ratio"),
+        Goal("big_cpu_ms", "CPU per 1 MiB round trip, ms", "", 0.0, "report ratio"),
         *(
             Goal(f"fork_online_{n}_ms", f"fork->online {n} workers, ms", "<=", 0.5, "<= 0.5x Node")
             for n in counts
@@ -525,6 +554,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     colors = {"node": "#3c873a", "mp": "#888888", "pyc-json": "#306998", "pyc-advanced": "#e8b400"}
     panels = [
@@ -534,11 +564,13 @@ def plot(
         ),
         (["big_mb_per_s", "big_mb_1cpu_per_s"], "1 MiB payload, MB/s both ways (higher is better)"),
         ([f"fork_online_{n}_ms" for n in counts], "fork -> all online, ms (lower is better)"),
+        (["small_cpu_us"], "CPU per small round trip, \u00b5s (primary + worker; lower is better)"),
+        (["big_cpu_ms"], "CPU per 1 MiB round trip, ms (primary + worker; lower is better)"),
         (["idle_rss_mib"], "idle worker RSS, MiB (lower is better)"),
     ]
     goal_by_metric = {g.metric: g for g in all_goals}
     width = 0.8 / len(PEERS)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
     for ax, (groups, title) in zip(axes.flat, panels, strict=True):
         ax.set_title(title, fontsize=10)
         for gi, metric in enumerate(groups):
@@ -570,7 +602,7 @@ def plot(
             ax.set_xticks([])
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper left")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p, _l in PEERS]
+    handles = [Rectangle((0, 0), 1, 1, color=colors[p]) for p, _l in PEERS]
     names = [label + (" (fork: spawn)" if p == "mp" else "") for p, label in PEERS]
     fig.legend(handles, names, loc="lower center", ncol=len(PEERS))
     fig.suptitle("IPC between a primary and its workers: pycluster, Node cluster, multiprocessing")
@@ -639,12 +671,13 @@ def print_report(
     all_goals = goals(plan.counts)
     print()
     print(report(metrics, rat, all_goals))
-    print(
-        f"\nround trips: sequential ping-pong, median of {plan.passes} x {plan.rounds} windows "
+    note = (
+        f"round trips: sequential ping-pong, median of {plan.passes} x {plan.rounds} windows "
         f"of {plan.seconds:g} s (a fresh process pair per pass); MB/s counts the 1 MiB payload "
-        f"both ways; fork->online: median of {plan.reps} runs (mp column: 'spawn' Process "
+        f"both ways; fork->online: median of {plan.passes} x {plan.reps} runs (mp: 'spawn' Process "
         f"start until the child reports); RSS: VmRSS {plan.settle:g} s after 'online'."
     )
+    print("\n" + textwrap.fill(note, 100))
     for key, runs in raw.items():
         for result in runs:
             if "error" in result:
@@ -690,6 +723,7 @@ def main(argv: list[str]) -> int:
             "pycluster": next((v for v in pyc_versions if v), None),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "clock_ticks_per_s": os.sysconf("SC_CLK_TCK"),  # unit of the raw *_cpu_ticks
             "subreaper": subreaper,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg()[0],

@@ -53,6 +53,19 @@ function readRssBytes(pid) {
   return match ? Number(match[1]) * 1024 : null;
 }
 
+// CPU time (user + system, in clock ticks) used so far by the processes `pids`; the
+// Python side converts ticks to seconds, so every peer is measured the same way.
+function cpuTicks(pids) {
+  let total = 0;
+  for (const pid of pids) {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // utime and stime are the 12th and 13th fields after the command name.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    total += Number(fields[11]) + Number(fields[12]);
+  }
+  return total;
+}
+
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -76,16 +89,25 @@ function waitExit(worker) {
 // is back, so each round trip pays the full serialize/write/read/parse cost both ways.
 // The first `warmup` round trips are not counted (JIT and buffer growth), then
 // `rounds` windows of `seconds` each are measured separately so the spread is visible.
+// The CPU time of both processes over the measured windows is kept as well.
 function pingPong(worker, makeMessage, isEcho, warmup, rounds, seconds) {
   return new Promise((resolve, reject) => {
+    const pids = [process.pid, worker.process.pid];
     const rates = [];
     let sent = 0;
     let measuring = false;
+    let measured = 0;
+    let ticks = 0;
     let inWindow = 0;
     let windowStart = 0;
     const finish = (err) => {
       worker.off('message', onMessage);
-      if (err) reject(err); else resolve(rates);
+      if (err) {
+        reject(err);
+      } else {
+        ticks += cpuTicks(pids);
+        resolve({ rates, cpuTicks: ticks, measured });
+      }
     };
     const onMessage = (msg) => {
       if (!isEcho(msg, sent - 1)) {
@@ -95,10 +117,12 @@ function pingPong(worker, makeMessage, isEcho, warmup, rounds, seconds) {
       if (!measuring) {
         if (sent >= warmup) {
           measuring = true;
+          ticks = -cpuTicks(pids);
           windowStart = performance.now();
         }
       } else {
         inWindow += 1;
+        measured += 1;
         const elapsed = (performance.now() - windowStart) / 1000;
         if (elapsed >= seconds) {
           rates.push(inWindow / elapsed);
@@ -140,8 +164,12 @@ async function taskRtt(opts) {
     );
     return {
       worker_rss_bytes: rss,
-      small_rtt_per_s: small,
-      big_rtt_per_s: big,
+      small_rtt_per_s: small.rates,
+      small_cpu_ticks: [small.cpuTicks],
+      small_measured: [small.measured],
+      big_rtt_per_s: big.rates,
+      big_cpu_ticks: [big.cpuTicks],
+      big_measured: [big.measured],
       payload_bytes: payload.length,
     };
   } finally {

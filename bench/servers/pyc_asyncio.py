@@ -1,10 +1,12 @@
 """pycluster hello-world server on asyncio streams, for bench/http.py.
 
-Usage: ``python pyc_asyncio.py --port N [--workers 2] [--loop asyncio|uvloop]``.
+Usage: ``python pyc_asyncio.py --port N [--workers 2] [--loop asyncio|uvloop]
+[--policy env|reuseport]``.
 
 The primary forks the workers and waits; each worker serves
 ``cluster.aio.start_server`` with a minimal HTTP/1.1 handler. The scheduling policy
-comes from ``PYCLUSTER_SCHED_POLICY`` (``rr`` or ``none``), read by pycluster itself.
+comes from ``PYCLUSTER_SCHED_POLICY`` (``rr`` or ``none``), read by pycluster itself,
+or is ``SCHED_REUSEPORT`` with ``--policy reuseport``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--policy",
+        choices=("env", "reuseport"),
+        default="env",
+        help="env: PYCLUSTER_SCHED_POLICY decides (rr or none); reuseport: SCHED_REUSEPORT, "
+        "which the variable cannot name",
+    )
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     return parser.parse_args()
 
@@ -83,8 +92,10 @@ async def serve(port: int) -> None:
             pass  # the server was closed (worker disconnect): a normal end
 
 
-def run_primary(workers: int) -> None:
+def run_primary(workers: int, policy: str) -> None:
     """Primary: fork the workers, announce readiness once all listen, run until signalled."""
+    if policy == "reuseport":
+        cluster.scheduling_policy = cluster.SCHED_REUSEPORT
     listening = 0
 
     def on_listening(worker: object, address: object) -> None:
@@ -103,7 +114,7 @@ def main() -> None:
     """Entry point for both roles."""
     args = parse_args()
     if cluster.is_primary:
-        run_primary(args.workers)
+        run_primary(args.workers, args.policy)
         return
     # A direct handler, not loop.add_signal_handler: the count must be written even if
     # pycluster's own machinery is busy, and the benchmark does not need a graceful close.

@@ -1,10 +1,11 @@
 """pycluster hello-world server on ``cluster.http.ThreadingHTTPServer``, for bench/http.py.
 
-Usage: ``python pyc_threading.py --port N [--workers 2]``.
+Usage: ``python pyc_threading.py --port N [--workers 2] [--policy env|reuseport]``.
 
 The handler is a plain ``BaseHTTPRequestHandler`` speaking HTTP/1.1, so connections
 stay open unless the client sends ``Connection: close``. The scheduling policy comes
-from ``PYCLUSTER_SCHED_POLICY`` (``rr`` or ``none``), read by pycluster itself.
+from ``PYCLUSTER_SCHED_POLICY`` (``rr`` or ``none``), read by pycluster itself, or is
+``SCHED_REUSEPORT`` with ``--policy reuseport``.
 """
 
 from __future__ import annotations
@@ -80,11 +81,20 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--policy",
+        choices=("env", "reuseport"),
+        default="env",
+        help="env: PYCLUSTER_SCHED_POLICY decides (rr or none); reuseport: SCHED_REUSEPORT, "
+        "which the variable cannot name",
+    )
     return parser.parse_args()
 
 
-def run_primary(workers: int) -> None:
+def run_primary(workers: int, policy: str) -> None:
     """Primary: fork the workers, announce readiness once all listen, run until signalled."""
+    if policy == "reuseport":
+        cluster.scheduling_policy = cluster.SCHED_REUSEPORT
     listening = 0
 
     def on_listening(worker: object, address: object) -> None:
@@ -103,7 +113,7 @@ def main() -> None:
     """Entry point for both roles."""
     args = parse_args()
     if cluster.is_primary:
-        run_primary(args.workers)
+        run_primary(args.workers, args.policy)
         return
     signal.signal(signal.SIGTERM, dump_and_exit)
     with HelloServer(("127.0.0.1", args.port), HelloHandler) as server:

@@ -39,8 +39,14 @@ class Server:
         self._idle.set()
         self._closed_by_cluster = False
         self._beat: asyncio.Task[None] | None = None
-        if token is not None:
-            runtime.servers.replace(token, self._close_from_disconnect)
+        # No token (the listener already unregistered) or a refused take-over: a
+        # disconnect closed the listener while the server was being set up.
+        if token is None or not runtime.servers.replace(token, self._close_from_disconnect):
+            self._closed_by_cluster = True
+            try:
+                server.close()
+            except ValueError:
+                pass
         if runtime.status is not None:
             self._beat = self._loop.create_task(self._heartbeat())
 
@@ -60,7 +66,10 @@ class Server:
 
     def close(self) -> None:
         """Stop accepting; existing connections go on."""
-        self._server.close()
+        try:
+            self._server.close()
+        except ValueError:
+            pass  # the listener was already closed by a disconnect: nothing to stop
         if self._beat is not None:
             self._beat.cancel()
 
@@ -75,6 +84,9 @@ class Server:
 
     async def serve_forever(self) -> None:
         """Serve until closed; returns normally when pycluster disconnects the worker."""
+        if self._closed_by_cluster:
+            await self._idle.wait()
+            return
         try:
             await self._server.serve_forever()
         except asyncio.CancelledError:
@@ -210,9 +222,19 @@ async def _serve(
     kwargs: dict[str, Any],
 ) -> Server:
     holder: list[Server] = []
-    inner = await loop.create_server(
-        _tracking(protocol_factory, holder), sock=listener, backlog=backlog, **kwargs
-    )
+    factory = _tracking(protocol_factory, holder)
+    try:
+        serving = listener.fileno() != -1
+        inner = await loop.create_server(
+            factory, sock=listener, backlog=backlog, start_serving=serving, **kwargs
+        )
+    except (OSError, ValueError):
+        if listener.fileno() != -1:
+            raise
+        # A disconnect closed the listener meanwhile: hand back a closed server.
+        inner = await loop.create_server(
+            factory, sock=listener, backlog=backlog, start_serving=False, **kwargs
+        )
     server = Server(inner, runtime, getattr(listener, "registry_token", None))
     holder.append(server)
     return server

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pycluster import child
 from pycluster._servers import address_type
+from pycluster.ipc.channel import ChannelClosedError
 from pycluster.ipc.messages import Act
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class RoundRobinListener(_ListenerMixin):
         type: int,
         sockname: Any,
         runtime: ChildRuntime,
-        handle_id: int,
+        handle_id: int | None,
     ) -> None:
         self._handoff = handoff
         self.family = socket.AddressFamily(family)
@@ -391,6 +392,16 @@ def _standalone(
     return sock
 
 
+def _closed_listener(
+    family: int, type_: int, sockname: Any, runtime: ChildRuntime
+) -> RoundRobinListener:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.close()
+    listener = RoundRobinListener(ours, family, type_, sockname, runtime, None)
+    listener.close()
+    return listener
+
+
 def create_server(
     address: Any,
     *,
@@ -422,22 +433,31 @@ def create_server(
         return SharedListener(own.detach(), runtime, None)
     if fd is not None:
         addr, port = None, None
-    reply = runtime.request(
-        Act.QUERY_SERVER,
+    try:
+        reply = runtime.request(
+            Act.QUERY_SERVER,
         address=addr,
         port=port,
         family=int(family),
         type=int(type_),
         backlog=backlog,
-        fd=fd,
-        dualstack=dualstack_ipv6,
-        policy=policy,
-    )
+            fd=fd,
+            dualstack=dualstack_ipv6,
+            policy=policy,
+        )
+    except ChannelClosedError:
+        if not runtime.worker.exited_after_disconnect:
+            raise
+        reply = {"errno": errno.ECONNABORTED}
     fds: list[int] = reply.get("_fds", [])
     if "errno" in reply:
         for extra in fds:
             os.close(extra)
         err = int(reply["errno"])
+        if err == errno.ECONNABORTED and runtime.worker.exited_after_disconnect:
+            # The worker is being disconnected: its new server is closed from the
+            # start, so serve_forever() returns and the program ends normally.
+            return _closed_listener(family, type_, host_addr, runtime)
         raise OSError(err, f"{os.strerror(err)}: {reply.get('error', '')}".rstrip(": "), host_addr)
     mode = reply.get("mode")
     handle_id = int(reply["handle"])
