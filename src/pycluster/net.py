@@ -436,11 +436,11 @@ def create_server(
     try:
         reply = runtime.request(
             Act.QUERY_SERVER,
-        address=addr,
-        port=port,
-        family=int(family),
-        type=int(type_),
-        backlog=backlog,
+            address=addr,
+            port=port,
+            family=int(family),
+            type=int(type_),
+            backlog=backlog,
             fd=fd,
             dualstack=dualstack_ipv6,
             policy=policy,

@@ -33,6 +33,7 @@ from pycluster.ipc.framing import (
 log = logging.getLogger("pycluster")
 
 READ_SIZE = 256 * 1024
+SMALL = 64 * 1024
 FrameHandler = Callable[[Frame], None]
 CloseHandler = Callable[[BaseException | None], None]
 SendCallback = Callable[[BaseException | None], None]
@@ -99,6 +100,7 @@ class LoopChannel:
         self._out: deque[_Pending] = deque()
         self._lock = threading.Lock()
         self._closed = False
+        self._writing = False
         reactor.add_reader(self._fd, self._readable)
 
     @property
@@ -122,6 +124,18 @@ class LoopChannel:
         owned = _dup_all(fds) if fds else []
         data = encode_header(kind, codec, len(payload), len(owned)) + payload
         with self._lock:
+            if not self._out and not owned and callback is None:
+                # The common case: nothing queued, so write straight away.
+                try:
+                    sent = self._sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._reactor.post(self._fail, exc)
+                    return True
+                if sent == len(data):
+                    return True
+                data = data[sent:]
             self._out.append(_Pending(data, owned, callback))
             if len(self._out) == 1:
                 self._flush_locked()
@@ -133,7 +147,7 @@ class LoopChannel:
             try:
                 sent = self._sock.sendmsg([item.view], ancillary_for(item.fds))
             except (BlockingIOError, InterruptedError):
-                self._reactor.add_writer(self._fd, self._writable)
+                self._wait_writable()
                 return
             except OSError as exc:
                 self._reactor.post(self._fail, exc)
@@ -143,12 +157,19 @@ class LoopChannel:
                 item.fds = []
             item.view = item.view[sent:]
             if item.view:
-                self._reactor.add_writer(self._fd, self._writable)
+                self._wait_writable()
                 return
             self._out.popleft()
             if item.callback is not None:
                 self._reactor.post(item.callback, None)
-        self._reactor.remove_writer(self._fd)
+        if self._writing:
+            self._reactor.remove_writer(self._fd)
+            self._writing = False
+
+    def _wait_writable(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._reactor.add_writer(self._fd, self._writable)
 
     def _writable(self) -> None:
         with self._lock:
@@ -173,6 +194,7 @@ class LoopChannel:
                 close_fds(fds)
                 self._fail(None)
                 return
+            short = len(data) < READ_SIZE
             try:
                 frames = self._decoder.feed(data, fds)
             except ProtocolError as exc:
@@ -184,6 +206,8 @@ class LoopChannel:
                         close_fds(rest.fds)
                     return
                 self._on_frame(frame)
+            if short:
+                return  # most likely drained; the loop calls again if more came
 
     def drain(self) -> None:
         """Read and deliver whatever the peer already wrote (used when it has exited)."""
@@ -264,6 +288,9 @@ class ThreadChannel:
         with self._wlock:
             if self._closed:
                 raise ChannelClosedError("the IPC channel is closed")
+            if not fds and len(payload) < SMALL:
+                self._sock.sendall(header + payload)  # one cheap copy, one plain send
+                return
             sent = self._sock.sendmsg([header, payload], ancillary_for(fds))
             if sent < len(header) + len(payload):
                 # The descriptors went with the first call; the rest is plain bytes.

@@ -31,12 +31,13 @@ class Act(str, Enum):
 
 
 Message = dict[str, Any]
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode_internal(act: Act, **fields: Any) -> bytes:
     """Serialize an internal message."""
     fields["act"] = act.value
-    return json.dumps(fields, separators=(",", ":")).encode()
+    return _ENCODER.encode(fields).encode()
 
 
 def decode_internal(payload: bytes) -> tuple[Act, Message]:

@@ -20,6 +20,9 @@ from typing import Any
 
 from pycluster.ipc.framing import Codec
 
+# One encoder for every message: json.dumps() with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
+
 
 class DecodeError(Exception):
     """A payload could not be decoded, or named a type that is not allowed."""
@@ -123,7 +126,7 @@ def encode(message: Any, codec: Codec) -> bytes:
     """Encode a user message; raise ``TypeError`` naming the type that cannot be encoded."""
     if codec is Codec.JSON:
         try:
-            return json.dumps(message, separators=(",", ":"), allow_nan=True).encode()
+            return _JSON.encode(message).encode()
         except (TypeError, ValueError) as exc:
             raise TypeError(f"cannot send message with JSON serialization: {exc}") from exc
         except RecursionError as exc:
