@@ -220,7 +220,7 @@ def plot(results: Results, variants: Sequence[VariantInfo]) -> list[Path]:
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[bench]'): no plots")
         return []
-    names = [v.name for v in variants if any(_ok(results.get((v.name, m))) for m in MODES)]
+    names = [v.name for v in variants if any((v.name, m) in results for m in MODES)]
     if not names:
         return []
 
@@ -246,9 +246,13 @@ def plot(results: Results, variants: Sequence[VariantInfo]) -> list[Path]:
         vals = [value(n, mode, lambda r: r["rps"]) for n in names]
         pos = [y + (i - 0.5) * bar for y in ys]
         ax.barh(pos, vals, height=bar, label=mode, color=mode_color[mode])
-        for p, val in zip(pos, vals, strict=True):
+        for p, val, name in zip(pos, vals, names, strict=True):
+            r = results.get((name, mode))
             if val:
                 ax.text(val, p, f" {val:,.0f}", va="center", fontsize=7)
+            elif r is not None and "error" in r:
+                # A failed run stays visible rather than silently missing.
+                ax.text(0, p, " failed (see http.json)", va="center", fontsize=7, color="red")
     ax.set_yticks(ys, names)
     ax.invert_yaxis()
     ax.margins(x=0.12)

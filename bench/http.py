@@ -13,8 +13,9 @@ hands it to a worker). Variants:
 * for reference: uvicorn ``--workers 2`` and gunicorn ``-w 2`` (sync and gthread).
 
 For every run: requests/s, p50/p99 latency (from wrk's own histogram), each worker's
-share of the requests (each worker counts and writes its count when stopped), and the
-CPU used by the primary, the workers and wrk. Then a table of ratios against the goals
+share of the requests (each worker counts and writes its count when stopped; a fresh
+server per mode, so the shares cover that mode's warm-up and run), and the CPU used by
+the primary, the workers, wrk and anything else. Then a table of ratios against the goals
 (round-robin with ``Connection: close`` >= 2x Node's round-robin and >= 0.9x our shared
 policy; keep-alive round-robin >= 0.95x shared). Results go to ``bench/results/http.json``
 and ``bench/results/http_*.png``.

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
+from pycluster._signals import signal_name, signal_number
+
 if TYPE_CHECKING:
     from pycluster._reactor import Reactor
 
@@ -24,29 +26,6 @@ ExitHandler = Callable[[int | None, str | None], None]
 #: Exit statuses for a worker whose program could not be started, as a shell reports them.
 EXIT_NOT_FOUND = 127
 EXIT_CANNOT_EXECUTE = 126
-
-
-def signal_number(sig: int | str) -> int:
-    """Accept ``"SIGTERM"``, ``"TERM"``, ``15`` or ``signal.SIGTERM``."""
-    if isinstance(sig, str):
-        name = sig.upper()
-        if not name.startswith("SIG"):
-            name = "SIG" + name
-        try:
-            return int(_signal.Signals[name])
-        except KeyError:
-            raise ValueError(f"unknown signal {sig!r}") from None
-    if isinstance(sig, bool) or not isinstance(sig, int):
-        raise TypeError(f"signal must be a name or a number, not {type(sig).__name__}")
-    return int(sig)
-
-
-def signal_name(signum: int) -> str:
-    """``9`` -> ``"SIGKILL"``."""
-    try:
-        return _signal.Signals(signum).name
-    except ValueError:
-        return f"SIG{signum}"
 
 
 class WorkerProcess:

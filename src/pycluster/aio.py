@@ -38,6 +38,7 @@ class Server:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed_by_cluster = False
+        self._stopped = asyncio.Event()
         self._beat: asyncio.Task[None] | None = None
         # No token (the listener already unregistered) or a refused take-over: a
         # disconnect closed the listener while the server was being set up.
@@ -66,6 +67,7 @@ class Server:
 
     def close(self) -> None:
         """Stop accepting; existing connections go on."""
+        self._stopped.set()
         try:
             self._server.close()
         except ValueError:
@@ -83,23 +85,26 @@ class Server:
         await self._server.start_serving()
 
     async def serve_forever(self) -> None:
-        """Serve until closed; returns normally when pycluster disconnects the worker."""
+        """Serve until closed; returns normally when pycluster disconnects the worker.
+
+        Waits on the server's own close rather than the loop's ``serve_forever``, whose
+        ending on close differs between asyncio and uvloop.
+        """
+        if not self._closed_by_cluster:
+            if not self._server.is_serving():
+                await self._server.start_serving()
+            try:
+                await self._stopped.wait()
+            except asyncio.CancelledError:
+                self.close()
+                await self.wait_closed()
+                raise
         if self._closed_by_cluster:
+            # Requests in progress finish before the program goes on (and perhaps
+            # ends, which would cancel their tasks mid-answer).
             await self._idle.wait()
             return
-        try:
-            await self._server.serve_forever()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            cancelling = (
-                task.cancelling() if task is not None and hasattr(task, "cancelling") else 0
-            )
-            if self._closed_by_cluster and not cancelling:
-                # Requests in progress finish before the program goes on (and perhaps
-                # ends, which would cancel their tasks mid-answer).
-                await self._idle.wait()
-                return
-            raise
+        raise asyncio.CancelledError  # closed by the program: as asyncio's serve_forever
 
     async def __aenter__(self) -> Server:
         return self
@@ -187,7 +192,11 @@ async def create_server(
         raise TypeError("in a cluster worker, host must be one address (a str) or None")
     address = await _resolve(loop, host, port or 0, family)
     listener = await asyncio.to_thread(
-        net.create_server, address[1], family=address[0], backlog=backlog
+        net.create_server,
+        address[1],
+        family=address[0],
+        backlog=backlog,
+        policy=_policy_for(loop, address[1]),
     )
     return await _serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
 
@@ -208,9 +217,30 @@ async def create_unix_server(
             protocol_factory, path, sock=sock, backlog=backlog, **kwargs
         )
     listener = await asyncio.to_thread(
-        net.create_server, path, family=socket.AF_UNIX, backlog=backlog
+        net.create_server,
+        path,
+        family=socket.AF_UNIX,
+        backlog=backlog,
+        policy=_policy_for(loop, path),
     )
     return await _serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
+
+
+def _policy_for(loop: asyncio.AbstractEventLoop, address: Any) -> int | None:
+    """Shared policy for loops that accept in C (uvloop): they need a real socket."""
+    from asyncio.selector_events import BaseSelectorEventLoop
+
+    if isinstance(loop, BaseSelectorEventLoop):
+        return None
+    import logging
+
+    logging.getLogger("pycluster").warning(
+        "%s accepts connections in C, where round-robin cannot reach: "
+        "sharing the listening socket of %r instead (SCHED_NONE)",
+        type(loop).__name__,
+        address,
+    )
+    return 1  # SCHED_NONE
 
 
 async def _serve(

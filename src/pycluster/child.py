@@ -9,7 +9,6 @@ asyncio; asyncio programs may use ``cluster.worker.messages()`` instead.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal as _signal
 import socket
@@ -18,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pycluster._process import signal_number
+from pycluster._signals import signal_number
 from pycluster._worker import Worker
 from pycluster.ipc import serialization
 from pycluster.ipc.channel import ChannelClosedError, ThreadChannel
@@ -26,10 +25,18 @@ from pycluster.ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
 from pycluster.ipc.messages import Act, Message, Requests, decode_internal, encode_internal
 
 if TYPE_CHECKING:
+    import logging
+
     from pycluster._status import StatusPage
     from pycluster.net import ServerRegistry
 
-log = logging.getLogger("pycluster")
+
+def _log() -> logging.Logger:
+    # logging is imported when first needed: a worker comes online sooner without it.
+    import logging
+
+    return logging.getLogger("pycluster")
+
 
 ENV_ID = "PYCLUSTER_UNIQUE_ID"
 ENV_CHANNEL = "PYCLUSTER_CHANNEL_FD"
@@ -155,7 +162,7 @@ class ChildRuntime:
             message = serialization.decode(frame.payload, frame.codec, None)
         except serialization.DecodeError as exc:
             close_fds(frame.fds)
-            log.error("dropped a message from the primary: %s", exc)
+            _log().error("dropped a message from the primary: %s", exc)
             return None
         handle = socket.socket(fileno=frame.fds[0]) if frame.fds else None
         close_fds(frame.fds[1:])
@@ -255,7 +262,8 @@ def _flush_stdio() -> None:
 
 
 def _exit_now(code: int) -> None:
-    logging.shutdown()
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
     _flush_stdio()
     os._exit(code)
 

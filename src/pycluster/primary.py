@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from pycluster import _settings
 from pycluster._events import EventEmitter
-from pycluster._process import WorkerProcess, signal_number, spawn
+from pycluster._process import WorkerProcess, spawn
 from pycluster._reactor import Reactor
+from pycluster._signals import signal_number
 from pycluster._status import StatusPage
 from pycluster._worker import Address, Worker
 from pycluster.ipc import serialization

@@ -10,13 +10,15 @@ writes with blocking calls under a lock.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import socket
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import logging
 
 from pycluster.ipc.fds import ChunkReader, ancillary_for
 from pycluster.ipc.framing import (
@@ -30,7 +32,13 @@ from pycluster.ipc.framing import (
     encode_header,
 )
 
-log = logging.getLogger("pycluster")
+
+def _log() -> logging.Logger:
+    # Imported when first needed: a worker's start-up does not pay for logging.
+    import logging
+
+    return logging.getLogger("pycluster")
+
 
 READ_SIZE = 256 * 1024
 SMALL = 64 * 1024
@@ -214,7 +222,7 @@ class LoopChannel:
         self._readable()
 
     def _protocol_error(self, exc: ProtocolError) -> None:
-        log.error("IPC protocol error from %s, closing its channel: %s", self._name, exc)
+        _log().error("IPC protocol error from %s, closing its channel: %s", self._name, exc)
         self._fail(exc)
 
     def _fail(self, exc: BaseException | None) -> None:
@@ -307,7 +315,7 @@ class ThreadChannel:
                 for frame in self._decoder.feed(data, fds):
                     self._on_frame(frame)
         except ProtocolError as exc:
-            log.error("IPC protocol error from the primary, closing the channel: %s", exc)
+            _log().error("IPC protocol error from the primary, closing the channel: %s", exc)
             error = exc
         except OSError as exc:
             if not self._closed and exc.errno not in (errno.ECONNRESET, errno.EBADF):

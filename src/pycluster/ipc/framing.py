@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
 from enum import IntEnum
 
 MAGIC = b"PC"
@@ -65,14 +64,33 @@ class ProtocolError(Exception):
     """A peer sent bytes or descriptors that are not a valid frame stream."""
 
 
-@dataclass(slots=True)
 class Frame:
     """One decoded frame: its kind, codec, payload and the descriptors it carried."""
 
-    kind: Kind
-    codec: Codec
-    payload: bytes
-    fds: list[int] = field(default_factory=list)
+    __slots__ = ("kind", "codec", "payload", "fds")
+
+    def __init__(self, kind: Kind, codec: Codec, payload: bytes, fds: list[int] | None = None):
+        self.kind = kind
+        self.codec = codec
+        self.payload = payload
+        self.fds: list[int] = fds if fds is not None else []
+
+    def __repr__(self) -> str:
+        return (
+            f"Frame({self.kind.name}, {self.codec.name}, {len(self.payload)} bytes, fds={self.fds})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.kind, self.codec, self.payload, self.fds) == (
+            other.kind,
+            other.codec,
+            other.payload,
+            other.fds,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def encode_header(kind: Kind, codec: Codec, length: int, nfds: int = 0) -> bytes:

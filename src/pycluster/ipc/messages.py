@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-from concurrent.futures import Future
 from enum import Enum
 from typing import Any
 
@@ -51,17 +50,55 @@ def decode_internal(payload: bytes) -> tuple[Act, Message]:
         raise ProtocolError(f"malformed internal message: {exc}") from exc
 
 
+class Future:
+    """The reply to one request, waited for by the requesting thread.
+
+    (A small stand-in for ``concurrent.futures.Future``, which would cost a worker
+    several milliseconds of start-up to import.)
+    """
+
+    __slots__ = ("_done", "_result", "_error")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._result: Message | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        """Whether the reply (or an error) has arrived."""
+        return self._done.is_set()
+
+    def set_result(self, result: Message) -> None:
+        """Deliver the reply."""
+        self._result = result
+        self._done.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        """Fail the request."""
+        self._error = error
+        self._done.set()
+
+    def result(self, timeout: float | None = None) -> Message:
+        """Block until the reply arrives and return it (or raise the failure)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError("no reply from the primary")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 class Requests:
     """Sequence numbers of requests in flight, mapped to the futures of their replies."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seq = 0
-        self._pending: dict[int, Future[Message]] = {}
+        self._pending: dict[int, Future] = {}
 
-    def new(self) -> tuple[int, Future[Message]]:
+    def new(self) -> tuple[int, Future]:
         """Allocate a sequence number and the future its reply will resolve."""
-        fut: Future[Message] = Future()
+        fut = Future()
         with self._lock:
             self._seq += 1
             self._pending[self._seq] = fut

@@ -11,11 +11,8 @@ bytearray) are pickle opcodes, not globals, and need no entry at all.
 
 from __future__ import annotations
 
-import copyreg
 import io
 import json
-import pickle
-import re
 from typing import Any
 
 from pycluster.ipc.framing import Codec
@@ -87,7 +84,7 @@ def _import_global(module: str, name: str) -> Any:
 
 
 # What str(Fraction) gives: Python 3.10 pickles a Fraction as Fraction("n/d").
-_FRACTION_TEXT = re.compile(r"-?[0-9]+(/[0-9]+)?\Z")
+_FRACTION_TEXT = r"-?[0-9]+(/[0-9]+)?\Z"
 
 
 def _fraction(*args: Any) -> Any:
@@ -96,30 +93,31 @@ def _fraction(*args: Any) -> Any:
     Fraction("1e1000000000") (or a Decimal with that exponent) computes 10**10**9:
     a 30-byte payload would stall the primary for hours.
     """
+    import re
     from fractions import Fraction
 
     if not 1 <= len(args) <= 2 or not all(
-        type(a) is int or (type(a) is str and _FRACTION_TEXT.match(a)) for a in args
+        type(a) is int or (type(a) is str and re.match(_FRACTION_TEXT, a)) for a in args
     ):
         raise DecodeError("refusing to decode a Fraction from anything but integers")
     return Fraction(*args)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, allow: AllowList) -> None:
-        super().__init__(io.BytesIO(data))
-        self._allow = allow
+def _restricted_load(data: bytes, allow: AllowList) -> Any:
+    # pickle is imported on first use: a JSON-only worker starts faster without it.
+    import copyreg
+    import pickle
 
-    def find_class(self, module: str, name: str) -> Any:
-        return self._allow.find(module, name)
+    class RestrictedUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return allow.find(module, name)
 
-    def load(self) -> Any:
-        # The C unpickler takes an extension code (EXT1/2/4) that an earlier trusted
-        # load resolved from copyreg's process-wide cache, without asking find_class:
-        # empty the cache so every code faces the allow-list.
-        if copyreg._extension_cache:  # type: ignore[attr-defined]
-            copyreg._extension_cache.clear()  # type: ignore[attr-defined]
-        return super().load()
+    # The C unpickler takes an extension code (EXT1/2/4) that an earlier trusted
+    # load resolved from copyreg's process-wide cache, without asking find_class:
+    # empty the cache so every code faces the allow-list.
+    if copyreg._extension_cache:  # type: ignore[attr-defined]
+        copyreg._extension_cache.clear()  # type: ignore[attr-defined]
+    return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 def encode(message: Any, codec: Codec) -> bytes:
@@ -134,6 +132,8 @@ def encode(message: Any, codec: Codec) -> bytes:
                 "cannot send a circular structure with JSON serialization "
                 "(use serialization='advanced')"
             ) from exc
+    import pickle
+
     try:
         return pickle.dumps(message, protocol=5)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -149,8 +149,10 @@ def decode(payload: bytes, codec: Codec, allow: AllowList | None) -> Any:
         if codec is Codec.JSON:
             return json.loads(payload)
         if allow is None:
+            import pickle
+
             return pickle.loads(payload)
-        return _RestrictedUnpickler(payload, allow).load()
+        return _restricted_load(payload, allow)
     except DecodeError:
         raise
     except Exception as exc:  # any codec failure on untrusted input is the peer's fault
