@@ -21,6 +21,7 @@ from pycluster._signals import signal_number
 from pycluster._worker import Worker
 from pycluster.ipc import serialization
 from pycluster.ipc.channel import ChannelClosedError, ThreadChannel
+from pycluster.ipc.fds import is_connected_stream
 from pycluster.ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
 from pycluster.ipc.messages import Act, Message, Requests, decode_internal, encode_internal
 
@@ -107,7 +108,7 @@ class ChildRuntime:
                     exc if isinstance(exc, ChannelClosedError) else ChannelClosedError(str(exc))
                 )
             return False
-        if handle is not None and not keep_open and _is_connected_stream(handle):
+        if handle is not None and not keep_open and is_connected_stream(handle):
             handle.close()
         if callback is not None:
             callback(None)
@@ -242,14 +243,6 @@ class ChildRuntime:
 
     def is_dead(self) -> bool:
         return False
-
-
-def _is_connected_stream(sock: socket.socket) -> bool:
-    try:
-        sock.getpeername()
-    except OSError:
-        return False
-    return sock.type == socket.SOCK_STREAM
 
 
 def _flush_stdio() -> None:

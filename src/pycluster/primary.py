@@ -29,6 +29,7 @@ from pycluster._status import StatusPage
 from pycluster._worker import Address, Worker
 from pycluster.ipc import serialization
 from pycluster.ipc.channel import ChannelClosedError, LoopChannel
+from pycluster.ipc.fds import is_connected_stream
 from pycluster.ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
 from pycluster.ipc.messages import Act, Message, decode_internal, encode_internal
 
@@ -110,7 +111,7 @@ class PrimaryBackend:
             return False
         fds = [handle.fileno()] if handle is not None else None
         sent = channel.send(Kind.USER, self.codec, payload, fds, callback)
-        if sent and handle is not None and not keep_open and _is_connected_stream(handle):
+        if sent and handle is not None and not keep_open and is_connected_stream(handle):
             handle.close()
         return sent
 
@@ -150,14 +151,6 @@ class PrimaryBackend:
 
     def is_dead(self) -> bool:
         return self.process is not None and self.process.returncode is not None
-
-
-def _is_connected_stream(sock: socket.socket) -> bool:
-    try:
-        sock.getpeername()
-    except OSError:
-        return False
-    return sock.type == socket.SOCK_STREAM
 
 
 class Primary:

@@ -71,3 +71,12 @@ def ancillary_for(fds: list[int]) -> list[tuple[int, int, bytes]]:
     if not fds:
         return []
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
+def is_connected_stream(sock: socket.socket) -> bool:
+    """Whether ``sock`` is a connected stream socket (which ``send()`` closes unless kept open)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return sock.type == socket.SOCK_STREAM
