@@ -301,9 +301,9 @@ class _Closing(RoundRobinHandle[Worker, int]):
         self._inflight = old._inflight
 
     def refused(self, worker: Worker) -> list[tuple[Worker, int]]:
-        conn = self._inflight.pop(worker, None)
-        if conn is not None:
-            os.close(conn)
+        entry = self._inflight.pop(worker, None)
+        if entry is not None:
+            os.close(entry[1])
         return []
 
 

@@ -147,6 +147,20 @@ class TestRemoveAndRefuse:
         assert h.refused("a") == [("b", 1)]
         assert "a" not in h.members
 
+    def test_two_refused_connections_keep_their_acceptance_order(self) -> None:
+        h = handle_with("a", "b", "c")
+        h.push(1)  # a
+        h.push(2)  # b
+        h.push(3)  # c
+        h.push(4)  # queued
+        h.remove("a")
+        h.remove("b")
+        assert h.refused("b") == []  # 2 waits ahead of 4
+        assert h.refused("a") == []  # 1 is older still: it goes ahead of 2
+        _, more = h.accepted("c")
+        assert more == [("c", 1)]
+        assert h.drain() == [2, 4]
+
     def test_refused_with_nobody_left_waits_in_the_queue(self) -> None:
         h = handle_with("a")
         h.push(1)
@@ -224,13 +238,17 @@ class RoundRobinMachine(RuleBasedStateMachine):
         self.done: list[int] = []  # returned by accepted() or drain(): the caller's again
         self.sent: dict[str, int] = {}  # hand-offs not yet answered
         self.members: set[str] = set()
-        # A refused connection that went back to the queue: it must leave it first.
-        self.front: int | None = None
+
+    def waiting(self) -> list[int]:
+        """Connections neither in flight nor given back, in the order they were pushed."""
+        gone = set(self.done) | set(self.sent.values())
+        return [c for c in self.pushed if c not in gone]
 
     def take(self, handoffs: list[tuple[str, int]]) -> None:
-        if handoffs and self.front is not None:
-            assert handoffs[0][1] == self.front, "a refused connection lost its place"
-            self.front = None
+        # Strict acceptance order, refused connections included: each hand-off takes
+        # the oldest connection still waiting.
+        expected = self.waiting()[: len(handoffs)]
+        assert [c for _, c in handoffs] == expected, "a connection lost its place"
         for worker, conn in handoffs:
             assert worker in self.handle.members, f"{conn} handed to non-member {worker}"
             assert worker in self.members
@@ -274,12 +292,8 @@ class RoundRobinMachine(RuleBasedStateMachine):
         self.members.discard(worker)
         more = self.handle.refused(worker)
         if conn is not None:
-            # Back at the front: it is the first to go out again, or it waits first.
-            if more:
-                assert more[0][1] == conn
-            else:
-                assert self.handle.queued == queued_before + 1
-                self.front = conn
+            # Not lost: it is back in the queue, which may at once hand out its head.
+            assert self.handle.queued == queued_before + 1 - len(more)
         self.take(more)
 
     @rule(worker=st.sampled_from(WORKERS))
@@ -290,10 +304,9 @@ class RoundRobinMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.handle.queued > 0)
     @rule()
     def drain(self) -> None:
+        expected = self.waiting()
         drained = self.handle.drain()
-        if self.front is not None:
-            assert drained[0] == self.front
-            self.front = None
+        assert drained == expected, "drain() gives back the queue in acceptance order"
         self.done.extend(drained)
         assert self.handle.queued == 0
 

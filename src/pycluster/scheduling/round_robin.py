@@ -5,8 +5,10 @@ worker has at most one hand-off in flight: it is free again once it says it took
 the connection (Node's "smarts to avoid overloading a worker"), and the worker that
 has been free longest goes first, and one whose serving loop is busy is passed
 over while another worker is, or is about to be, free. A connection that a worker never took (it closed
-its server, or died) goes back to the front of the queue, so no connection accepted
-by the primary is lost while any worker serves the port.
+its server, or died) goes back to its place in the queue, so no connection accepted
+by the primary is lost while any worker serves the port. Connections leave the
+queue in the order they were accepted, refused ones included: a connection that
+comes back takes its old place, ahead of every one accepted after it.
 
 Pure state in, hand-offs out: every method returns the ``(worker, connection)``
 pairs the caller must now send.
@@ -29,8 +31,11 @@ class RoundRobinHandle(Generic[W, C]):
     def __init__(self, is_busy: Callable[[W], bool] | None = None) -> None:
         self._members: set[W] = set()
         self._free: OrderedDict[W, None] = OrderedDict()
-        self._inflight: dict[W, C] = {}
-        self._queue: deque[C] = deque()
+        # Each connection carries its acceptance number, so one that comes back
+        # from a worker can be put back in its place rather than merely at the front.
+        self._seq = 0
+        self._inflight: dict[W, tuple[int, C]] = {}
+        self._queue: deque[tuple[int, C]] = deque()
         # A worker whose serving loop is occupied is passed over while another is free.
         self._is_busy = is_busy
 
@@ -46,7 +51,8 @@ class RoundRobinHandle(Generic[W, C]):
 
     def inflight(self, worker: W) -> C | None:
         """The connection handed to ``worker`` that it has not yet taken, if any."""
-        return self._inflight.get(worker)
+        entry = self._inflight.get(worker)
+        return None if entry is None else entry[1]
 
     def add(self, worker: W) -> list[Handoff[W, C]]:
         """A worker starts serving this handle."""
@@ -63,28 +69,29 @@ class RoundRobinHandle(Generic[W, C]):
 
     def push(self, conn: C) -> list[Handoff[W, C]]:
         """A connection was accepted."""
-        self._queue.append(conn)
+        self._queue.append((self._seq, conn))
+        self._seq += 1
         return self._distribute()
 
     def accepted(self, worker: W) -> tuple[C | None, list[Handoff[W, C]]]:
         """``worker`` took its connection: return it (the caller closes its copy)."""
-        conn = self._inflight.pop(worker, None)
+        entry = self._inflight.pop(worker, None)
         if worker in self._members:
             self._free[worker] = None
-        return conn, self._distribute()
+        return (None if entry is None else entry[1]), self._distribute()
 
     def refused(self, worker: W) -> list[Handoff[W, C]]:
         """``worker`` is gone without taking its connection: offer it to another one."""
         self._members.discard(worker)
         self._free.pop(worker, None)
-        conn = self._inflight.pop(worker, None)
-        if conn is not None:
-            self._queue.appendleft(conn)
+        entry = self._inflight.pop(worker, None)
+        if entry is not None:
+            self._requeue(entry)
         return self._distribute()
 
     def drain(self) -> list[C]:
         """Take every queued connection (the last worker left: the caller closes them)."""
-        conns = list(self._queue)
+        conns = [conn for _, conn in self._queue]
         self._queue.clear()
         return conns
 
@@ -92,15 +99,25 @@ class RoundRobinHandle(Generic[W, C]):
         """Hand queued connections out again (a worker's busy state may have changed)."""
         return self._distribute()
 
+    def _requeue(self, entry: tuple[int, C]) -> None:
+        # The queue is in acceptance order; a refused connection is older than
+        # most of it, so the walk from the left is short.
+        index = 0
+        for seq, _ in self._queue:
+            if seq > entry[0]:
+                break
+            index += 1
+        self._queue.insert(index, entry)
+
     def _distribute(self) -> list[Handoff[W, C]]:
         out: list[Handoff[W, C]] = []
         while self._queue and self._free:
             worker = self._pick()
             if worker is None:
                 break
-            conn = self._queue.popleft()
-            self._inflight[worker] = conn
-            out.append((worker, conn))
+            entry = self._queue.popleft()
+            self._inflight[worker] = entry
+            out.append((worker, entry[1]))
         return out
 
     def _pick(self) -> W | None:
