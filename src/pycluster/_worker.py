@@ -166,7 +166,7 @@ class Worker(EventEmitter):
         only once someone is there to receive the message.
         """
         with self._deliver_lock:
-            if not self._iterators and not self.listeners("message"):
+            if not self._iterators and not self._events.get("message"):
                 self._held.append(opener)
                 return
             item = opener()

@@ -11,7 +11,11 @@ _FD_SIZE = array.array("i").itemsize
 _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 # Received descriptors are close-on-exec, so a worker's own subprocesses never
 # inherit a connection or a listening socket by accident.
-_RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+# Plain ints: an operator on the socket module's IntFlag members costs a Python call.
+_CTRUNC = int(socket.MSG_CTRUNC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 
 
 class ChunkReader:
@@ -34,8 +38,10 @@ class ChunkReader:
         Raises :class:`ProtocolError` when descriptors were truncated.
         """
         nbytes, ancdata, flags, _addr = sock.recvmsg_into([self._view], _ANCILLARY, _RECV_FLAGS)
+        if not ancdata and not flags:
+            return self._view[:nbytes], []
         fds = fds_from_ancillary(ancdata)
-        if flags & socket.MSG_CTRUNC:
+        if flags & _CTRUNC:
             close_fds(fds)
             raise ProtocolError("descriptors were truncated: more than a frame may carry")
         return self._view[:nbytes], fds
@@ -49,7 +55,7 @@ def recv_chunk(sock: socket.socket, bufsize: int) -> tuple[bytes, list[int]]:
     """
     data, ancdata, flags, _addr = sock.recvmsg(bufsize, _ANCILLARY, _RECV_FLAGS)
     fds = fds_from_ancillary(ancdata)
-    if flags & socket.MSG_CTRUNC:
+    if flags & _CTRUNC:
         close_fds(fds)
         raise ProtocolError("descriptors were truncated: more than a frame may carry")
     return data, fds
@@ -59,7 +65,7 @@ def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     """Extract every SCM_RIGHTS descriptor from ``recvmsg`` ancillary data."""
     fds: list[int] = []
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             arr = array.array("i")
             arr.frombytes(data[: len(data) - (len(data) % _FD_SIZE)])
             fds.extend(arr)

@@ -60,6 +60,11 @@ class Codec(IntEnum):
     ADVANCED = 1
 
 
+# Members by value, for the decoder: indexing a tuple is far cheaper than Kind(n).
+_KINDS = (Kind.INTERNAL, Kind.USER)
+_CODECS = (Codec.JSON, Codec.ADVANCED)
+
+
 class ProtocolError(Exception):
     """A peer sent bytes or descriptors that are not a valid frame stream."""
 
@@ -137,6 +142,42 @@ class Decoder:
         if self._closed:
             close_fds(list(fds))
             raise ProtocolError("decoder is closed after an earlier protocol error")
+        if not self._buf and not fds and not self._head_fds:
+            return self._feed_plain(data)
+        return self._feed_general(data, fds)
+
+    def _feed_plain(self, data: bytes | memoryview) -> list[Frame]:
+        # The common case on a busy channel: nothing buffered, no descriptors, the
+        # chunk holds whole frames. Frames are cut straight from the chunk, without
+        # copying it into the buffer first; only an incomplete tail is kept.
+        frames: list[Frame] = []
+        pos = 0
+        size = len(data)
+        unpack = HEADER.unpack_from
+        while size - pos >= HEADER_SIZE:
+            magic, version, kind, codec, flags, nfds, length = unpack(data, pos)
+            if (
+                magic != MAGIC
+                or version != VERSION
+                or kind > 1
+                or codec > 1
+                or flags
+                or nfds
+                or length > self._max_payload
+            ):
+                break  # let the general path name the problem (or take the descriptors)
+            end = pos + HEADER_SIZE + length
+            if end > size:
+                break
+            frames.append(Frame(_KINDS[kind], _CODECS[codec], bytes(data[pos + HEADER_SIZE : end])))
+            pos = end
+        if pos == size:
+            return frames
+        return frames + self._feed_general(data[pos:], ())
+
+    def _feed_general(
+        self, data: bytes | memoryview, fds: list[int] | tuple[int, ...]
+    ) -> list[Frame]:
         base = len(self._buf)
         self._buf += data
         chunk_fds = list(fds)
@@ -192,9 +233,9 @@ class Decoder:
             raise ProtocolError(f"bad magic {magic!r}: not a pycluster frame")
         if version != VERSION:
             raise ProtocolError(f"unsupported frame version {version}")
-        if kind not in (Kind.INTERNAL, Kind.USER):
+        if kind > 1:
             raise ProtocolError(f"unknown frame kind {kind}")
-        if codec not in (Codec.JSON, Codec.ADVANCED):
+        if codec > 1:
             raise ProtocolError(f"unknown codec {codec}")
         if flags:
             raise ProtocolError(f"reserved flags set: {flags:#x}")
@@ -204,7 +245,7 @@ class Decoder:
             raise ProtocolError(
                 f"frame length {length} exceeds the limit of {self._max_payload} bytes"
             )
-        return Kind(kind), Codec(codec), nfds, length
+        return _KINDS[kind], _CODECS[codec], nfds, length
 
     def close(self) -> None:
         """Drop buffered data and close every descriptor not yet handed out."""

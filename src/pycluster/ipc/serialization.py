@@ -19,6 +19,7 @@ from pycluster.ipc.framing import Codec
 
 # One encoder for every message: json.dumps() with options builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
+_JSON_DECODE = json.JSONDecoder().decode
 
 
 class DecodeError(Exception):
@@ -147,7 +148,9 @@ def decode(payload: bytes, codec: Codec, allow: AllowList | None) -> Any:
     """
     try:
         if codec is Codec.JSON:
-            return json.loads(payload)
+            # Decoding the text first skips json.loads' encoding detection for bytes;
+            # what we send is always UTF-8.
+            return _JSON_DECODE(payload.decode())
         if allow is None:
             import pickle
 
