@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench,fast,monitor]'
 	$(BIN)/python bench/ipc.py
 	$(BIN)/python bench/http.py
+
+# Debian packages that some tests use when present (nginx for docs/deploy.md's recipe).
+# Best effort: without root or apt-get those tests skip, naming the package.
+system-deps:
+	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-core >/dev/null) \
+		|| echo "system-deps: could not install nginx-core; the nginx test will skip"; \
+	else echo "system-deps: not root; the nginx test will skip (apt-get install nginx-core)"; fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
