@@ -344,6 +344,14 @@ OPTIONS: tuple[Option, ...] = (
         parse=parse_size,
     ),
     Option(
+        "start_timeout",
+        lambda: 60.0,
+        _number(0.01),
+        "seconds a replacement (reload, recycling) may take to be ready before it is "
+        "killed and its predecessor kept",
+        metavar="S",
+    ),
+    Option(
         "shutdown_timeout",
         lambda: 30.0,
         _number(0.0),

@@ -63,6 +63,9 @@ class Supervisor:
         # Slots whose crashed worker is being replaced; while any is, ports stay open.
         self.pending_slots: dict[int, int] = {}  # slot -> generation of its restart
         self._generation = 0
+        self._restart_timers: dict[int, Timer] = {}  # slot -> replacement not forked yet
+        self._replacing: set[int] = set()  # ids of replacements not ready yet
+        self._reloads: set[Completion] = set()
         self.stopping = False
         self._monitor: Timer | None = None
         self._last_memory_check = 0.0
@@ -126,6 +129,11 @@ class Supervisor:
         self.listens.pop(worker.id, None)
         hung = worker.id in self.hung
         self.hung.discard(worker.id)
+        if worker.id in self._replacing:
+            # A replacement that never became ready: its predecessor still serves the
+            # slot, so restarting it would run two workers in one slot.
+            self._replacing.discard(worker.id)
+            return
         if self.stopping or worker.id in self.retiring:
             return
         if not hung:
@@ -156,11 +164,14 @@ class Supervisor:
         self.p.starting += 1
         self._generation += 1
         self.pending_slots[slot] = self._generation
-        self.p.reactor.call_later(decision.delay, self._restart, worker)
+        self._restart_timers[slot] = self.p.reactor.call_later(
+            decision.delay, self._restart, worker
+        )
 
     def _restart(self, old: Worker) -> None:
         self.p.starting -= 1
         slot = old.slot or 0
+        self._restart_timers.pop(slot, None)
         generation = self.pending_slots.get(slot, 0)
         if self.stopping:
             self._settled(slot, generation)
@@ -174,6 +185,37 @@ class Supervisor:
         stable = float(self.settings["stable_after"])
         self.p.reactor.call_later(stable, self._settled, slot, generation)
         self.p.reactor.post(self.p.emitter.emit, "restart", old, new)
+
+    def _cancel_restart(self, slot: int) -> None:
+        timer = self._restart_timers.pop(slot)
+        timer.cancel()
+        self.p.starting -= 1
+        self._settled(slot)
+        log.info("worker slot %d: pending restart cancelled", slot)
+
+    def reserved_slots(self) -> set[int]:
+        """Slots whose replacement is scheduled but not forked yet (fork() skips them)."""
+        return set(self._restart_timers)
+
+    def count(self) -> int:
+        """Workers serving or about to: alive and not retiring, plus pending restarts."""
+        return len(self._alive()) + len(self._restart_timers)
+
+    def stop(self) -> None:
+        """Shutdown began: cancel pending restarts and reloads; start nothing new."""
+        self.stopping = True
+        for slot in list(self._restart_timers):
+            self._cancel_restart(slot)
+        for done in list(self._reloads):
+            done.finish(RuntimeError("reload cancelled: the cluster is shutting down"))
+        self.p._tick()
+
+    def _refused(self, what: str) -> Completion:
+        from pycluster.primary import Completion
+
+        done = Completion()
+        done.finish(RuntimeError(f"cannot {what}: the cluster is shutting down"))
+        return done
 
     def may_restart(self) -> bool:
         """Whether a worker that leaves now might be replaced (so keep its ports open)."""
@@ -196,32 +238,72 @@ class Supervisor:
         existing = self.retiring.get(old.id)
         if existing is not None:
             return existing
+        if self.stopping:
+            return self._refused(f"replace worker {old.id}")
         done = Completion()
+        if old.is_dead() or not old.is_connected():
+            done.finish()  # gone already: nothing left to replace
+            return done
         self.retiring[old.id] = done
         need = self.listens.get(old.id, 0)
         new = self.p.fork(slot=old.slot)
+        self._replacing.add(new.id)
         self.p.reactor.post(self.p.emitter.emit, "restart", old, new)
+        limit = float(self.settings["start_timeout"])
+        timed_out = False
+
+        def stop_waiting() -> None:
+            deadline.cancel()
+            for event, cb in handlers:
+                new.remove_listener(event, cb)
 
         def ready(*_: Any) -> None:
-            if new.is_dead() or done.done:
+            if new.is_dead() or done.done or timed_out:
                 return
             up = new.state in ("online", "listening") or getattr(new, "_ready", False)
             listening = self.listens.get(new.id, 0) >= need or getattr(new, "_ready", False)
             if up and listening:
-                for event, cb in handlers:
-                    new.remove_listener(event, cb)
+                stop_waiting()
+                self._replacing.discard(new.id)
                 self._retire(old, done)
+
+        def give_up(error: RuntimeError) -> None:
+            stop_waiting()
+            self.retiring.pop(old.id, None)
+            done.finish(error)
 
         def failed(code: int | None, sig: str | None) -> None:
             if done.done:
+                return
+            if timed_out:
+                give_up(
+                    RuntimeError(
+                        f"the replacement for worker {old.id} was not ready within {limit:g} s "
+                        "(start_timeout)"
+                    )
+                )
                 return
             log.error(
                 "replacement for worker %d exited before it was ready (%s); keeping the old one",
                 old.id,
                 sig or f"code {code}",
             )
-            self.retiring.pop(old.id, None)
-            done.finish(RuntimeError(f"the replacement for worker {old.id} failed to start"))
+            give_up(RuntimeError(f"the replacement for worker {old.id} failed to start"))
+
+        def too_slow() -> None:
+            nonlocal timed_out
+            if done.done or new.is_dead():
+                return
+            log.error(
+                "replacement worker %d (pid %s) was not ready within %g s (start_timeout): "
+                "killing it; keeping worker %d",
+                new.id,
+                new.process.pid,
+                limit,
+                old.id,
+            )
+            timed_out = True  # the reload fails once the replacement is gone
+            new.process.send_signal(signal.SIGKILL)
 
         handlers: list[tuple[str, Callable[..., None]]] = [
             ("online", ready),
@@ -231,6 +313,7 @@ class Supervisor:
         for event, cb in handlers:
             new.on(event, cb)
         new.once("exit", failed)
+        deadline = self.p.reactor.call_later(limit, too_slow)
         return done
 
     def _retire(self, worker: Worker, done: Completion | None = None) -> Completion:
@@ -278,12 +361,20 @@ class Supervisor:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, not {batch!r}")
         self.p._attach_if_running()
+        if self.stopping:
+            return self._refused("reload")
         done = Completion()
+        self._reloads.add(done)
+        done.add_done_callback(lambda: self._reloads.discard(done))
         olds = sorted(self._alive(), key=lambda w: w.slot or 0)
         errors: list[BaseException] = []
         log.info("reloading %d worker(s), %d at a time", len(olds), batch)
 
         def next_batch() -> None:
+            if done.done:
+                return  # cancelled by shutdown
+            # A worker that died or left since the reload began needs no replacement.
+            olds[:] = [w for w in olds if not w.is_dead() and w.is_connected()]
             if not olds:
                 done.finish(errors[0] if errors else None)
                 return
@@ -295,7 +386,14 @@ class Supervisor:
                 if comp.error is not None:
                     errors.append(comp.error)
                 pending -= 1
-                if pending == 0:
+                if pending == 0 and errors:
+                    # The new code does not start: replacing more workers would only
+                    # cost each its start attempt, so the rest keep the old code.
+                    kept = [w for w in olds if not w.is_dead()]
+                    if kept:
+                        log.error("reload stopped: %d worker(s) keep the old code", len(kept))
+                    done.finish(errors[0])
+                elif pending == 0:
                     next_batch()
 
             for old in group:
@@ -312,20 +410,28 @@ class Supervisor:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"scale() takes a worker count >= 0, not {n!r}")
         self.p._attach_if_running()
+        if self.stopping:
+            return self._refused("scale")
         done = Completion()
         alive = sorted(self._alive(), key=lambda w: w.slot or 0)
+        current = len(alive) + len(self._restart_timers)
         comps: list[Completion] = []
-        if n > len(alive):
-            for _ in range(n - len(alive)):
+        if n > current:
+            for _ in range(n - current):
                 worker = self.p.fork()
                 comp = Completion()
                 worker.once("online", comp.finish)
                 worker.once("exit", lambda *_, comp=comp: comp.finish())
                 comps.append(comp)
         else:
-            for worker in alive[n:][::-1]:
+            excess = current - n
+            # Slots waiting for a restart go first: they serve nothing yet.
+            for slot in sorted(self._restart_timers, reverse=True)[:excess]:
+                self._cancel_restart(slot)
+                excess -= 1
+            for worker in alive[len(alive) - excess :][::-1] if excess else []:
                 comps.append(self._retire(worker))
-        log.info("scaling from %d to %d worker(s)", len(alive), n)
+        log.info("scaling from %d to %d worker(s)", current, n)
         pending = len(comps)
         if not pending:
             self.p.reactor.post(done.finish)
@@ -405,8 +511,8 @@ class Supervisor:
         """What ``run()`` does on SIGHUP, SIGTTIN, SIGTTOU and SIGQUIT."""
         return {
             signal.SIGHUP: lambda _: self._quietly(self.reload()),
-            signal.SIGTTIN: lambda _: self._quietly(self.scale(len(self._alive()) + 1)),
-            signal.SIGTTOU: lambda _: self._quietly(self.scale(max(1, len(self._alive()) - 1))),
+            signal.SIGTTIN: lambda _: self._quietly(self.scale(self.count() + 1)),
+            signal.SIGTTOU: lambda _: self._quietly(self.scale(max(1, self.count() - 1))),
             signal.SIGQUIT: self._quit,
         }
 
@@ -418,7 +524,7 @@ class Supervisor:
 
     def _quit(self, signum: int) -> None:
         log.warning("primary got SIGQUIT: killing every worker now")
-        self.stopping = True
+        self.stop()
         self.p.kill_all(signal.SIGKILL)
 
     def statistics(self) -> list[dict[str, Any]]:

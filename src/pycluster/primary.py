@@ -216,7 +216,9 @@ class Primary:
         worker_id = self._next_id
         self._next_id += 1
         if slot is None:
-            used = {w.slot for w in self.workers.values()}
+            used: set[int | None] = {w.slot for w in self.workers.values()}
+            if self.supervisor is not None:
+                used |= self.supervisor.reserved_slots()
             slot = next(i for i in range(len(used) + 1) if i not in used)
         codec = serialization.codec_named(s["serialization"])
         backend = PrimaryBackend(self, codec)
@@ -528,7 +530,7 @@ class Primary:
     def shutdown(self, timeout: float | None, *, immediate_on_repeat: bool = False) -> Completion:
         """Disconnect every worker; kill what is left after the timeout."""
         if self.supervisor is not None:
-            self.supervisor.stopping = True
+            self.supervisor.stop()
         current = self._shutting_down
         if current is not None:
             if immediate_on_repeat:

@@ -49,7 +49,11 @@ async def reload_on_request(worker, msg, handle):
     emit(ev="reloaded", workers=sorted(cluster.workers))
 
 if cluster.is_primary:
-    cluster.setup_primary(shutdown_timeout=5.0)
+    cluster.setup_primary(
+        restart=os.environ.get("RESTART", "never"),
+        start_timeout=float(os.environ.get("START_TIMEOUT", "60")),
+        shutdown_timeout=float(os.environ.get("SHUTDOWN_TIMEOUT", "5")),
+    )
     cluster.on("listening", lambda w, a: emit(ev="listening", id=w.id, slot=w.slot))
     cluster.on("disconnect", lambda w: emit(ev="disconnect", id=w.id))
     cluster.on("exit", lambda w, code, sig: emit(
@@ -64,6 +68,9 @@ if cluster.is_primary:
 else:
     if os.path.exists("broken"):
         sys.exit("this build is broken")
+    if os.path.exists("slow") and cluster.worker.id > 2:
+        import time
+        time.sleep(3600)  # a boot that never finishes: only a kill ends it
     with cluster.http.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Web) as server:
         server.serve_forever()
 """
@@ -254,5 +261,53 @@ def test_failed_replacement_keeps_the_old_worker(live: Live) -> None:
     assert {get(port, "/") for _ in range(4)} == {1, 2}
     events = stop(program)
     exits = {e["id"]: (e["code"], e["planned"]) for e in events if e["ev"] == "exit"}
-    assert exits[3] == (1, False) and exits[4] == (1, False)
+    # The first replacement failed, so the reload stopped: worker 2 was never tried.
+    assert exits[3] == (1, False) and 4 not in exits
     assert exits[1] == (0, True) and exits[2] == (0, True)
+    assert "reload stopped: 1 worker(s) keep the old code" in program.stderr
+
+
+def test_a_replacement_that_is_never_ready_fails_the_reload_and_keeps_the_old(
+    live: Live,
+) -> None:
+    port = free_port()
+    program = live.start(
+        SERVER, env={"PORT": str(port), "START_TIMEOUT": "1", "RESTART": "on-failure"}
+    )
+    program.wait_for(ev="listening", count=2)
+    (live.cluster.tmp / "slow").touch()
+    get(port, "/reload")
+    (failed,) = program.wait_for(ev="reload_failed")
+    assert "was not ready within 1 s (start_timeout)" in str(failed["error"]), failed
+    assert failed["workers"] == [1, 2]
+    program.wait_for(ev="exit", id=3)
+    assert "was not ready within 1 s (start_timeout): killing it; keeping worker 1" in (
+        program.stderr
+    )
+    # The old workers serve on, and the killed replacement was not restarted in their slot.
+    assert {get(port, "/") for _ in range(4)} == {1, 2}
+    time.sleep(0.5)
+    events = stop(program)
+    exits = {e["id"]: (e["code"], e["sig"], e["planned"]) for e in events if e["ev"] == "exit"}
+    assert exits == {3: (None, "SIGKILL", False), 1: (0, None, True), 2: (0, None, True)}
+    assert [(e["old"], e["new"]) for e in events if e["ev"] == "restart"] == [(1, 3)]
+
+
+def test_stop_during_a_reload_ends_it_and_forks_nothing_more(live: Live) -> None:
+    port = free_port()
+    program = live.start(SERVER, env={"PORT": str(port), "SHUTDOWN_TIMEOUT": "1"})
+    program.wait_for(ev="listening", count=2)
+    (live.cluster.tmp / "slow").touch()
+    get(port, "/reload")
+    program.wait_for(ev="restart", old=1, new=3)
+    program.proc.send_signal(signal.SIGTERM)
+    result = program.finish(15)
+    assert result.returncode == 0, result.stderr
+    events = result.events()
+    (failed,) = [e for e in events if e["ev"] == "reload_failed"]
+    assert failed["error"] == "reload cancelled: the cluster is shutting down"
+    # Worker 2 never got a replacement; the stuck one was killed at the shutdown timeout.
+    assert [(e["old"], e["new"]) for e in events if e["ev"] == "restart"] == [(1, 3)]
+    exits = {e["id"]: (e["code"], e["sig"]) for e in events if e["ev"] == "exit"}
+    assert exits == {1: (0, None), 2: (0, None), 3: (None, "SIGKILL")}
+    assert events[-1] == {"ev": "done"}

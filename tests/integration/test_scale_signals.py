@@ -9,6 +9,7 @@ second SIGINT kills at once), SIGQUIT kills every worker at once.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -91,12 +92,19 @@ def emit(**kw):
     sys.stdout.write(json.dumps(kw) + "\\n")
     sys.stdout.flush()
 
+if os.environ.get("LOG_INFO"):
+    import logging
+    logging.basicConfig(level=logging.INFO)
+
 STUBBORN = {int(x) for x in os.environ.get("STUBBORN", "").split(",") if x}
 
 if cluster.is_primary:
-    cluster.setup_primary(restart="always", restart_delay=0.0,
+    cluster.setup_primary(restart="always",
+                          restart_delay=float(os.environ.get("RESTART_DELAY", "0")),
                           shutdown_timeout=float(os.environ.get("SHUTDOWN_TIMEOUT", "30")))
-    cluster.on("online", lambda w: emit(ev="online", id=w.id, slot=w.slot, n=len(cluster.workers)))
+    cluster.on("online", lambda w: emit(
+        ev="online", id=w.id, slot=w.slot, pid=w.process.pid, n=len(cluster.workers)
+    ))
     cluster.on("disconnect", lambda w: emit(ev="disconnect", id=w.id))
     cluster.on("exit", lambda w, code, sig: emit(
         ev="exit", id=w.id, code=code, sig=sig, planned=w.exited_after_disconnect, t=time.monotonic()
@@ -254,3 +262,52 @@ def test_shutdown_timeout_argument(cluster_env: Cluster) -> None:
     assert shut["result"] is None and shut["workers"] == 0
     assert 0.3 <= float(shut["took"]) < 5  # type: ignore[arg-type]
     assert "worker 2 did not disconnect in 0.3 s" in result.stderr
+
+
+def kill_first(program: LiveProgram) -> None:
+    """SIGKILL worker 1 (slot 0); its restart is then pending for RESTART_DELAY seconds."""
+    (online,) = program.wait_for(ev="online", id=1)
+    os.kill(int(online["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    program.wait_for(ev="exit", id=1)
+
+
+def test_shutdown_does_not_wait_for_a_pending_restart(live: Live) -> None:
+    program = start(live, {"RESTART_DELAY": "30", "LOG_INFO": "1"})
+    kill_first(program)
+    assert "restarting slot 0 in 30.00 s" in program.stderr
+    sent = time.monotonic()
+    program.proc.send_signal(signal.SIGTERM)
+    result = program.finish(15)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - sent < 10  # not the 30 s the restart would have waited
+    assert "worker slot 0: pending restart cancelled" in result.stderr
+    assert sorted(int(e["id"]) for e in result.events() if e["ev"] == "online") == [1, 2]  # type: ignore[call-overload]
+    assert [e["workers"] for e in result.events() if e["ev"] == "done"] == [0]
+
+
+def test_scaling_counts_a_pending_restart(live: Live) -> None:
+    program = start(live, {"RESTART_DELAY": "30", "LOG_INFO": "1"})
+    kill_first(program)
+    # Slot 0 waits for its restart, so one more worker makes three, in slot 2.
+    program.proc.send_signal(signal.SIGTTIN)
+    program.wait_for(ev="online", id=3, slot=2)
+    # Scaling down drops the pending restart before any serving worker...
+    program.proc.send_signal(signal.SIGTTOU)
+    deadline = time.monotonic() + 10
+    while "worker slot 0: pending restart cancelled" not in program.stderr:
+        assert time.monotonic() < deadline, program.stderr
+        time.sleep(0.05)
+    assert exits(program) == {1: (None, "SIGKILL", False)}
+    # ...then retires the highest slot.
+    program.proc.send_signal(signal.SIGTTOU)
+    program.wait_for(ev="exit", id=3)
+    program.proc.send_signal(signal.SIGTERM)
+    result = program.finish(15)
+    assert result.returncode == 0, result.stderr
+    assert exits(program) == {
+        1: (None, "SIGKILL", False),
+        3: (0, None, True),
+        2: (0, None, True),
+    }
+    # Slot 0 was never filled again.
+    assert sorted(int(e["id"]) for e in result.events() if e["ev"] == "online") == [1, 2, 3]  # type: ignore[call-overload]

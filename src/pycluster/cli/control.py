@@ -34,6 +34,7 @@ log = logging.getLogger("pycluster.cli")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_REFUSE_WAIT = 5.0  # seconds a refused peer gets to send its request
 
 
 class ControlError(Exception):
@@ -112,6 +113,10 @@ class ControlServer:
             pid, uid, _gid = _PEERCRED.unpack(raw)
             if uid != os.geteuid():
                 log.warning("control socket: refused pid %d of uid %d", pid, uid)
+                # Refuse in answer to the first request: hanging up before the client has
+                # written would turn the refusal into a broken pipe on its side.
+                with contextlib.suppress(asyncio.TimeoutError, ValueError):
+                    await asyncio.wait_for(reader.readline(), _REFUSE_WAIT)
                 await _answer(writer, {"ok": False, "error": "permission denied: not the owner"})
                 return
             while line := await reader.readline():
@@ -192,8 +197,14 @@ class Client:
 
     def request(self, **request: Any) -> dict[str, Any]:
         """Send one request and wait for its answer."""
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
-        line = self._file.readline()
+        try:
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
+        except BrokenPipeError:
+            pass  # the primary may have answered and hung up already: read what it said
+        try:
+            line = self._file.readline()
+        except ConnectionResetError:
+            line = b""
         if not line:
             raise ControlError("the cluster closed the connection")
         answer: dict[str, Any] = json.loads(line)
