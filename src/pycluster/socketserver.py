@@ -135,7 +135,8 @@ class ClusterMixIn:
         with cond:
             self._cluster_active += 1
         runtime = self._cluster_runtime
-        synchronous = not isinstance(self, _socketserver.ThreadingMixIn)
+        forking = isinstance(self, _socketserver.ForkingMixIn)
+        synchronous = not forking and not isinstance(self, _socketserver.ThreadingMixIn)
         if synchronous and runtime.status is not None:
             runtime.status.set_busy(True)
         try:
@@ -143,6 +144,11 @@ class ClusterMixIn:
         except BaseException:
             self._cluster_done()
             raise
+        else:
+            if forking:
+                # Only the child returns from here never: in the parent the request is
+                # handed over, and server_close() waits for the children at disconnect.
+                self._cluster_done()
         finally:
             if synchronous and runtime.status is not None:
                 runtime.status.set_busy(False)
@@ -193,6 +199,14 @@ class ThreadingTCPServer(ClusterMixIn, _socketserver.ThreadingTCPServer):
 
 class ThreadingUDPServer(ClusterMixIn, _socketserver.ThreadingUDPServer):
     """``socketserver.ThreadingUDPServer`` sharing its socket."""
+
+
+class ForkingTCPServer(ClusterMixIn, _socketserver.ForkingTCPServer):
+    """``socketserver.ForkingTCPServer`` sharing its port (a process per connection)."""
+
+
+class ForkingUDPServer(ClusterMixIn, _socketserver.ForkingUDPServer):
+    """``socketserver.ForkingUDPServer`` sharing its socket."""
 
 
 if hasattr(_socketserver, "UnixStreamServer"):

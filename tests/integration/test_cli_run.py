@@ -45,6 +45,22 @@ while True:
         conn.sendall(head % len(body) + body)
 """
 
+SOCKETSERVER = """
+import os, socketserver, sys
+
+class Answer(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline() not in (b"\\r\\n", b""):
+            pass
+        body = str(os.getpid()).encode()
+        head = b"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nContent-Length: %d\\r\\n\\r\\n"
+        self.wfile.write(head % len(body) + body)
+
+with socketserver.ForkingTCPServer(("127.0.0.1", int(sys.argv[1])), Answer) as server:
+    server.serve_forever()
+os.write(1, b"serve_forever returned\\n")
+"""
+
 ASYNCIO_STREAMS = """
 import asyncio, os, sys
 
@@ -137,12 +153,28 @@ def test_plain_socket_program_is_shared(
     assert output.count("exited (code 0)") == 2
 
 
-def test_asyncio_program_round_robin(cluster_env: Cluster, commands: Commands) -> None:
+def test_socketserver_program_is_shared(cluster_env: Cluster, commands: Commands) -> None:
+    # A forking socketserver: each connection is served by a grandchild of the worker.
+    cluster_env.write("server.py", SOCKETSERVER)
+    port = free_port()
+    command = commands.start("run", "-w", "2", "server.py", str(port))
+    command.wait_line("ready: 2 worker(s)")
+    assert len(pids_answering(port, want=3)) >= 2
+    output = stop(command)
+    assert output.count("serve_forever returned") == 2
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_asyncio_program(cluster_env: Cluster, commands: Commands, policy: str) -> None:
     cluster_env.write("server.py", ASYNCIO_STREAMS)
     port = free_port()
-    command = commands.start("run", "-w", "2", "server.py", str(port), "asyncio")
+    command = commands.start(
+        "run", "-w", "2", "--policy", policy, "server.py", str(port), "asyncio"
+    )
     command.wait_line("ready: 2 worker(s)")
-    assert len(pids_answering(port, want=2)) == 2
+    seen = pids_answering(port, want=2)
+    if policy == "rr":
+        assert len(seen) == 2
     output = stop(command)
     assert output.count("serve_forever returned") == 2
 
@@ -182,3 +214,56 @@ def test_bad_programs_fail_fast(cluster_env: Cluster, commands: Commands) -> Non
     assert "failed before any worker listened" in output
     code, output = commands.run("run", "-w", "2")
     assert code == 2 and "run needs a SCRIPT" in output
+
+
+def test_module_options_belong_to_the_module(cluster_env: Cluster, commands: Commands) -> None:
+    (cluster_env.tmp / "site").mkdir()
+    (cluster_env.tmp / "site" / "page.txt").write_text("served from site/\n")
+    port = free_port()
+    # As with python -m, everything after -m MODULE is the module's: --directory and
+    # --bind here are http.server's options, not pycluster's.
+    command = commands.start(
+        "run", "-w", "2", "-b", f"127.0.0.1:{port}", "-m", "http.server",
+        "--bind", "127.0.0.1", "--directory", "site", "0",
+    )  # fmt: skip
+    command.wait_line("ready: 2 worker(s)")
+    assert get(port, "/page.txt") == (200, "served from site/\n")
+    stop(command)
+
+
+CRASH_ON_REQUEST = """
+import http.server, os, sys
+
+class Crashy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/crash":
+            os._exit(7)
+        body = str(os.getpid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+with http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Crashy) as server:
+    server.serve_forever()
+"""
+
+
+def test_a_recovered_crash_still_ends_with_status_0(
+    cluster_env: Cluster, commands: Commands
+) -> None:
+    cluster_env.write("server.py", CRASH_ON_REQUEST)
+    port = free_port()
+    command = commands.start("run", "-w", "1", "--restart-delay", "0", "server.py", str(port))
+    command.wait_line("ready: 1 worker(s)")
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        get(port, "/crash")
+    command.wait_line("restarting slot 0")
+    command.wait_line("worker 2 (pid")
+    assert get(port)[0] == 200
+    # Restarted and serving again: a stop afterwards is a clean stop.
+    output = stop(command)
+    assert "exited (code 7)" in output

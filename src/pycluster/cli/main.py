@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="its arguments")
     _cluster_options(run)
     run.set_defaults(handler=_cmd_cluster)
+    parser.set_defaults(run_parser=run)
 
     serve = sub.add_parser(
         "serve",
@@ -380,10 +381,41 @@ def _cmd_control(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return control.client_main(ns)
 
 
+def split_module_args(
+    run: argparse.ArgumentParser, argv: list[str]
+) -> tuple[list[str], list[str] | None]:
+    """Split ``run ... -m MODULE ARGS`` so that ARGS belong to the module, as with ``python -m``.
+
+    Returns pycluster's part (ending with ``-m MODULE``) and the module's arguments,
+    or ``argv`` and None when no ``-m`` comes before the script.
+    """
+    i = 1  # argv[0] is "run"
+    while i < len(argv):
+        token = argv[i]
+        if token == "--" or not token.startswith("-") or token == "-":
+            return argv, None  # a script: what follows is its own
+        if token.startswith("-m") and not token.startswith("--"):
+            if len(token) > 2:
+                return [*argv[:i], "-m", token[2:]], argv[i + 1 :]
+            if i + 1 < len(argv):
+                return argv[: i + 2], argv[i + 2 :]
+            return argv, None  # argparse says -m needs a MODULE
+        action = run._option_string_actions.get(token.split("=", 1)[0])
+        takes_value = action is not None and action.nargs != 0 and "=" not in token
+        i += 2 if takes_value else 1
+    return argv, None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the command."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module_args: list[str] | None = None
+    if argv and argv[0] == "run":
+        argv, module_args = split_module_args(parser.get_default("run_parser"), argv)
     ns = parser.parse_args(argv)
+    if module_args is not None:
+        ns.args = [*ns.args, *module_args]
     try:
         code: int = ns.handler(ns, parser)
     except CliError as exc:

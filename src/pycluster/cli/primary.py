@@ -343,7 +343,8 @@ class ClusterApp:
         (log.warning if failed else log.info)("worker %d (pid %s) exited (%s)", worker.id, pid, how)
         if not failed or self.stopping:
             return
-        self.exit_code = 1
+        # A crash the supervisor recovers from is not the cluster's failure: only a
+        # give-up or a failure to start at all makes the exit status non-zero.
         if code == EXIT_APP_LOAD:
             log.error("the application could not be loaded (see above): stopping")
             self._fail(EXIT_APP_LOAD)
@@ -356,10 +357,17 @@ class ClusterApp:
         self.stop("startup failure")
 
     def _on_restart(self, old: cluster.Worker, new: cluster.Worker) -> None:
-        log.info("worker %d replaces worker %d in slot %s", new.id, old.id, new.slot)
+        log.info(
+            "worker %d (pid %s) replaces worker %d (pid %s) in slot %s",
+            new.id,
+            new.process.pid,
+            old.id,
+            old.process.pid,
+            new.slot,
+        )
 
     def _on_give_up(self, worker: cluster.Worker, reason: str) -> None:
-        log.error("slot %s: giving up restarting worker %d: %s", worker.slot, worker.id, reason)
+        # The supervisor has logged the give-up and its reason already.
         self.exit_code = 1
         alive = [w for w in (cluster.workers or {}).values() if not w.is_dead()]
         if not alive:

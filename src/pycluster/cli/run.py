@@ -155,6 +155,8 @@ def _patch_socketserver() -> None:
         "UDPServer",
         "ThreadingTCPServer",
         "ThreadingUDPServer",
+        "ForkingTCPServer",
+        "ForkingUDPServer",
         "UnixStreamServer",
         "ThreadingUnixStreamServer",
     ):
