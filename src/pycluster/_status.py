@@ -45,9 +45,9 @@ class StatusPage:
         os.set_inheritable(fd, False)
         return cls(fd, owner=False)
 
-    def beat(self) -> None:
-        """Record that the serving loop is alive now."""
-        _BEAT.pack_into(self._map, 0, time.monotonic())
+    def beat(self, at: float | None = None) -> None:
+        """Record that the serving loop is alive now (or was last known free ``at``)."""
+        _BEAT.pack_into(self._map, 0, time.monotonic() if at is None else at)
 
     @property
     def last_beat(self) -> float:

@@ -203,3 +203,60 @@ def test_help_is_built_from_the_settings(commands: Commands) -> None:
     assert "(default: on-failure)" in output  # the command line keeps crashed workers alive
     code, output = commands.run("serve", "--max-requests", "lots", "app:app")
     assert code == 2 and "'lots' is not an integer" in output
+
+
+SPINNING_WSGI_APP = """
+import os
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/spin":
+        while True:  # a handler stuck in a loop, in a2wsgi's thread pool
+            pass
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+
+def test_timeout_catches_a_wsgi_handler_stuck_in_a_loop(
+    cluster_env: Cluster, commands: Commands
+) -> None:
+    cluster_env.write("spin.py", SPINNING_WSGI_APP)
+    port = free_port()
+    command = serve(
+        commands,
+        cluster_env,
+        "spin:app",
+        *("-w", "1", "-b", f"127.0.0.1:{port}", "--timeout", "1", "--restart-delay", "0"),
+    )
+    status, first = request(port)
+    assert status == 200
+    # The event loop keeps running while the handler spins in its thread; the stuck
+    # call itself is what --timeout must catch.
+    with pytest.raises((http.client.HTTPException, ConnectionError, TimeoutError)):
+        request(port, path="/spin")
+    command.wait_line("sent no heartbeat")
+    command.wait_line("listening on", count=2)
+    status, second = request(port)
+    assert status == 200 and second != first
+    output = stop(command)
+    assert "in app" in output  # faulthandler's stack names the stuck function
+
+
+def test_max_requests_recycles_a_served_worker(cluster_env: Cluster, commands: Commands) -> None:
+    cluster_env.write("webapp.py", STARLETTE_APP)
+    port = free_port()
+    command = serve(
+        commands,
+        cluster_env,
+        "webapp:app",
+        *("-w", "1", "-b", f"127.0.0.1:{port}", "--max-requests", "3"),
+    )
+    pids = [request(port)[1] for _ in range(3)]
+    assert len(set(pids)) == 1
+    command.wait_line("served 3 connections: recycling it")
+    command.wait_line("exited (code 0)")
+    # Every request is answered across the recycling, then by the new worker.
+    later = {request(port) for _ in range(2)}
+    assert all(status == 200 for status, _ in later)
+    assert pids[0] not in {pid for _, pid in later}
+    stop(command)

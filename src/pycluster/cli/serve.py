@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import itertools
 import logging
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import pycluster as cluster
@@ -41,6 +43,39 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 HEARTBEAT = 0.5
+
+
+class WSGICalls:
+    """Wraps a WSGI application and remembers when each call in progress began.
+
+    a2wsgi runs WSGI calls in a thread pool, where the loop's heartbeat cannot see
+    them: a handler stuck in a loop leaves the loop beating. So the heartbeat reports
+    the start of the oldest call still running as the last sign of life, and
+    ``--timeout`` catches a call that runs longer than it, as gunicorn's does.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.running: dict[int, float] = {}
+        self._ids = itertools.count()
+
+    def __call__(self, environ: Any, start_response: Any) -> Iterator[bytes]:
+        key = next(self._ids)
+        self.running[key] = time.monotonic()
+        try:
+            result = self.app(environ, start_response)
+            try:
+                yield from result
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            del self.running[key]
+
+    def oldest(self) -> float | None:
+        """When the longest-running call began (monotonic clock), or None if idle."""
+        return min(list(self.running.values()), default=None)
 
 
 class AppLoadError(Exception):
@@ -199,8 +234,15 @@ def _server_class() -> type:
     class ClusterServer(uvicorn.Server):
         """uvicorn's server on the cluster's listeners, stopped by ``worker.disconnect()``."""
 
-        def __init__(self, config: Any, listeners: list[Any], backlog: int) -> None:
+        def __init__(
+            self,
+            config: Any,
+            listeners: list[Any],
+            backlog: int,
+            calls: WSGICalls | None = None,
+        ) -> None:
             super().__init__(config)
+            self.calls = calls
             self.listeners = listeners
             self.backlog = backlog
             self.finished = threading.Event()
@@ -246,9 +288,10 @@ def _server_class() -> type:
             self._beat = loop.create_task(self._heartbeat())
 
         async def _heartbeat(self) -> None:
-            worker = cluster.worker
-            while worker is not None:
-                worker.heartbeat()
+            runtime = child.runtime()
+            status = runtime.status if runtime is not None else None
+            while status is not None:
+                status.beat(self.calls.oldest() if self.calls is not None else None)
                 await asyncio.sleep(HEARTBEAT)
 
         async def shutdown(self, sockets: list[Any] | None = None) -> None:
@@ -329,9 +372,12 @@ def main(spec: dict[str, Any]) -> int:
     if interface == "auto":
         interface = detect_interface(app)
     log.info("serving %s as %s", spec["app"], interface.upper())
+    calls = None
+    if interface == "wsgi":
+        calls = app = WSGICalls(app)
     config = _config(spec, app, interface)
     listeners = _listen(spec)
-    server = _server_class()(config, listeners, spec["backlog"])
+    server = _server_class()(config, listeners, spec["backlog"], calls)
     try:
         server.run(sockets=[])
     finally:
