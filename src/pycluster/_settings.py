@@ -251,6 +251,7 @@ OPTIONS: tuple[Option, ...] = (
         lambda: "json",
         _choice("json", "advanced"),
         "message codec: json or advanced",
+        metavar="{json,advanced}",
     ),
     Option("silent", lambda: False, _bool, "pipe workers' stdout/stderr to the primary", cli=False),
     Option("stdio", lambda: None, _stdio, "explicit stdio of workers", cli=False),
@@ -274,7 +275,8 @@ OPTIONS: tuple[Option, ...] = (
         "restart",
         lambda: "never",
         _choice("never", "on-failure", "always"),
-        "replace workers that exit unasked: never, on-failure, always",
+        "replace workers that exit unasked",
+        metavar="{never,on-failure,always}",
     ),
     Option(
         "restart_delay",

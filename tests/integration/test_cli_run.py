@@ -267,3 +267,19 @@ def test_a_recovered_crash_still_ends_with_status_0(
     # Restarted and serving again: a stop afterwards is a clean stop.
     output = stop(command)
     assert "exited (code 7)" in output
+
+
+def test_bad_targets_are_one_line_errors_before_any_fork(
+    cluster_env: Cluster, commands: Commands
+) -> None:
+    cluster_env.write("server.py", THREADING_HTTP)
+    for options, message in [
+        (("-b", "fd://97"), "fd://97: descriptor 97 is not open in this process"),
+        (("-b", "unix:no/such/dir/app.sock"), "/no/such/dir does not exist"),
+        (("--cwd", "/no/such/dir"), "--cwd /no/such/dir: no such directory"),
+    ]:
+        code, output = commands.run("run", "-w", "2", *options, "server.py", "0")
+        assert code == 2, output
+        assert output.count("pycluster: error:") == 1, output
+        assert message in output, output
+        assert "Traceback" not in output and "started in slot" not in output, output

@@ -39,6 +39,22 @@ def parse(text: str) -> Bind:
     return {"kind": "tcp", "host": host, "port": int(port_text)}
 
 
+def check(bind: Bind) -> None:
+    """Fail now, in the primary, for a bind no worker could listen on (``ValueError``)."""
+    if bind["kind"] == "fd":
+        fd = bind["fd"]
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            raise ValueError(f"fd://{fd}: descriptor {fd} is not open in this process") from None
+        if not stat.S_ISSOCK(mode):
+            raise ValueError(f"fd://{fd}: descriptor {fd} is not a socket")
+    elif bind["kind"] == "unix":
+        directory = os.path.dirname(bind["path"])
+        if not os.path.isdir(directory):
+            raise ValueError(f"unix:{bind['path']}: directory {directory} does not exist")
+
+
 def describe(bind: Bind, port: int | None = None) -> str:
     """How a bind reads in logs and tables (``port``: the real one, for port 0)."""
     if bind["kind"] == "unix":

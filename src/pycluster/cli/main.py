@@ -140,7 +140,8 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ADDR",
-        help="listen on HOST:PORT, [IPV6]:PORT, :PORT (all interfaces), unix:PATH or fd://N; "
+        help="listen on HOST:PORT, [IPV6]:PORT, :PORT (all interfaces), PORT (127.0.0.1), "
+        "unix:PATH or fd://N; "
         "repeatable (default for serve: 127.0.0.1:8000, or the sockets systemd passes)",
     )
     group.add_argument(
@@ -169,6 +170,7 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--log-level", choices=logs.LEVELS, default="info", help="default: %(default)s"
     )
+    workers = parser.add_argument_group("workers", "where, as whom and how workers run")
     supervision = parser.add_argument_group(
         "keeping workers alive", "settings of cluster.setup_primary(), see docs"
     )
@@ -177,13 +179,17 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
             continue
         default = CLI_DEFAULTS.get(option.name, option.default())
         shown = "none" if default is None else default
-        supervision.add_argument(
+        where = workers if option.name in _WORKER_OPTIONS else supervision
+        where.add_argument(
             "--" + option.name.replace("_", "-"),
             dest=f"setting_{option.name}",
             type=_setting_type(option),
             metavar=option.metavar,
             help=f"{option.help} (default: {shown})",
         )
+
+
+_WORKER_OPTIONS = frozenset({"cwd", "uid", "gid", "serialization"})
 
 
 def settings_from(ns: argparse.Namespace) -> dict[str, Any]:

@@ -108,6 +108,10 @@ class ClusterApp:
         if not bind_list and self.ns.command == "serve":
             bind_list = [binds.parse("127.0.0.1:8000")]
         for bind in bind_list:
+            try:
+                binds.check(bind)
+            except ValueError as exc:
+                raise CliError(str(exc), EXIT_USAGE) from None
             if bind["kind"] == "unix":
                 binds.remove_stale_socket(bind["path"])
         return bind_list
@@ -115,6 +119,9 @@ class ClusterApp:
     def _setup(self) -> None:
         if self.ns.policy is not None:
             cluster.scheduling_policy = POLICIES[self.ns.policy]
+        cwd = getattr(self.ns, "setting_cwd", None)
+        if cwd is not None and not os.path.isdir(cwd):
+            raise CliError(f"--cwd {cwd}: no such directory", EXIT_USAGE)
         self.bind_list = self._binds()
         spec = worker_spec(self.ns, self.bind_list)
         spec["policy"] = POLICY_NAMES.get(cluster.scheduling_policy, "rr")
