@@ -20,6 +20,7 @@ the connection goes to another worker instead of being lost.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -115,6 +116,8 @@ class _Served:
         self.key = key
         self.sock = sock
         self.sockname: Any = sock.getsockname()
+        #: A Unix socket file this primary created, removed on close as Node does.
+        self.owned_path: tuple[str, int] | None = None
 
     def reply_fields(self) -> dict[str, Any]:
         sockname = self.sockname
@@ -126,6 +129,15 @@ class _Served:
 
     def close(self) -> None:
         self.sock.close()
+        if self.owned_path is not None:
+            path, inode = self.owned_path
+            self.owned_path = None
+            try:
+                # Only our own file: another server may have taken the path since.
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except OSError:
+                pass
 
 
 class SharedServer(_Served):
@@ -361,6 +373,17 @@ class ServerTable:
             handle = RoundRobinServer(self, handle_id, key, bind_socket(msg))
         else:
             handle = SharedServer(self, handle_id, key, bind_socket(msg))
+        address = msg.get("address")
+        if (
+            handle.sock.family == socket.AF_UNIX
+            and msg.get("fd") is None
+            and isinstance(address, str)
+            and address
+            and not address.startswith("\0")
+        ):
+            with contextlib.suppress(OSError):
+                path = os.path.abspath(address)
+                handle.owned_path = (path, os.stat(path).st_ino)
         self._next_id += 1
         self._by_key[key] = handle
         self._by_id[handle.id] = handle

@@ -296,6 +296,8 @@ class TestAddressKinds:
             [1, ["srv.sock", None, -1]],
             [2, ["srv.sock", None, -1]],
         ]
+        # Closed with its last worker, the socket file went with it (as in Node).
+        assert not (cluster_env.tmp / "srv.sock").exists()
 
 
 UDP = program(
