@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -88,8 +89,13 @@ class Worker(EventEmitter):
         """Send a message (and optionally a socket) over the IPC channel.
 
         Returns ``False`` if the channel is closed (``callback`` gets the error); raises
-        ``TypeError`` at once if the serialization cannot encode ``message``.
+        ``TypeError`` at once if the serialization cannot encode ``message`` or
+        ``handle`` is not a socket.
         """
+        if handle is not None and not isinstance(handle, socket.socket):
+            raise TypeError(
+                f"a handle sent with a message must be a socket.socket, not {type(handle).__name__}"
+            )
         return self._backend.send(message, handle, keep_open, callback)
 
     def disconnect(self) -> Worker:

@@ -301,7 +301,11 @@ class Primary:
             close_fds(frame.fds)
             self._protocol_error(worker, exc)
             return
-        handler(self, worker, msg, frame.fds)
+        fds = frame.fds
+        if fds and act is not Act.QUERY_SERVER:
+            close_fds(fds)  # no other request carries descriptors: never leak them
+            fds = []
+        handler(self, worker, msg, fds)
 
     def _protocol_error(self, worker: Worker, exc: ProtocolError) -> None:
         log.error("worker %d: IPC protocol error, closing its channel: %s", worker.id, exc)
@@ -319,7 +323,15 @@ class Primary:
             if worker.listeners("error"):
                 worker.emit("error", exc)
             return
-        handle = _socket_from_fds(frame.fds)
+        try:
+            handle = _socket_from_fds(frame.fds)
+        except OSError as exc:
+            log.error(
+                "worker %d: dropped a message whose handle is not a socket: %s", worker.id, exc
+            )
+            if worker.listeners("error"):
+                worker.emit("error", exc)
+            return
         self.emitter.emit("message", worker, message, handle)
         worker.emit("message", message, handle)
 
@@ -576,7 +588,11 @@ def _socket_from_fds(fds: list[int]) -> socket.socket | None:
     if not fds:
         return None
     close_fds(fds[1:])
-    return socket.socket(fileno=fds[0])
+    try:
+        return socket.socket(fileno=fds[0])
+    except OSError:
+        close_fds(fds[:1])
+        raise
 
 
 def parse_policy(value: str, source: str) -> int:

@@ -172,6 +172,12 @@ GARBAGE = {
     "internal not json": _frame(b"{not json"),
     "primary's act": _frame(b'{"act":"disconnect"}'),
     "unknown act": _frame(b'{"act":"takeOver"}'),
+    "handle not a number": _frame(b'{"act":"close","handle":[1]}'),
+    "seq not a number": _frame(b'{"act":"queryServer","seq":"x","family":2,"type":1}'),
+    "backlog not a number": _frame(
+        b'{"act":"queryServer","seq":1,"family":2,"type":1,"port":0,"backlog":"zz"}'
+    ),
+    "nested too deep": _frame(b"[" * 5000 + b"]" * 5000),
 }
 
 MALFORMED = program("""

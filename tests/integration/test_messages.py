@@ -762,3 +762,45 @@ def test_messages_iterator_in_an_asyncio_worker(cluster_env: Cluster) -> None:
         },
         {"side": "primary", "code": 0},
     ]
+
+
+LAST_WORDS = program("""
+import socket, time
+if cluster.is_primary:
+    got = []
+
+    def on_message(worker, msg, handle):
+        got.append([msg, handle is not None])
+        if handle is not None:
+            handle.close()
+
+    cluster.on("message", on_message)
+    # The primary is busy while the worker writes its last messages and exits.
+    cluster.on("online", lambda worker: time.sleep(0.5))
+    cluster.on("exit", lambda worker, code, sig: emit(side="primary", code=code, got=got))
+    cluster.fork()
+    cluster.run()
+else:
+    a, b = socket.socketpair()
+    for i in range(5):
+        cluster.worker.send(i, a, keep_open=True)
+    cluster.worker.send("last")
+    try:
+        cluster.worker.send("a pipe is no socket", os.pipe())
+    except TypeError as exc:
+        cluster.worker.send(str(exc))
+    os._exit(0)
+""")
+
+
+def test_messages_written_before_exit_all_arrive_before_exit(cluster_env: Cluster) -> None:
+    result = cluster_env.run(LAST_WORDS)
+    assert result.returncode == 0, result.stderr
+    [primary] = by_side(result.events(), "primary")
+    # A read stops at every frame that carries a descriptor: draining must go on
+    # until the socket is empty, not stop at the first short read.
+    assert primary["got"] == [
+        *([i, True] for i in range(5)),
+        ["last", False],
+        ["a handle sent with a message must be a socket.socket, not tuple", False],
+    ]

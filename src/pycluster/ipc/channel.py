@@ -10,6 +10,7 @@ writes with blocking calls under a lock.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import socket
 import threading
@@ -183,9 +184,11 @@ class LoopChannel:
         with self._lock:
             self._flush_locked()
 
-    def _readable(self) -> None:
-        # Bounded so one chatty worker cannot starve the others on the loop.
-        for _ in range(64):
+    def _readable(self, exhaust: bool = False) -> None:
+        # Bounded so one chatty worker cannot starve the others on the loop; unless
+        # ``exhaust``: then read until the socket is empty (a read stops at each
+        # frame that carries descriptors, so a short read does not mean empty).
+        for _ in itertools.count() if exhaust else range(64):
             if self._closed:
                 return
             try:
@@ -214,12 +217,12 @@ class LoopChannel:
                         close_fds(rest.fds)
                     return
                 self._on_frame(frame)
-            if short:
+            if short and not exhaust:
                 return  # most likely drained; the loop calls again if more came
 
     def drain(self) -> None:
         """Read and deliver whatever the peer already wrote (used when it has exited)."""
-        self._readable()
+        self._readable(exhaust=True)
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         _log().error("IPC protocol error from %s, closing its channel: %s", self._name, exc)

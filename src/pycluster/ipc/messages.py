@@ -39,15 +39,43 @@ def encode_internal(act: Act, **fields: Any) -> bytes:
     return _ENCODER.encode(fields).encode()
 
 
+_INT = (int,)
+_OPT_INT = (int, type(None))
+_ADDRESS = (str, type(None))
+#: The fields a worker's request must carry, and their JSON types (bool is no int here).
+_FIELDS: dict[Act, dict[str, tuple[type, ...]]] = {
+    Act.QUERY_SERVER: {
+        "seq": _INT,
+        "address": _ADDRESS,
+        "port": _OPT_INT,
+        "family": _INT,
+        "type": _INT,
+        "backlog": _OPT_INT,
+        "fd": _OPT_INT,
+        "dualstack": (bool, type(None)),
+        "policy": _OPT_INT,
+    },
+    Act.LISTENING: {"address": _ADDRESS, "port": _OPT_INT, "addressType": (int, str)},
+    Act.CLOSE: {"handle": _INT},
+}
+
+
 def decode_internal(payload: bytes) -> tuple[Act, Message]:
     """Parse an internal message; anything malformed is a protocol error."""
     try:
         msg = json.loads(payload)
         if not isinstance(msg, dict):
             raise ValueError("not an object")
-        return Act(msg.get("act")), msg
-    except ValueError as exc:
-        raise ProtocolError(f"malformed internal message: {exc}") from exc
+        act = Act(msg.get("act"))
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed internal message: {exc}") from None
+    for name, types in _FIELDS.get(act, {}).items():
+        value = msg.get(name)
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise ProtocolError(
+                f"malformed {act.value!r} message: field {name!r} is {type(value).__name__}"
+            )
+    return act, msg
 
 
 class Future:
