@@ -196,10 +196,14 @@ class RoundRobinServer(_Served):
 
     def add(self, worker: Worker, seq: int) -> None:
         if worker in self.handoffs:
-            self.table.reply_error(
-                worker, seq, errno.EADDRINUSE, "this worker already listens here"
-            )
-            return
+            if worker in self.handle.members:
+                self.table.reply_error(
+                    worker, seq, errno.EADDRINUSE, "this worker already listens here"
+                )
+                return
+            # The worker closed its server and listens again before the loop read the
+            # end of its old hand-off socket (it closed that socket before asking).
+            self._retire_handoff(worker)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             ours.setblocking(False)
@@ -257,6 +261,23 @@ class RoundRobinServer(_Served):
             self.table.counted(worker)
         if more:
             self._send(more)
+
+    def _retire_handoff(self, worker: Worker) -> None:
+        sock = self.handoffs.pop(worker)
+        while True:  # its last answers count; a connection it never took goes elsewhere
+            try:
+                if not sock.recv(64):
+                    break
+            except OSError:
+                break
+            conn, more = self.handle.accepted(worker)
+            if conn is not None:
+                os.close(conn)
+                self.table.counted(worker)
+            self._send(more)
+        self.reactor.remove_reader(sock.fileno())
+        sock.close()
+        self._send(self.handle.refused(worker))
 
     def _worker_gone(self, worker: Worker) -> list[tuple[Worker, int]]:
         sock = self.handoffs.pop(worker, None)

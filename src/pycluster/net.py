@@ -184,7 +184,11 @@ class RoundRobinListener(_ListenerMixin):
             try:
                 self._handoff.send(b"A")
             except OSError:
-                pass  # the primary is gone; the connection is ours anyway
+                # Not acknowledged (closed meanwhile by a disconnect, or the primary is
+                # gone): the primary hands this connection to another worker, so it is
+                # not ours to serve.
+                conn.close()
+                continue
             runtime = self._runtime
             if runtime is not None and runtime.status is not None:
                 runtime.status.count_connection()

@@ -588,3 +588,39 @@ class TestOutsideACluster:
             "module": "socket",
             "reported": [],
         }
+
+
+RELISTEN = """
+import json, os, sys
+import pycluster as cluster
+
+if cluster.is_primary:
+    cluster.scheduling_policy = getattr(cluster, sys.argv[1])
+    cluster.fork({"ROLE": "stay"})
+    cluster.fork({"ROLE": "cycle"})
+    cluster.on("message", lambda w, m, h: (print(json.dumps(m), flush=True), cluster.disconnect()))
+    cluster.run()
+else:
+    port = int(os.environ["PORT"])
+    if os.environ["ROLE"] == "stay":
+        srv = cluster.create_server(("127.0.0.1", port))
+        cluster.worker.wait_disconnected()
+    else:
+        errors = []
+        for _ in range(50):
+            try:
+                cluster.create_server(("127.0.0.1", port)).close()
+            except OSError as exc:
+                errors.append(str(exc))
+        cluster.worker.send({"errors": errors})
+        cluster.worker.wait_disconnected()
+"""
+
+
+@pytest.mark.parametrize("policy", ["SCHED_RR", "SCHED_NONE"])
+def test_close_then_listen_again_at_once(cluster_env: Cluster, policy: str) -> None:
+    # While another worker keeps the port open, one worker closes its server and
+    # opens it again, fifty times over, faster than the primary reads the closes.
+    result = cluster_env.run(RELISTEN, policy, env={"PORT": str(free_port())}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.events() == [{"errors": []}]
