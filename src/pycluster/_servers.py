@@ -60,7 +60,12 @@ def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
     family, type_ = int(msg["family"]), int(msg["type"])
     backlog = msg.get("backlog")
     if msg.get("fd") is not None:
-        sock = socket.socket(fileno=os.dup(int(msg["fd"])))
+        dup = os.dup(int(msg["fd"]))
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            raise
         if sock.type == socket.SOCK_STREAM:
             sock.listen(*(() if backlog is None else (backlog,)))
         return sock
@@ -124,8 +129,16 @@ class _Served:
         if isinstance(sockname, tuple):
             host, port = sockname[0], sockname[1]
         else:
-            host, port = sockname, None
-        return {"handle": self.id, "mode": self.mode, "host": host, "port": port}
+            host, port = (os.fsdecode(sockname) if sockname else None), None
+        # The real kind of socket: for fd=N the worker could only guess it.
+        return {
+            "handle": self.id,
+            "mode": self.mode,
+            "host": host,
+            "port": port,
+            "family": int(self.sock.family),
+            "type": int(self.sock.type),
+        }
 
     def close(self) -> None:
         self.sock.close()
@@ -388,12 +401,16 @@ class ServerTable:
         type_ = int(msg["type"])
         handle: Handle
         handle_id = self._next_id
-        if policy == SCHED_REUSEPORT and type_ == socket.SOCK_STREAM and msg.get("fd") is None:
+        given = None
+        if msg.get("fd") is not None:
+            given = bind_socket(msg)
+            type_ = given.type  # what the descriptor is, not what the worker guessed
+        if policy == SCHED_REUSEPORT and type_ == socket.SOCK_STREAM and given is None:
             handle = ReusePortServer(self, handle_id, key, bind_socket(msg, reuse_port=True))
         elif policy == SCHED_RR and type_ == socket.SOCK_STREAM:
-            handle = RoundRobinServer(self, handle_id, key, bind_socket(msg))
+            handle = RoundRobinServer(self, handle_id, key, given or bind_socket(msg))
         else:
-            handle = SharedServer(self, handle_id, key, bind_socket(msg))
+            handle = SharedServer(self, handle_id, key, given or bind_socket(msg))
         address = msg.get("address")
         if (
             handle.sock.family == socket.AF_UNIX

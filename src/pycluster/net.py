@@ -435,12 +435,16 @@ def create_server(
         # Not reported to the primary (as in Node), but still one of this worker's
         # servers: worker.disconnect() closes it, waking a blocked accept().
         return SharedListener(own.detach(), runtime, None)
+    query_addr = addr
     if fd is not None:
-        addr, port = None, None
+        query_addr, addr, port = None, None, None
+    elif family == socket.AF_UNIX and addr and not addr.startswith("\0"):
+        # Relative to this worker's directory, not the primary's (as Node resolves it).
+        query_addr = os.path.abspath(addr)
     try:
         reply = runtime.request(
             Act.QUERY_SERVER,
-            address=addr,
+            address=query_addr,
             port=port,
             family=int(family),
             type=int(type_),
@@ -462,9 +466,11 @@ def create_server(
             # The worker is being disconnected: its new server is closed from the
             # start, so serve_forever() returns and the program ends normally.
             return _closed_listener(family, type_, host_addr, runtime)
-        raise OSError(err, f"{os.strerror(err)}: {reply.get('error', '')}".rstrip(": "), host_addr)
+        where = f"fd={fd}" if fd is not None else host_addr
+        raise OSError(err, str(reply.get("error") or os.strerror(err)), where)
     mode = reply.get("mode")
     handle_id = int(reply["handle"])
+    family, type_ = int(reply.get("family", family)), int(reply.get("type", type_))
     host, real_port = reply.get("host"), reply.get("port")
     sockname: Any = host if family == socket.AF_UNIX else (host, real_port)
     if family == socket.AF_INET6 and isinstance(sockname, tuple):
@@ -481,7 +487,7 @@ def create_server(
         listener = SharedListener(sock.detach(), runtime, handle_id)
     else:
         raise OSError(errno.EPROTO, f"the primary answered with an unknown mode {mode!r}")
-    report = addr if family == socket.AF_UNIX else host
+    report = addr if family == socket.AF_UNIX and fd is None else host
     runtime.send_internal(
         Act.LISTENING,
         address=report,

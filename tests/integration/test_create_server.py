@@ -7,6 +7,7 @@ asyncio, connects as a client and prints what it saw as JSON lines.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -624,3 +625,79 @@ def test_close_then_listen_again_at_once(cluster_env: Cluster, policy: str) -> N
     result = cluster_env.run(RELISTEN, policy, env={"PORT": str(free_port())}, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.events() == [{"errors": []}]
+
+
+FD_KINDS = """
+import json, os, socket, sys
+import pycluster as cluster
+
+def emit(**kw):
+    sys.stdout.write(json.dumps(kw) + "\\n")
+    sys.stdout.flush()
+
+if cluster.is_primary:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(os.path.abspath("given.sock"))
+    unix.listen()
+    r, w = os.pipe()
+    os.makedirs("sub", exist_ok=True)
+    cluster.setup_primary(cwd="sub")
+    cluster.on("listening", lambda wk, a: emit(listening=list(a)))
+    counts = []
+
+    def on_message(worker, msg, handle):
+        counts.append(len(os.listdir("/proc/self/fd")))
+        if msg == "done":
+            emit(fds=counts, sub=os.listdir("sub"), here=os.path.exists("rel.sock"))
+            cluster.disconnect()
+
+    cluster.on("message", on_message)
+    cluster.fork({"UDP": str(udp.fileno()), "UNIX": str(unix.fileno()), "PIPE": str(r),
+                  "PORT": str(udp.getsockname()[1])})
+    cluster.run()
+else:
+    env = os.environ
+    # A UDP descriptor is shared as UDP, whatever the worker's defaults say.
+    u = cluster.create_server(None, fd=int(env["UDP"]))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.sendto(b"hello", ("127.0.0.1", int(env["PORT"])))
+    u.settimeout(5)
+    emit(udp=u.type == socket.SOCK_DGRAM, got=u.recv(64).decode())
+    # A Unix-socket descriptor reports its path.
+    cluster.create_server(None, fd=int(env["UNIX"]))
+    # A relative path is the worker's (cwd=sub), not the primary's.
+    cluster.create_server("rel.sock")
+    # A descriptor that is no socket: a clear error naming it, and no leak.
+    errors = set()
+    for i in range(20):
+        try:
+            cluster.create_server(None, fd=int(env["PIPE"]))
+        except OSError as exc:
+            errors.add(str(exc))
+        if i in (0, 19):
+            cluster.worker.send(i)
+    emit(errors=sorted(errors))
+    cluster.worker.send("done")
+    cluster.worker.wait_disconnected()
+"""
+
+
+def test_descriptors_and_relative_paths_are_taken_for_what_they_are(cluster_env: Cluster) -> None:
+    result = cluster_env.run(FD_KINDS, timeout=20)
+    assert result.returncode == 0, result.stderr
+    events = result.events()
+    (udp,) = [e for e in events if "udp" in e]
+    assert udp == {"udp": True, "got": "hello"}
+    listening = [e["listening"] for e in events if "listening" in e]
+    assert listening[0][2] == "udp4"
+    assert listening[1] == [str(cluster_env.tmp / "given.sock"), None, -1]
+    assert listening[2] == ["rel.sock", None, -1]
+    (errors,) = [e["errors"] for e in events if "errors" in e]
+    assert len(errors) == 1 and "'fd=" in errors[0], errors
+    assert errors[0].count(os.strerror(errno.ENOTSOCK)) == 1, errors
+    (final,) = [e for e in events if "fds" in e]
+    first, after_twenty, _ = final["fds"]
+    assert after_twenty == first  # nothing leaked by the refused descriptors
+    assert final["sub"] == ["rel.sock"] and final["here"] is False
