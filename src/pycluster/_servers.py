@@ -442,6 +442,10 @@ class ServerTable:
         """``worker`` took one more connection."""
         self.handed[worker.id] = self.handed.get(worker.id, 0) + 1
 
+    def memberships(self, worker: Worker) -> int:
+        """How many ports ``worker`` serves now."""
+        return sum(1 for h in self._by_id.values() if worker in h.handle.members)
+
     def queued(self) -> int:
         """Connections accepted by the primary and waiting for a free worker."""
         return sum(h.handle.queued for h in self._by_id.values() if isinstance(h, RoundRobinServer))

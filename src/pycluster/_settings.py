@@ -347,8 +347,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "start_timeout",
-        lambda: 60.0,
-        _number(0.01),
+        lambda: None,
+        _number(0.01, optional=True),
         "seconds a replacement (reload, recycling) may take to be ready before it is "
         "killed and its predecessor kept",
         metavar="S",

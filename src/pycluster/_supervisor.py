@@ -64,7 +64,9 @@ class Supervisor:
         self.pending_slots: dict[int, int] = {}  # slot -> generation of its restart
         self._generation = 0
         self._restart_timers: dict[int, Timer] = {}  # slot -> replacement not forked yet
-        self._replacing: set[int] = set()  # ids of replacements not ready yet
+        self._replacing: dict[int, Worker] = {}  # replacement not ready yet -> predecessor
+        self._cancels: dict[int, Callable[[], None]] = {}  # replacement id -> cancel it
+        self._deadlines: set[Timer] = set()  # start_timeout of replacements
         self._reloads: set[Completion] = set()
         self.stopping = False
         self._monitor: Timer | None = None
@@ -129,10 +131,10 @@ class Supervisor:
         self.listens.pop(worker.id, None)
         hung = worker.id in self.hung
         self.hung.discard(worker.id)
-        if worker.id in self._replacing:
+        predecessor = self._replacing.pop(worker.id, None)
+        if predecessor is not None and not predecessor.is_dead() and predecessor.is_connected():
             # A replacement that never became ready: its predecessor still serves the
             # slot, so restarting it would run two workers in one slot.
-            self._replacing.discard(worker.id)
             return
         if self.stopping or worker.id in self.retiring:
             return
@@ -208,6 +210,9 @@ class Supervisor:
             self._cancel_restart(slot)
         for done in list(self._reloads):
             done.finish(RuntimeError("reload cancelled: the cluster is shutting down"))
+        for deadline in self._deadlines:
+            deadline.cancel()  # the shutdown's own timeout applies now
+        self._deadlines.clear()
         self.p._tick()
 
     def _refused(self, what: str) -> Completion:
@@ -245,26 +250,31 @@ class Supervisor:
             done.finish()  # gone already: nothing left to replace
             return done
         self.retiring[old.id] = done
-        need = self.listens.get(old.id, 0)
+        # Ready means serving every port the old worker serves now (not every port it
+        # ever listened on: it may have closed some).
+        need = self.p._servers.memberships(old) if self.p._servers is not None else 0
         new = self.p.fork(slot=old.slot)
-        self._replacing.add(new.id)
+        self._replacing[new.id] = old
         self.p.reactor.post(self.p.emitter.emit, "restart", old, new)
-        limit = float(self.settings["start_timeout"])
-        timed_out = False
+        limit = self.settings.get("start_timeout")
+        ended: str | None = None  # why the replacement is being ended before it was ready
 
         def stop_waiting() -> None:
-            deadline.cancel()
+            if deadline is not None:
+                deadline.cancel()
+                self._deadlines.discard(deadline)
+            self._cancels.pop(new.id, None)
             for event, cb in handlers:
                 new.remove_listener(event, cb)
 
         def ready(*_: Any) -> None:
-            if new.is_dead() or done.done or timed_out:
+            if new.is_dead() or done.done or ended is not None:
                 return
             up = new.state in ("online", "listening") or getattr(new, "_ready", False)
             listening = self.listens.get(new.id, 0) >= need or getattr(new, "_ready", False)
             if up and listening:
                 stop_waiting()
-                self._replacing.discard(new.id)
+                self._replacing.pop(new.id, None)
                 self._retire(old, done)
 
         def give_up(error: RuntimeError) -> None:
@@ -275,7 +285,7 @@ class Supervisor:
         def failed(code: int | None, sig: str | None) -> None:
             if done.done:
                 return
-            if timed_out:
+            if ended == "timeout":
                 give_up(
                     RuntimeError(
                         f"the replacement for worker {old.id} was not ready within {limit:g} s "
@@ -283,15 +293,19 @@ class Supervisor:
                     )
                 )
                 return
+            if ended == "cancelled":
+                give_up(RuntimeError(f"the replacement for worker {old.id} was cancelled"))
+                return
             log.error(
-                "replacement for worker %d exited before it was ready (%s); keeping the old one",
+                "replacement for worker %d exited before it was ready (%s)%s",
                 old.id,
                 sig or f"code {code}",
+                "; keeping the old one" if not old.is_dead() else "",
             )
             give_up(RuntimeError(f"the replacement for worker {old.id} failed to start"))
 
         def too_slow() -> None:
-            nonlocal timed_out
+            nonlocal ended
             if done.done or new.is_dead():
                 return
             log.error(
@@ -302,8 +316,16 @@ class Supervisor:
                 limit,
                 old.id,
             )
-            timed_out = True  # the reload fails once the replacement is gone
+            ended = "timeout"  # the reload fails once the replacement is gone
             new.process.send_signal(signal.SIGKILL)
+
+        def cancel() -> None:
+            # Scaling down: this slot goes away, so retire the replacement and the
+            # worker it was to replace.
+            nonlocal ended
+            ended = "cancelled"
+            self._retire(new)
+            self._retire(old)
 
         handlers: list[tuple[str, Callable[..., None]]] = [
             ("online", ready),
@@ -313,7 +335,11 @@ class Supervisor:
         for event, cb in handlers:
             new.on(event, cb)
         new.once("exit", failed)
-        deadline = self.p.reactor.call_later(limit, too_slow)
+        self._cancels[new.id] = cancel
+        deadline = None
+        if limit is not None:
+            deadline = self.p.reactor.call_later(float(limit), too_slow)
+            self._deadlines.add(deadline)
         return done
 
     def _retire(self, worker: Worker, done: Completion | None = None) -> Completion:
@@ -430,7 +456,21 @@ class Supervisor:
                 self._cancel_restart(slot)
                 excess -= 1
             for worker in alive[len(alive) - excess :][::-1] if excess else []:
-                comps.append(self._retire(worker))
+                cancel = self._cancels.get(worker.id)
+                if cancel is None:
+                    comps.append(self._retire(worker))
+                    continue
+                # A replacement not ready yet (a reload is running): its slot goes,
+                # with the worker it was to replace.
+                predecessor = self._replacing[worker.id]
+                cancel()
+                for leaving in (worker, predecessor):
+                    gone = Completion()
+                    if leaving.is_dead():
+                        gone.finish()
+                    else:
+                        leaving.once("exit", lambda *_, gone=gone: gone.finish())
+                    comps.append(gone)
         log.info("scaling from %d to %d worker(s)", current, n)
         pending = len(comps)
         if not pending:

@@ -570,6 +570,8 @@ class Primary:
             # before the post ran would finish twice (and remove the listener twice).
             if not all_exited.done and all(w.is_dead() for w in survivors):
                 timer.cancel()
+                if self.supervisor is not None:
+                    self.supervisor.stopping = False  # a cluster forked anew is supervised
                 self.emitter.remove_listener("exit", check_exit)
                 self._shutting_down = None
                 all_exited.finish()

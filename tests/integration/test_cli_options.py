@@ -9,7 +9,7 @@ import pytest
 
 from pycluster import _settings
 from pycluster.cli import binds, status
-from pycluster.cli.main import build_parser, settings_from
+from pycluster.cli.main import build_parser, settings_from, split_module_args
 from pycluster.cli.serve import detect_interface
 
 
@@ -48,11 +48,12 @@ def test_every_cli_setting_is_an_option_and_reaches_setup_primary() -> None:
         "restart_delay": 0.5,
         "max_requests": 100,
         "max_memory": 1 << 30,
+        "start_timeout": 60.0,
         "uid": 0,
         "gid": 0,
     }
     defaults = parse("run", "x.py")
-    assert settings_from(defaults) == {"restart": "on-failure"}
+    assert settings_from(defaults) == {"restart": "on-failure", "start_timeout": 60.0}
     for option in _settings.OPTIONS:
         assert hasattr(defaults, f"setting_{option.name}") == option.cli
 
@@ -124,3 +125,21 @@ def test_table_units() -> None:
         "41.0M",
         "3.0G",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "ours", "module_args"),
+    [
+        (["run", "-w", "2", "-m", "http.server", "--bind", "::1", "8000"],
+         ["run", "-w", "2", "-m", "http.server"], ["--bind", "::1", "8000"]),
+        (["run", "-mhttp.server", "-w", "3"], ["run", "-m", "http.server"], ["-w", "3"]),
+        (["run", "--work", "2", "-m", "mod", "-x"], ["run", "--work", "2", "-m", "mod"], ["-x"]),
+        (["run", "--no-control", "-m", "mod"], ["run", "--no-control", "-m", "mod"], []),
+        (["run", "app.py", "-m", "mod"], ["run", "app.py", "-m", "mod"], None),
+    ],
+)  # fmt: skip
+def test_everything_after_dash_m_module_is_the_modules(
+    argv: list[str], ours: list[str], module_args: list[str] | None
+) -> None:
+    run = build_parser().get_default("run_parser")
+    assert split_module_args(run, argv) == (ours, module_args)

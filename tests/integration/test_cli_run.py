@@ -283,3 +283,18 @@ def test_bad_targets_are_one_line_errors_before_any_fork(
         assert output.count("pycluster: error:") == 1, output
         assert message in output, output
         assert "Traceback" not in output and "started in slot" not in output, output
+
+
+def test_a_crash_that_is_never_restarted_ends_with_status_1(
+    cluster_env: Cluster, commands: Commands
+) -> None:
+    cluster_env.write("server.py", CRASH_ON_REQUEST)
+    port = free_port()
+    command = commands.start("run", "-w", "1", "--restart", "never", "server.py", str(port))
+    command.wait_line("ready: 1 worker(s)")
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        get(port, "/crash")
+    code, output = command.finish()
+    # The only worker is gone for good: the cluster ends, and says it failed.
+    assert code == 1, output
+    assert "exited (code 7)" in output

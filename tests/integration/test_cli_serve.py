@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import threading
+import time
 
 import pytest
 
@@ -262,3 +263,33 @@ def test_max_requests_recycles_a_served_worker(cluster_env: Cluster, commands: C
     assert all(status == 200 for status, _ in later)
     assert pids[0] not in {pid for _, pid in later}
     stop(command)
+
+
+UPLOAD_WSGI_APP = """
+def app(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"got %d" % len(body)]
+"""
+
+
+def test_timeout_spares_a_worker_waiting_for_a_slow_client(
+    cluster_env: Cluster, commands: Commands
+) -> None:
+    cluster_env.write("upload.py", UPLOAD_WSGI_APP)
+    port = free_port()
+    command = serve(
+        commands,
+        cluster_env,
+        "upload:app",
+        *("-w", "1", "-b", f"127.0.0.1:{port}", "--timeout", "1"),
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"POST / HTTP/1.0\r\nContent-Length: 4\r\n\r\n")
+        for _ in range(4):  # one byte every 0.6 s: 2.4 s in all, well over the timeout
+            time.sleep(0.6)
+            conn.sendall(b"x")
+        answer = conn.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"got 4" in answer, answer
+    output = stop(command)
+    assert "sent no heartbeat" not in output

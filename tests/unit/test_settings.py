@@ -145,7 +145,7 @@ def test_defaults() -> None:
         "max_requests": None,
         "max_requests_jitter": 0,
         "max_memory": None,
-        "start_timeout": 60.0,
+        "start_timeout": None,
         "shutdown_timeout": 30.0,
     }
     # Every default passes its own validation.

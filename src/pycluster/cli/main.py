@@ -111,7 +111,7 @@ def _setting_type(option: _settings.Option) -> Callable[[str], Any]:
 
 #: Where the command line's default differs from the library's: a server started
 #: from a shell should get a crashed worker back; a library keeps Node's semantics.
-CLI_DEFAULTS: dict[str, Any] = {"restart": "on-failure"}
+CLI_DEFAULTS: dict[str, Any] = {"restart": "on-failure", "start_timeout": 60.0}
 
 
 def _control_options(parser: argparse.ArgumentParser) -> None:
@@ -406,7 +406,12 @@ def split_module_args(
             if i + 1 < len(argv):
                 return argv[: i + 2], argv[i + 2 :]
             return argv, None  # argparse says -m needs a MODULE
-        action = run._option_string_actions.get(token.split("=", 1)[0])
+        name = token.split("=", 1)[0]
+        action = run._option_string_actions.get(name)
+        if action is None and name.startswith("--"):
+            # argparse takes unambiguous abbreviations (--work for --workers).
+            found = {id(a): a for o, a in run._option_string_actions.items() if o.startswith(name)}
+            action = next(iter(found.values())) if len(found) == 1 else None
         takes_value = action is not None and action.nargs != 0 and "=" not in token
         i += 2 if takes_value else 1
     return argv, None

@@ -350,8 +350,11 @@ class ClusterApp:
         (log.warning if failed else log.info)("worker %d (pid %s) exited (%s)", worker.id, pid, how)
         if not failed or self.stopping:
             return
-        # A crash the supervisor recovers from is not the cluster's failure: only a
-        # give-up or a failure to start at all makes the exit status non-zero.
+        # A crash the supervisor recovers from is not the cluster's failure: only one
+        # that is never restarted, a give-up or a failure to start makes the exit
+        # status non-zero.
+        if (cluster.settings or {}).get("restart", "never") == "never":
+            self.exit_code = 1
         if code == EXIT_APP_LOAD:
             log.error("the application could not be loaded (see above): stopping")
             self._fail(EXIT_APP_LOAD)

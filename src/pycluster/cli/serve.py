@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import pycluster as cluster
 from pycluster import child, net
@@ -46,12 +46,14 @@ HEARTBEAT = 0.5
 
 
 class WSGICalls:
-    """Wraps a WSGI application and remembers when each call in progress began.
+    """Wraps a WSGI application and remembers since when each call runs without progress.
 
     a2wsgi runs WSGI calls in a thread pool, where the loop's heartbeat cannot see
     them: a handler stuck in a loop leaves the loop beating. So the heartbeat reports
-    the start of the oldest call still running as the last sign of life, and
-    ``--timeout`` catches a call that runs longer than it, as gunicorn's does.
+    the oldest of these times as the last sign of life, and ``--timeout`` catches a
+    call stuck in application code, as gunicorn's does. Time spent waiting for the
+    client (reading the body, sending a chunk) does not count: a slow client is not
+    a hung worker.
     """
 
     def __init__(self, app: Any) -> None:
@@ -61,21 +63,74 @@ class WSGICalls:
 
     def __call__(self, environ: Any, start_response: Any) -> Iterator[bytes]:
         key = next(self._ids)
-        self.running[key] = time.monotonic()
+        running = self.running
+
+        def resume() -> None:
+            running[key] = time.monotonic()
+
+        def pause() -> None:
+            running.pop(key, None)
+
+        if environ.get("wsgi.input") is not None:
+            environ["wsgi.input"] = _ClientInput(environ["wsgi.input"], pause, resume)
+        resume()
         try:
             result = self.app(environ, start_response)
             try:
-                yield from result
+                chunks = iter(result)
+                while True:
+                    try:
+                        chunk = next(chunks)
+                    except StopIteration:
+                        break
+                    pause()  # the server sends it: the client's pace
+                    yield chunk
+                    resume()
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
         finally:
-            del self.running[key]
+            pause()
 
     def oldest(self) -> float | None:
-        """When the longest-running call began (monotonic clock), or None if idle."""
+        """Since when the longest call without progress runs (monotonic clock), or None."""
         return min(list(self.running.values()), default=None)
+
+
+class _ClientInput:
+    """``wsgi.input`` whose reads pause the call's hang clock (they wait for the client)."""
+
+    def __init__(self, stream: Any, pause: Callable[[], None], resume: Callable[[], None]):
+        self._stream = stream
+        self._pause = pause
+        self._resume = resume
+
+    def _waiting(self, method: str, *args: Any) -> Any:
+        self._pause()
+        try:
+            return getattr(self._stream, method)(*args)
+        finally:
+            self._resume()
+
+    def read(self, *args: Any) -> bytes:
+        """As ``wsgi.input.read``."""
+        return cast(bytes, self._waiting("read", *args))
+
+    def readline(self, *args: Any) -> bytes:
+        """As ``wsgi.input.readline``."""
+        return cast(bytes, self._waiting("readline", *args))
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        """As ``wsgi.input.readlines``."""
+        return cast("list[bytes]", self._waiting("readlines", *args))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 class AppLoadError(Exception):

@@ -10,7 +10,6 @@ writes with blocking calls under a lock.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import socket
 import threading
@@ -43,6 +42,9 @@ def _log() -> logging.Logger:
 
 READ_SIZE = 256 * 1024
 SMALL = 64 * 1024
+#: Reads that draining an exited worker's channel may take: everything it wrote, but not
+#: forever if a grandchild that inherited the channel keeps writing.
+_EXHAUST_READS = 1 << 14
 FrameHandler = Callable[[Frame], None]
 CloseHandler = Callable[[BaseException | None], None]
 SendCallback = Callable[[BaseException | None], None]
@@ -188,7 +190,7 @@ class LoopChannel:
         # Bounded so one chatty worker cannot starve the others on the loop; unless
         # ``exhaust``: then read until the socket is empty (a read stops at each
         # frame that carries descriptors, so a short read does not mean empty).
-        for _ in itertools.count() if exhaust else range(64):
+        for _ in range(_EXHAUST_READS if exhaust else 64):
             if self._closed:
                 return
             try:

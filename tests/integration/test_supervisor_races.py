@@ -1,0 +1,167 @@
+"""Supervision when things happen at once: crashes, scaling and shutdowns during a reload.
+
+Each program drives its own primary with asyncio and prints what it ended with; the
+workers serve one port through ``cluster.create_server`` and wait for a file (``slow``,
+``fail``) to decide how their start goes.
+"""
+
+from __future__ import annotations
+
+from tests.conftest import Cluster
+
+PRELUDE = """
+import asyncio, json, os, signal, sys, time
+import pycluster as cluster
+
+def emit(**kw):
+    sys.stdout.write(json.dumps(kw) + "\\n")
+    sys.stdout.flush()
+
+def alive():
+    return sorted([w.slot, w.state] for w in cluster.workers.values() if not w.is_dead())
+
+async def listening(n):
+    while sum(1 for w in cluster.workers.values() if w.state == "listening") < n:
+        await asyncio.sleep(0.02)
+
+def serve():
+    if os.path.exists("fail") and cluster.worker.id > 1:
+        os.unlink("fail")
+        time.sleep(0.5)
+        sys.exit(1)
+    if os.path.exists("slow") and cluster.worker.id > 2:
+        time.sleep(1.5)
+    srv = cluster.create_server(("127.0.0.1", 0))
+    if cluster.worker.id == 1 and os.environ.get("RELISTEN"):
+        srv.close()  # a server closed and opened again: it serves one port, not two
+        srv = cluster.create_server(("127.0.0.1", 0))
+    while True:
+        try:
+            srv.accept()[0].close()
+        except OSError:
+            return
+"""
+
+
+def run(cluster_env: Cluster, body: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    result = cluster_env.run(PRELUDE + body, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    (final,) = [e for e in result.events() if e.get("ev") == "final"]
+    final["stderr"] = result.stderr
+    return final
+
+
+def test_old_worker_crashing_during_its_replacement_keeps_the_slot(cluster_env: Cluster) -> None:
+    final = run(
+        cluster_env,
+        """
+if cluster.is_primary:
+    cluster.setup_primary(restart="on-failure", restart_delay=0.0)
+
+    async def main():
+        old = cluster.fork()
+        await listening(1)
+        open("fail", "w").close()  # the replacement will fail to start
+        reload = asyncio.ensure_future(cluster.reload())
+        await asyncio.sleep(0.2)
+        os.kill(old.process.pid, signal.SIGKILL)
+        try:
+            await reload
+            error = None
+        except RuntimeError as exc:
+            error = str(exc)
+        await listening(1)
+        emit(ev="final", error=error, alive=alive())
+        await cluster.shutdown(2)
+
+    asyncio.run(main())
+else:
+    serve()
+""",
+    )
+    # Both the old worker and its replacement died: the slot is restarted, not lost.
+    assert final["error"] == "the replacement for worker 1 failed to start"
+    assert final["alive"] == [[0, "listening"]]
+
+
+def test_scale_down_during_a_reload_retires_a_slot(cluster_env: Cluster) -> None:
+    final = run(
+        cluster_env,
+        """
+if cluster.is_primary:
+    async def main():
+        cluster.fork()
+        cluster.fork()
+        await listening(2)
+        open("slow", "w").close()  # replacements take 1.5 s to listen
+        reload = asyncio.ensure_future(cluster.reload(batch=2))
+        await asyncio.sleep(0.5)
+        await cluster.scale(1)
+        try:
+            await reload
+        except RuntimeError:
+            pass
+        await asyncio.sleep(0.3)
+        emit(ev="final", alive=alive())
+        await cluster.shutdown(2)
+
+    asyncio.run(main())
+else:
+    serve()
+""",
+    )
+    assert final["alive"] == [[0, "listening"]]
+
+
+def test_reload_after_a_server_was_closed_and_opened_again(cluster_env: Cluster) -> None:
+    final = run(
+        cluster_env,
+        """
+if cluster.is_primary:
+    cluster.setup_primary(start_timeout=5)
+
+    async def main():
+        cluster.fork()
+        await listening(1)
+        await asyncio.sleep(0.3)
+        try:
+            await cluster.reload()
+            error = None
+        except RuntimeError as exc:
+            error = str(exc)
+        emit(ev="final", error=error, ids=sorted(cluster.workers))
+        await cluster.shutdown(2)
+
+    asyncio.run(main())
+else:
+    serve()
+""",
+        env={"RELISTEN": "1"},
+    )
+    assert final["error"] is None, final["stderr"]
+    assert final["ids"] == [2]
+
+
+def test_after_a_shutdown_a_new_cluster_is_supervised_again(cluster_env: Cluster) -> None:
+    final = run(
+        cluster_env,
+        """
+if cluster.is_primary:
+    async def main():
+        cluster.fork()
+        await listening(1)
+        await cluster.shutdown(2)
+        cluster.fork()
+        await listening(1)
+        await cluster.scale(2)
+        await cluster.reload()
+        emit(ev="final", alive=alive(), ids=sorted(cluster.workers))
+        await cluster.shutdown(2)
+
+    asyncio.run(main())
+else:
+    serve()
+""",
+    )
+    assert final["alive"] == [[0, "listening"], [1, "listening"]]
+    assert final["ids"] == [4, 5]  # 1, then 2 after the shutdown, 3 by scale(2)
