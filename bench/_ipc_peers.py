@@ -429,13 +429,13 @@ def _kill_workers(cluster: Any) -> None:
 
 def _run_pycluster(opts: argparse.Namespace) -> dict[str, Any] | None:
     """Run a pycluster role: the worker program in a worker, the measurement otherwise."""
-    import asyncio
-
     import pycluster as cluster
 
     if cluster.is_worker:
-        pyc_worker()
+        pyc_worker()  # imports only what it uses, as a lean worker program would
         return None
+    import asyncio
+
     try:
         measure = pyc_rtt if opts.role == "pyc-rtt" else pyc_fork
         result = asyncio.run(measure(opts))
