@@ -14,6 +14,8 @@ import http.server, os, sys
 
 class Hello(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/crash":
+            os._exit(7)
         body = str(os.getpid()).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -231,31 +233,10 @@ def test_module_options_belong_to_the_module(cluster_env: Cluster, commands: Com
     stop(command)
 
 
-CRASH_ON_REQUEST = """
-import http.server, os, sys
-
-class Crashy(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path == "/crash":
-            os._exit(7)
-        body = str(os.getpid()).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-with http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Crashy) as server:
-    server.serve_forever()
-"""
-
-
 def test_a_recovered_crash_still_ends_with_status_0(
     cluster_env: Cluster, commands: Commands
 ) -> None:
-    cluster_env.write("server.py", CRASH_ON_REQUEST)
+    cluster_env.write("server.py", THREADING_HTTP)
     port = free_port()
     command = commands.start("run", "-w", "1", "--restart-delay", "0", "server.py", str(port))
     command.wait_line("ready: 1 worker(s)")
@@ -288,7 +269,7 @@ def test_bad_targets_are_one_line_errors_before_any_fork(
 def test_a_crash_that_is_never_restarted_ends_with_status_1(
     cluster_env: Cluster, commands: Commands
 ) -> None:
-    cluster_env.write("server.py", CRASH_ON_REQUEST)
+    cluster_env.write("server.py", THREADING_HTTP)
     port = free_port()
     command = commands.start("run", "-w", "1", "--restart", "never", "server.py", str(port))
     command.wait_line("ready: 1 worker(s)")
