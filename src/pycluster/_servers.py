@@ -388,7 +388,7 @@ class ServerTable:
         except OSError as exc:
             self.reply_error(worker, seq, exc.errno or errno.EINVAL, exc.strerror or str(exc))
             return
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             self.reply_error(worker, seq, errno.EINVAL, f"bad server query: {exc}")
             return
         handle.add(worker, seq)

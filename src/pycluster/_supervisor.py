@@ -294,8 +294,7 @@ class Supervisor:
                 )
                 return
             if ended == "cancelled":
-                give_up(RuntimeError(f"the replacement for worker {old.id} was cancelled"))
-                return
+                return  # finished when the predecessor, retired too, has exited
             log.error(
                 "replacement for worker %d exited before it was ready (%s)%s",
                 old.id,
@@ -324,8 +323,9 @@ class Supervisor:
             # worker it was to replace.
             nonlocal ended
             ended = "cancelled"
+            stop_waiting()
             self._retire(new)
-            self._retire(old)
+            self._retire(old, done)
 
         handlers: list[tuple[str, Callable[..., None]]] = [
             ("online", ready),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +15,16 @@ from pycluster._events import EventEmitter
 if TYPE_CHECKING:
     import asyncio
     import socket
+
+
+def _is_socket(handle: Any) -> bool:
+    """A ``socket.socket``, or a stand-in for one (asyncio's ``TransportSocket``)."""
+    if isinstance(handle, socket.socket):
+        return True
+    try:
+        return stat.S_ISSOCK(os.fstat(handle.fileno()).st_mode)
+    except (AttributeError, TypeError, ValueError, OSError):
+        return False
 
 
 class Address(NamedTuple):
@@ -92,9 +104,9 @@ class Worker(EventEmitter):
         ``TypeError`` at once if the serialization cannot encode ``message`` or
         ``handle`` is not a socket.
         """
-        if handle is not None and not isinstance(handle, socket.socket):
+        if handle is not None and not _is_socket(handle):
             raise TypeError(
-                f"a handle sent with a message must be a socket.socket, not {type(handle).__name__}"
+                f"a handle sent with a message must be a socket, not {type(handle).__name__}"
             )
         return self._backend.send(message, handle, keep_open, callback)
 

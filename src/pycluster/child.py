@@ -21,7 +21,7 @@ from pycluster._signals import signal_number
 from pycluster._worker import Worker
 from pycluster.ipc import serialization
 from pycluster.ipc.channel import ChannelClosedError, ThreadChannel
-from pycluster.ipc.fds import is_connected_stream
+from pycluster.ipc.fds import close_sent
 from pycluster.ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
 from pycluster.ipc.messages import Act, Message, Requests, decode_internal, encode_internal
 
@@ -108,8 +108,8 @@ class ChildRuntime:
                     exc if isinstance(exc, ChannelClosedError) else ChannelClosedError(str(exc))
                 )
             return False
-        if handle is not None and not keep_open and is_connected_stream(handle):
-            handle.close()
+        if handle is not None and not keep_open:
+            close_sent(handle)
         if callback is not None:
             callback(None)
         return True

@@ -29,7 +29,7 @@ from pycluster._status import StatusPage
 from pycluster._worker import Address, Worker
 from pycluster.ipc import serialization
 from pycluster.ipc.channel import ChannelClosedError, LoopChannel
-from pycluster.ipc.fds import is_connected_stream
+from pycluster.ipc.fds import close_sent
 from pycluster.ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
 from pycluster.ipc.messages import Act, Message, decode_internal, encode_internal
 
@@ -111,8 +111,8 @@ class PrimaryBackend:
             return False
         fds = [handle.fileno()] if handle is not None else None
         sent = channel.send(Kind.USER, self.codec, payload, fds, callback)
-        if sent and handle is not None and not keep_open and is_connected_stream(handle):
-            handle.close()
+        if sent and handle is not None and not keep_open:
+            close_sent(handle)
         return sent
 
     def send_internal(self, act: Act, **fields: Any) -> bool:

@@ -178,6 +178,9 @@ GARBAGE = {
         b'{"act":"queryServer","seq":1,"family":2,"type":1,"port":0,"backlog":"zz"}'
     ),
     "nested too deep": _frame(b"[" * 5000 + b"]" * 5000),
+    "number out of range": _frame(
+        b'{"act":"queryServer","seq":1,"family":2,"type":1,"port":null,"fd":1099511627776}'
+    ),
 }
 
 MALFORMED = program("""

@@ -802,5 +802,39 @@ def test_messages_written_before_exit_all_arrive_before_exit(cluster_env: Cluste
     assert primary["got"] == [
         *([i, True] for i in range(5)),
         ["last", False],
-        ["a handle sent with a message must be a socket.socket, not tuple", False],
+        ["a handle sent with a message must be a socket, not tuple", False],
+    ]
+
+
+TRANSPORT_SOCKET = program("""
+import asyncio, socket
+if cluster.is_primary:
+    def on_message(worker, msg, handle):
+        # The connection arrives as a real socket; its peer is still in the worker.
+        handle.sendall(b"hello from the primary")
+        handle.close()
+
+    cluster.on("message", on_message)
+    cluster.fork()
+    cluster.run()
+else:
+    async def main():
+        a, b = socket.socketpair()
+        _reader, writer = await asyncio.open_connection(sock=a)
+        # asyncio's TransportSocket is no socket.socket, but it is a socket.
+        cluster.worker.send("take it", writer.get_extra_info("socket"))
+        b.settimeout(10)
+        emit(side="worker", got=b.recv(64).decode())
+        writer.close()
+        cluster.worker.disconnect()
+
+    asyncio.run(main())
+""")
+
+
+def test_a_transport_socket_can_be_sent(cluster_env: Cluster) -> None:
+    result = cluster_env.run(TRANSPORT_SOCKET)
+    assert result.returncode == 0, result.stderr
+    assert by_side(result.events(), "worker") == [
+        {"side": "worker", "got": "hello from the primary"}
     ]

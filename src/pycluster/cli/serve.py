@@ -106,24 +106,24 @@ class _ClientInput:
         self._pause = pause
         self._resume = resume
 
-    def _waiting(self, method: str, *args: Any) -> Any:
+    def _waiting(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self._pause()
         try:
-            return getattr(self._stream, method)(*args)
+            return getattr(self._stream, method)(*args, **kwargs)
         finally:
             self._resume()
 
-    def read(self, *args: Any) -> bytes:
+    def read(self, *args: Any, **kwargs: Any) -> bytes:
         """As ``wsgi.input.read``."""
-        return cast(bytes, self._waiting("read", *args))
+        return cast(bytes, self._waiting("read", *args, **kwargs))
 
-    def readline(self, *args: Any) -> bytes:
+    def readline(self, *args: Any, **kwargs: Any) -> bytes:
         """As ``wsgi.input.readline``."""
-        return cast(bytes, self._waiting("readline", *args))
+        return cast(bytes, self._waiting("readline", *args, **kwargs))
 
-    def readlines(self, *args: Any) -> list[bytes]:
+    def readlines(self, *args: Any, **kwargs: Any) -> list[bytes]:
         """As ``wsgi.input.readlines``."""
-        return cast("list[bytes]", self._waiting("readlines", *args))
+        return cast("list[bytes]", self._waiting("readlines", *args, **kwargs))
 
     def __iter__(self) -> Iterator[bytes]:
         while line := self.readline():

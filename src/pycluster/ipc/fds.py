@@ -79,6 +79,17 @@ def ancillary_for(fds: list[int]) -> list[tuple[int, int, bytes]]:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
 
 
+def close_sent(sock: socket.socket) -> None:
+    """After sending ``sock`` without ``keep_open``: close it if it is a connected stream.
+
+    A stand-in without ``close()`` (asyncio's ``TransportSocket``) stays open: its
+    transport owns it.
+    """
+    close = getattr(sock, "close", None)
+    if close is not None and is_connected_stream(sock):
+        close()
+
+
 def is_connected_stream(sock: socket.socket) -> bool:
     """Whether ``sock`` is a connected stream socket (which ``send()`` closes unless kept open)."""
     try:

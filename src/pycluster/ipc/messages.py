@@ -75,6 +75,8 @@ def decode_internal(payload: bytes) -> tuple[Act, Message]:
             raise ProtocolError(
                 f"malformed {act.value!r} message: field {name!r} is {type(value).__name__}"
             )
+        if isinstance(value, int) and not -(2**31) <= value < 2**31:
+            raise ProtocolError(f"malformed {act.value!r} message: field {name!r} out of range")
     return act, msg
 
 
