@@ -268,6 +268,9 @@ class RoundRobinServer(_Served):
         if not data:
             self._send(self._worker_gone(worker))
             return
+        self._took(worker)
+
+    def _took(self, worker: Worker) -> None:
         conn, more = self.handle.accepted(worker)
         if conn is not None:
             os.close(conn)
@@ -276,21 +279,15 @@ class RoundRobinServer(_Served):
             self._send(more)
 
     def _retire_handoff(self, worker: Worker) -> None:
-        sock = self.handoffs.pop(worker)
+        sock = self.handoffs[worker]
         while True:  # its last answers count; a connection it never took goes elsewhere
             try:
                 if not sock.recv(64):
                     break
             except OSError:
                 break
-            conn, more = self.handle.accepted(worker)
-            if conn is not None:
-                os.close(conn)
-                self.table.counted(worker)
-            self._send(more)
-        self.reactor.remove_reader(sock.fileno())
-        sock.close()
-        self._send(self.handle.refused(worker))
+            self._took(worker)
+        self._send(self._worker_gone(worker))
 
     def _worker_gone(self, worker: Worker) -> list[tuple[Worker, int]]:
         sock = self.handoffs.pop(worker, None)
@@ -411,14 +408,9 @@ class ServerTable:
             handle = RoundRobinServer(self, handle_id, key, given or bind_socket(msg))
         else:
             handle = SharedServer(self, handle_id, key, given or bind_socket(msg))
-        address = msg.get("address")
-        if (
-            handle.sock.family == socket.AF_UNIX
-            and msg.get("fd") is None
-            and isinstance(address, str)
-            and address
-            and not address.startswith("\0")
-        ):
+        address = str(msg.get("address") or "")
+        # A path this primary bound (not a given descriptor, not an abstract name).
+        if given is None and handle.sock.family == socket.AF_UNIX and address[:1] not in ("", "\0"):
             with contextlib.suppress(OSError):
                 path = os.path.abspath(address)
                 handle.owned_path = (path, os.stat(path).st_ino)

@@ -58,7 +58,6 @@ class Supervisor:
         self.started: dict[int, float] = {}
         self.retiring: dict[int, Completion] = {}
         self.limits: dict[int, int] = {}
-        self.listens: dict[int, int] = {}
         self.hung: set[int] = set()
         # Slots whose crashed worker is being replaced; while any is, ports stay open.
         self.pending_slots: dict[int, int] = {}  # slot -> generation of its restart
@@ -112,15 +111,11 @@ class Supervisor:
             jitter = int(self.settings.get("max_requests_jitter") or 0)
             self.limits[worker.id] = max_requests + random.randint(0, jitter)
 
-        def listening(*_: Any) -> None:
-            self.listens[worker.id] = self.listens.get(worker.id, 0) + 1
-
         def online() -> None:
             status = getattr(worker._backend, "status", None)
             if status is not None:
                 status.beat()  # the hang clock starts when the worker is up
 
-        worker.on("listening", listening)
         worker.on("online", online)
         self._arm()
 
@@ -128,7 +123,6 @@ class Supervisor:
         """A worker's process ended: maybe schedule its replacement."""
         started = self.started.pop(worker.id, time.monotonic())
         self.limits.pop(worker.id, None)
-        self.listens.pop(worker.id, None)
         hung = worker.id in self.hung
         self.hung.discard(worker.id)
         predecessor = self._replacing.pop(worker.id, None)
@@ -252,7 +246,7 @@ class Supervisor:
         self.retiring[old.id] = done
         # Ready means serving every port the old worker serves now (not every port it
         # ever listened on: it may have closed some).
-        need = self.p._servers.memberships(old) if self.p._servers is not None else 0
+        need = self._serving(old)
         new = self.p.fork(slot=old.slot)
         self._replacing[new.id] = old
         self.p.reactor.post(self.p.emitter.emit, "restart", old, new)
@@ -271,7 +265,7 @@ class Supervisor:
             if new.is_dead() or done.done or ended is not None:
                 return
             up = new.state in ("online", "listening") or getattr(new, "_ready", False)
-            listening = self.listens.get(new.id, 0) >= need or getattr(new, "_ready", False)
+            listening = self._serving(new) >= need or getattr(new, "_ready", False)
             if up and listening:
                 stop_waiting()
                 self._replacing.pop(new.id, None)
@@ -341,6 +335,22 @@ class Supervisor:
             deadline = self.p.reactor.call_later(float(limit), too_slow)
             self._deadlines.add(deadline)
         return done
+
+    def _serving(self, worker: Worker) -> int:
+        """How many ports ``worker`` serves now."""
+        return self.p._servers.memberships(worker) if self.p._servers is not None else 0
+
+    @staticmethod
+    def _exit_of(worker: Worker) -> Completion:
+        """Finishes once ``worker`` has exited."""
+        from pycluster.primary import Completion
+
+        gone = Completion()
+        if worker.is_dead():
+            gone.finish()
+        else:
+            worker.once("exit", lambda *_: gone.finish())
+        return gone
 
     def _retire(self, worker: Worker, done: Completion | None = None) -> Completion:
         """Disconnect ``worker`` gracefully; kill it after ``shutdown_timeout``."""
@@ -464,13 +474,7 @@ class Supervisor:
                 # with the worker it was to replace.
                 predecessor = self._replacing[worker.id]
                 cancel()
-                for leaving in (worker, predecessor):
-                    gone = Completion()
-                    if leaving.is_dead():
-                        gone.finish()
-                    else:
-                        leaving.once("exit", lambda *_, gone=gone: gone.finish())
-                    comps.append(gone)
+                comps += [self._exit_of(worker), self._exit_of(predecessor)]
         log.info("scaling from %d to %d worker(s)", current, n)
         pending = len(comps)
         if not pending:
