@@ -28,18 +28,20 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pycluster import child as _child
+from pycluster import _child
 from pycluster._events import EventEmitter
+from pycluster._ipc.channel import ChannelClosedError
+from pycluster._ipc.framing import ProtocolError
 from pycluster._worker import Address, Worker
-from pycluster.ipc.channel import ChannelClosedError
-from pycluster.ipc.framing import ProtocolError
 
 if TYPE_CHECKING:
     import socket as _socket
 
     from pycluster import aio, http, socketserver
-    from pycluster.net import Server
-    from pycluster.primary import Completion, Primary
+    from pycluster._ports import Server
+    from pycluster._primary import Primary
+    from pycluster._reactor import Completion
+    from pycluster._supervisor import Supervisor
 
 __all__ = [
     "SCHED_NONE",
@@ -132,12 +134,12 @@ def _frozen_policy() -> int:
     return _policy_from_env(strict=True) or SCHED_RR
 
 
-def _primary(api: str) -> Primary:
+def _the_primary(api: str) -> Primary:
     global _primary_obj
     if is_worker:
         raise RuntimeError(f"cluster.{api}() can only be called in the primary process")
     if _primary_obj is None:
-        from pycluster.primary import Primary
+        from pycluster._primary import Primary
 
         _primary_obj = Primary(_emitter, _frozen_policy)
     return _primary_obj
@@ -145,7 +147,7 @@ def _primary(api: str) -> Primary:
 
 def setup_primary(**settings: Any) -> None:
     """Change how later ``fork()`` calls start workers; emits ``'setup'`` afterwards."""
-    _primary("setup_primary").setup(settings)
+    _the_primary("setup_primary").setup(settings)
 
 
 def setup_master(**settings: Any) -> None:
@@ -158,7 +160,7 @@ def setup_master(**settings: Any) -> None:
 
 def fork(env: Mapping[str, Any] | None = None) -> Worker:
     """Start a worker process running this program (or ``settings['exec']``)."""
-    return _primary("fork").fork(dict(env) if env else None)
+    return _the_primary("fork").fork(dict(env) if env else None)
 
 
 def disconnect(callback: Callable[[], Any] | None = None) -> Completion:
@@ -166,61 +168,60 @@ def disconnect(callback: Callable[[], Any] | None = None) -> Completion:
 
     Also awaitable: ``await cluster.disconnect()``.
     """
-    return _primary("disconnect").disconnect(callback)
+    return _the_primary("disconnect").disconnect(callback)
 
 
 def run() -> None:
     """Drive the primary until no worker is left; SIGINT/SIGTERM shut down gracefully."""
-    _primary("run").run()
+    _the_primary("run").run()
 
 
 async def wait_closed() -> None:
     """``run()`` for asyncio programs: wait in the running loop until no worker is left."""
-    await _primary("wait_closed").wait_idle()
+    await _the_primary("wait_closed").wait_idle()
 
 
 def allow_types(*classes: type) -> None:
     """Let "advanced" decoding in the primary construct instances of ``classes``."""
-    _primary("allow_types").allow.add(*classes)
+    _the_primary("allow_types").allow.add(*classes)
 
 
 def reload(*, batch: int = 1) -> Awaitable[None] | None:
     """Replace every worker, ``batch`` at a time, without dropping a connection."""
-    from pycluster.primary import awaitable_or_block
+    from pycluster._primary import awaitable_or_block
 
-    primary = _primary("reload")
+    primary = _the_primary("reload")
     return awaitable_or_block(primary, _supervisor_of(primary).reload(batch))
 
 
 def scale(n: int) -> Awaitable[None] | None:
     """Start or gracefully retire workers until ``n`` are alive."""
-    from pycluster.primary import awaitable_or_block
+    from pycluster._primary import awaitable_or_block
 
-    primary = _primary("scale")
+    primary = _the_primary("scale")
     return awaitable_or_block(primary, _supervisor_of(primary).scale(n))
 
 
 def shutdown(timeout: float | None = None) -> Awaitable[None] | None:
     """Disconnect every worker and kill what is left after ``timeout`` seconds."""
-    from pycluster.primary import awaitable_or_block
+    from pycluster._primary import awaitable_or_block
 
-    primary = _primary("shutdown")
+    primary = _the_primary("shutdown")
     return awaitable_or_block(primary, primary.shutdown(timeout))
 
 
 def statistics() -> list[dict[str, Any]]:
     """A snapshot per worker: id, slot, pid, state, uptime, connections, restarts, memory."""
-    primary = _primary("statistics")
+    primary = _the_primary("statistics")
     stats: list[dict[str, Any]] = _supervisor_of(primary).statistics()
     return stats
 
 
-def _supervisor_of(primary: Primary) -> Any:
+def _supervisor_of(primary: Primary) -> Supervisor:
     # Not named _supervisor: importing pycluster._supervisor sets that attribute of
     # this package to the module, which would shadow a function of the same name.
-    from pycluster._supervisor import ensure_supervisor
-
-    return ensure_supervisor(primary)
+    assert primary.supervisor is not None  # the primary always has one
+    return primary.supervisor
 
 
 def create_server(
@@ -235,7 +236,7 @@ def create_server(
     fd: int | None = None,
 ) -> Server | _socket.socket:
     """``socket.create_server`` whose listening socket is shared with the other workers."""
-    from pycluster.net import create_server as _create_server
+    from pycluster._ports import create_server as _create_server
 
     return _create_server(
         address,
@@ -264,7 +265,7 @@ class _ClusterModule(types.ModuleType):
     def workers(self) -> dict[int, Worker] | None:
         if is_worker:
             return None
-        return _primary("workers").workers
+        return _the_primary("workers").workers
 
     @property
     def worker(self) -> Worker | None:

@@ -1,4 +1,4 @@
-"""``python -m pycluster``: the command line (see :mod:`pycluster.cli`)."""
+"""``python -m pycluster``: the command line (see :mod:`pycluster._cli`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pycluster`` command; returns its exit status."""
-    from pycluster.cli.main import main as cli_main
+    from pycluster._cli.main import main as cli_main
 
     return cli_main(argv)
 

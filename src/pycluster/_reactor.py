@@ -14,7 +14,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 Callback = Callable[..., object]
@@ -190,3 +190,43 @@ class Reactor:
         except BaseException as exc:
             self._on_error(exc)
         self._on_tick()
+
+
+class Completion:
+    """Something that finishes on the primary's loop: awaitable, or waited on by ``run``.
+
+    ``await`` it inside a loop; outside one, the primary's own calls (``run()``,
+    blocking ``reload()``) drive the loop until it is done.
+    """
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: BaseException | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._callbacks: list[Callable[[], None]] = []
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Mark finished and wake every waiter."""
+        if self.done:
+            return
+        self.done, self.error = True, error
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        for cb in self._callbacks:
+            cb()
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop) once finished."""
+        if self.done:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if not self.done:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            yield from fut
+        if self.error is not None:
+            raise self.error

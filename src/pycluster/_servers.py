@@ -26,16 +26,15 @@ import logging
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from pycluster._ipc.framing import Codec, Kind, close_fds
+from pycluster._ipc.messages import Act, Message, encode_internal
+from pycluster._reactor import Reactor
+from pycluster._scheduling.round_robin import RoundRobinHandle
+from pycluster._scheduling.shared import SharedHandle
 from pycluster._worker import Worker
-from pycluster.ipc.framing import Codec, Kind, close_fds
-from pycluster.ipc.messages import Act, Message, encode_internal
-from pycluster.scheduling.round_robin import RoundRobinHandle
-from pycluster.scheduling.shared import SharedHandle
-
-if TYPE_CHECKING:
-    from pycluster.primary import Primary
 
 log = logging.getLogger("pycluster")
 
@@ -199,7 +198,7 @@ class RoundRobinServer(_Served):
         sock.setblocking(False)
         self.handle: RoundRobinHandle[Worker, int] = RoundRobinHandle(self._busy)
         self.handoffs: dict[Worker, socket.socket] = {}
-        self.reactor = table.primary.reactor
+        self.reactor = table.reactor
         self.reactor.add_reader(sock.fileno(), self._accept)
 
     @staticmethod
@@ -356,8 +355,17 @@ Handle = SharedServer | RoundRobinServer
 class ServerTable:
     """Every server the primary shares, by key and by id."""
 
-    def __init__(self, primary: Primary) -> None:
-        self.primary = primary
+    def __init__(
+        self,
+        reactor: Reactor,
+        policy: Callable[[], int],
+        may_restart: Callable[[], bool],
+    ) -> None:
+        self.reactor = reactor
+        #: The cluster's scheduling policy (frozen by the first server).
+        self._policy = policy
+        #: Whether a worker that leaves now may be replaced (its ports then stay open).
+        self._may_restart = may_restart
         self._by_key: dict[Key, Handle] = {}
         self._by_id: dict[int, Handle] = {}
         self._next_id = 1
@@ -391,7 +399,7 @@ class ServerTable:
         handle.add(worker, seq)
 
     def _create(self, key: Key, msg: Message) -> Handle:
-        policy = self.primary.freeze_policy()
+        policy = self._policy()
         if msg.get("policy") in (SCHED_NONE, SCHED_RR, SCHED_REUSEPORT):
             # A server that cannot take hand-offs (uvloop's C accept) asks to be shared.
             policy = int(msg["policy"])
@@ -463,8 +471,7 @@ class ServerTable:
         With a restart pending, the port stays open and connections wait (in the
         queue or the kernel's backlog) for the replacement, instead of being refused.
         """
-        supervisor = self.primary.supervisor
-        if supervisor is not None and supervisor.may_restart():
+        if self._may_restart():
             return  # decided once the worker's exit is known (see prune())
         self.discard(handle)
 

@@ -20,14 +20,16 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pycluster._backoff import RestartRules, SlotHistory
-from pycluster._reactor import Timer
+from pycluster._reactor import Completion, Timer
 
 if TYPE_CHECKING:
+    from pycluster._events import EventEmitter
+    from pycluster._reactor import Reactor
+    from pycluster._servers import ServerTable
     from pycluster._worker import Worker
-    from pycluster.primary import Completion, Primary
 
 log = logging.getLogger("pycluster")
 
@@ -49,10 +51,26 @@ def resident_memory(pid: int | None) -> int | None:
         return None
 
 
+class Host(Protocol):
+    """What the supervisor needs of the primary it serves (the primary imports us)."""
+
+    emitter: EventEmitter
+    reactor: Reactor
+    workers: dict[int, Worker]
+    starting: int
+    _settings: dict[str, Any]
+    _servers: ServerTable | None
+
+    def fork(self, env: dict[str, Any] | None = None, *, slot: int | None = None) -> Worker: ...
+    def kill_all(self, signum: int) -> None: ...
+    def _tick(self) -> None: ...
+    def _attach_if_running(self) -> None: ...
+
+
 class Supervisor:
     """Restart policy and worker-pool management of one primary."""
 
-    def __init__(self, primary: Primary) -> None:
+    def __init__(self, primary: Host) -> None:
         self.p = primary
         self.history: dict[int, SlotHistory] = {}
         self.started: dict[int, float] = {}
@@ -210,8 +228,6 @@ class Supervisor:
         self.p._tick()
 
     def _refused(self, what: str) -> Completion:
-        from pycluster.primary import Completion
-
         done = Completion()
         done.finish(RuntimeError(f"cannot {what}: the cluster is shutting down"))
         return done
@@ -232,8 +248,6 @@ class Supervisor:
     # -- graceful replacement -----------------------------------------------------------------
     def replace(self, old: Worker) -> Completion:
         """Start a replacement in ``old``'s slot; once it is ready, retire ``old``."""
-        from pycluster.primary import Completion
-
         existing = self.retiring.get(old.id)
         if existing is not None:
             return existing
@@ -343,8 +357,6 @@ class Supervisor:
     @staticmethod
     def _exit_of(worker: Worker) -> Completion:
         """Finishes once ``worker`` has exited."""
-        from pycluster.primary import Completion
-
         gone = Completion()
         if worker.is_dead():
             gone.finish()
@@ -354,8 +366,6 @@ class Supervisor:
 
     def _retire(self, worker: Worker, done: Completion | None = None) -> Completion:
         """Disconnect ``worker`` gracefully; kill it after ``shutdown_timeout``."""
-        from pycluster.primary import Completion
-
         if done is None:
             done = self.retiring.get(worker.id) or Completion()
         self.retiring[worker.id] = done
@@ -392,8 +402,6 @@ class Supervisor:
 
     def reload(self, batch: int = 1) -> Completion:
         """Replace every worker, ``batch`` at a time, each new one ready before the old goes."""
-        from pycluster.primary import Completion
-
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, not {batch!r}")
         self.p._attach_if_running()
@@ -441,8 +449,6 @@ class Supervisor:
 
     def scale(self, n: int) -> Completion:
         """Start or gracefully retire workers until ``n`` are alive."""
-        from pycluster.primary import Completion
-
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"scale() takes a worker count >= 0, not {n!r}")
         self.p._attach_if_running()
@@ -595,9 +601,3 @@ class Supervisor:
                 }
             )
         return out
-
-
-def ensure_supervisor(primary: Primary) -> Supervisor:
-    """The primary's supervisor (it always has one)."""
-    assert primary.supervisor is not None
-    return primary.supervisor

@@ -1,6 +1,6 @@
 """asyncio integration: ``start_server`` and ``create_server`` that share their port.
 
-In a worker, the listener comes from the primary (see :mod:`pycluster.net`) and is
+In a worker, the listener comes from the primary (see :mod:`pycluster._ports`) and is
 served by the running loop's own ``create_server(sock=...)``, so protocols,
 transports and TLS behave exactly as in asyncio. The returned server also:
 
@@ -19,7 +19,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pycluster import child, net
+from pycluster import _child as child
+from pycluster import _ports as net
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 HEARTBEAT_INTERVAL = 0.5

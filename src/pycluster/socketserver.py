@@ -18,7 +18,8 @@ import socketserver as _socketserver
 import threading
 from typing import Any
 
-from pycluster import child, net
+from pycluster import _child as child
+from pycluster import _ports as net
 
 
 class ClusterMixIn:

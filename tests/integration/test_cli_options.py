@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from pycluster import _settings
-from pycluster.cli import binds, status
-from pycluster.cli.main import build_parser, settings_from, split_module_args
-from pycluster.cli.serve import detect_interface
+from pycluster._cli import binds, status
+from pycluster._cli.main import build_parser, settings_from, split_module_args
+from pycluster._cli.serve import detect_interface
 
 
 @pytest.mark.parametrize(

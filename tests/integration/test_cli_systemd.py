@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pycluster.cli.main import build_parser
+from pycluster._cli.main import build_parser
 from tests.conftest import Cluster, Commands
 
 pytest.importorskip("uvicorn")

@@ -15,7 +15,7 @@ from tests.conftest import Cluster
 HOSTILE = """
 import json, os, pickle, subprocess, sys
 import pycluster as cluster
-from pycluster.ipc.framing import Codec, Kind, encode_header
+from pycluster._ipc.framing import Codec, Kind, encode_header
 
 def emit(**kw):
     # One write per line: workers share this stdout.
@@ -147,8 +147,8 @@ def test_allow_types_lets_a_dataclass_through(cluster_env: Cluster) -> None:
 BROKEN = """
 import json, os, socket, sys
 import pycluster as cluster
-from pycluster.ipc.framing import HEADER, MAGIC, Codec, Kind, encode_header
-from pycluster.ipc.fds import ancillary_for
+from pycluster._ipc.framing import HEADER, MAGIC, Codec, Kind, encode_header
+from pycluster._ipc.fds import ancillary_for
 
 def emit(**kw):
     # One write per line: workers share this stdout.

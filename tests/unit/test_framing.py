@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pycluster.ipc.channel import READ_SIZE, ThreadChannel
-from pycluster.ipc.fds import ChunkReader, recv_chunk
-from pycluster.ipc.framing import (
+from pycluster._ipc.channel import READ_SIZE, ThreadChannel
+from pycluster._ipc.fds import ChunkReader, recv_chunk
+from pycluster._ipc.framing import (
     HEADER,
     HEADER_SIZE,
     MAGIC,

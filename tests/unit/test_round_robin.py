@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from pycluster.scheduling.round_robin import RoundRobinHandle
+from pycluster._scheduling.round_robin import RoundRobinHandle
 
 Handle = RoundRobinHandle[str, int]
 

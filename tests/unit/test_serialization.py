@@ -32,8 +32,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pycluster.ipc.framing import Codec
-from pycluster.ipc.serialization import AllowList, DecodeError, decode, encode
+from pycluster._ipc.framing import Codec
+from pycluster._ipc.serialization import AllowList, DecodeError, decode, encode
 
 PROPERTY = settings(max_examples=150, deadline=None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pycluster.scheduling.shared import SharedHandle
+from pycluster._scheduling.shared import SharedHandle
 
 
 def test_add_once_per_worker() -> None:

@@ -32,10 +32,11 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, cast
 
 import pycluster as cluster
-from pycluster import child, net
-from pycluster.cli import EXIT_APP_LOAD, binds
+from pycluster import _child as child
+from pycluster import _ports as net
+from pycluster._cli import EXIT_APP_LOAD, binds
 
-log = logging.getLogger("pycluster.cli")
+log = logging.getLogger("pycluster._cli")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

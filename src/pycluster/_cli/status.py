@@ -110,16 +110,21 @@ def show(status: Status) -> None:
     print(plain_table(status))
 
 
-def watch(fetch: Callable[[], Status], interval: float) -> None:
-    """Redraw the table every ``interval`` seconds until Ctrl-C or the cluster ends."""
+def watch(
+    fetch: Callable[[], Status],
+    interval: float,
+    ended: tuple[type[BaseException], ...] = (OSError,),
+) -> None:
+    """Redraw the table every ``interval`` seconds until Ctrl-C or the cluster ends.
+
+    ``fetch`` raising one of ``ended`` means the cluster is gone.
+    """
     try:
         from rich.live import Live
     except ImportError:
         raise SystemExit(
             "pycluster: status --watch needs rich: pip install 'pycluster[monitor]'"
         ) from None
-    from pycluster.cli.control import ControlError
-
     first = fetch()
     print(f"watching {first['primary']['name']} (Ctrl-C to stop)", flush=True)
     with Live(_rich_table(first), refresh_per_second=4, screen=False) as live:
@@ -127,6 +132,6 @@ def watch(fetch: Callable[[], Status], interval: float) -> None:
             time.sleep(interval)
             try:
                 live.update(_rich_table(fetch()))
-            except (ControlError, OSError):
+            except ended:
                 live.console.print("the cluster has stopped")
                 return

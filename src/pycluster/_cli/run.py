@@ -9,7 +9,7 @@ servers, at the few places every Python server goes through:
   address go through ``pycluster.aio``;
 * any other stream socket that the program binds (a plain ``bind()`` +
   ``listen()`` + ``accept()`` loop, tornado, twisted, ...) gets the cluster's
-  listener behind its own descriptor (see :mod:`pycluster.cli.sockets`).
+  listener behind its own descriptor (see :mod:`pycluster._cli.sockets`).
 
 uvloop accepts in C, where a round-robin hand-off cannot reach: a server it runs is
 shared (policy ``none``) instead, with a warning. ``--bind`` addresses replace the
@@ -31,10 +31,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pycluster as cluster
-from pycluster import child, net
-from pycluster.cli import binds, sockets
+from pycluster import _child as child
+from pycluster import _ports as net
+from pycluster._cli import binds, sockets
 
-log = logging.getLogger("pycluster.cli")
+log = logging.getLogger("pycluster._cli")
 
 #: Seconds a disconnected worker's program gets to end by itself, then after SIGINT.
 GRACE = 1.0

@@ -15,7 +15,7 @@ import io
 import json
 from typing import Any
 
-from pycluster.ipc.framing import Codec
+from pycluster._ipc.framing import Codec
 
 # One encoder for every message: json.dumps() with options builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True)

@@ -67,7 +67,7 @@ def describe(bind: Bind, port: int | None = None) -> str:
 
 
 def create_args(bind: Bind) -> tuple[Any, dict[str, Any]]:
-    """The arguments of ``pycluster.net.create_server`` that listen on ``bind``."""
+    """The arguments of ``pycluster._ports.create_server`` that listen on ``bind``."""
     if bind["kind"] == "unix":
         return bind["path"], {"family": socket.AF_UNIX}
     if bind["kind"] == "fd":

@@ -1,6 +1,6 @@
 """The primary of ``pycluster run`` and ``pycluster serve``.
 
-It sets the cluster up from the options (workers run ``-m pycluster.cli.worker`` with
+It sets the cluster up from the options (workers run ``-m pycluster._cli.worker`` with
 a JSON description of their job), forks the workers, and drives its own asyncio loop
 until the cluster ends. On that loop it also:
 
@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import pycluster as cluster
-from pycluster.cli import EXIT_APP_LOAD, EXIT_USAGE, binds, logs, systemd
-from pycluster.cli.main import CliError, settings_from
+from pycluster._cli import EXIT_APP_LOAD, EXIT_USAGE, CliError, binds, logs, systemd
 
-log = logging.getLogger("pycluster.cli")
+log = logging.getLogger("pycluster._cli")
 
 #: A worker failed before any worker listened (as gunicorn's WORKER_BOOT_ERROR).
 EXIT_BOOT = 3
@@ -126,7 +125,7 @@ class ClusterApp:
         spec = worker_spec(self.ns, self.bind_list)
         spec["policy"] = POLICY_NAMES.get(cluster.scheduling_policy, "rr")
         cluster.setup_primary(
-            exec="-m pycluster.cli.worker", args=[json.dumps(spec)], **settings_from(self.ns)
+            exec="-m pycluster._cli.worker", args=[json.dumps(spec)], **self.ns.settings
         )
         for event in ("fork", "online", "listening", "disconnect", "exit", "restart", "give_up"):
             cluster.on(event, getattr(self, f"_on_{event}"))
@@ -163,7 +162,7 @@ class ClusterApp:
         return self.exit_code
 
     async def _start_services(self, loop: asyncio.AbstractEventLoop) -> None:
-        from pycluster.cli import control
+        from pycluster._cli import control
 
         if not self.ns.no_control:
             path = Path(self.ns.control) if self.ns.control else None
@@ -175,7 +174,7 @@ class ClusterApp:
                 raise CliError(f"control socket {path}: {exc}") from None
             log.info("control socket %s", path)
         if self.ns.metrics:
-            from pycluster.cli import metrics
+            from pycluster._cli import metrics
 
             try:
                 self.metrics = metrics.start(self.ns.metrics, self.snapshot, loop)

@@ -1,4 +1,4 @@
-"""What a worker of ``pycluster run`` / ``serve`` runs: ``python -m pycluster.cli.worker SPEC``.
+"""What a worker of ``pycluster run`` / ``serve`` runs: ``python -m pycluster._cli.worker SPEC``.
 
 ``SPEC`` is the JSON the primary wrote (see ``cli.primary.worker_spec``).
 """
@@ -9,24 +9,24 @@ import json
 import sys
 
 import pycluster as cluster
-from pycluster.cli import logs
+from pycluster._cli import logs
 
 
 def main(argv: list[str]) -> int:
     """Run this worker's job; returns its exit status."""
     if cluster.worker is None or len(argv) != 1:
         print(
-            "pycluster.cli.worker is started by `pycluster run` or `pycluster serve`",
+            "pycluster._cli.worker is started by `pycluster run` or `pycluster serve`",
             file=sys.stderr,
         )
         return 2
     spec = json.loads(argv[0])
     logs.configure(spec["log_level"], f"worker {cluster.worker.id}")
     if spec["kind"] == "run":
-        from pycluster.cli import run
+        from pycluster._cli import run
 
         return run.main(spec)
-    from pycluster.cli import serve
+    from pycluster._cli import serve
 
     return serve.main(spec)
 

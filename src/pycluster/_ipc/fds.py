@@ -5,7 +5,7 @@ from __future__ import annotations
 import array
 import socket
 
-from pycluster.ipc.framing import MAX_FDS, ProtocolError, close_fds
+from pycluster._ipc.framing import MAX_FDS, ProtocolError, close_fds
 
 _FD_SIZE = array.array("i").itemsize
 _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)

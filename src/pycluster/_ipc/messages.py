@@ -13,7 +13,7 @@ import threading
 from enum import Enum
 from typing import Any
 
-from pycluster.ipc.framing import ProtocolError
+from pycluster._ipc.framing import ProtocolError
 
 
 class Act(str, Enum):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pycluster import _settings
-from pycluster.cli import EXIT_USAGE, logs
+from pycluster._cli import EXIT_USAGE, CliError, logs
 
 DESCRIPTION = """\
 Run a Python server in several worker processes that share its port.
@@ -56,14 +56,6 @@ Needs the 'serve' extra: pip install 'pycluster[serve]' (uvicorn, httptools, a2w
 """
 
 
-class CliError(Exception):
-    """A failure the command line reports as one line and an exit status."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def default_workers() -> int:
     """``WEB_CONCURRENCY`` if set, else the CPUs this process may run on."""
     raw = os.environ.get("WEB_CONCURRENCY", "").strip()
@@ -90,7 +82,7 @@ def _count(text: str) -> int:
 
 
 def _bind(text: str) -> dict[str, Any]:
-    from pycluster.cli import binds
+    from pycluster._cli import binds
 
     try:
         return binds.parse(text)
@@ -366,7 +358,7 @@ def _size(text: str) -> int | None:
 
 
 def _cmd_cluster(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from pycluster.cli import primary
+    from pycluster._cli import primary
 
     if ns.command == "run":
         if ns.module is not None and ns.script is not None:
@@ -378,11 +370,12 @@ def _cmd_cluster(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"the application must be MODULE:APP, as in myapp:app, not {ns.app!r}")
     if ns.workers is None:
         ns.workers = default_workers()
+    ns.settings = settings_from(ns)
     return primary.main(ns)
 
 
 def _cmd_control(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from pycluster.cli import control
+    from pycluster._cli import control
 
     return control.client_main(ns)
 

@@ -16,22 +16,22 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from pycluster import _settings
 from pycluster._events import EventEmitter
+from pycluster._ipc import serialization
+from pycluster._ipc.channel import ChannelClosedError, LoopChannel
+from pycluster._ipc.fds import close_sent
+from pycluster._ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
+from pycluster._ipc.messages import Act, Message, decode_internal, encode_internal
 from pycluster._process import WorkerProcess, spawn
-from pycluster._reactor import Reactor
+from pycluster._reactor import Completion, Reactor
 from pycluster._signals import signal_number
 from pycluster._status import StatusPage
 from pycluster._worker import Address, Worker
-from pycluster.ipc import serialization
-from pycluster.ipc.channel import ChannelClosedError, LoopChannel
-from pycluster.ipc.fds import close_sent
-from pycluster.ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
-from pycluster.ipc.messages import Act, Message, decode_internal, encode_internal
 
 if TYPE_CHECKING:
     from pycluster._servers import ServerTable
@@ -42,46 +42,6 @@ log = logging.getLogger("pycluster")
 SCHED_NONE = 1
 SCHED_RR = 2
 POLICY_NAMES = {"rr": SCHED_RR, "none": SCHED_NONE}
-
-
-class Completion:
-    """Something that finishes on the primary's loop: awaitable, or waited on by ``run``.
-
-    ``await`` it inside a loop; outside one, the primary's own calls (``run()``,
-    blocking ``reload()``) drive the loop until it is done.
-    """
-
-    def __init__(self) -> None:
-        self.done = False
-        self.error: BaseException | None = None
-        self._waiters: list[asyncio.Future[None]] = []
-        self._callbacks: list[Callable[[], None]] = []
-
-    def finish(self, error: BaseException | None = None) -> None:
-        """Mark finished and wake every waiter."""
-        if self.done:
-            return
-        self.done, self.error = True, error
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
-        for cb in self._callbacks:
-            cb()
-
-    def add_done_callback(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the loop) once finished."""
-        if self.done:
-            callback()
-        else:
-            self._callbacks.append(callback)
-
-    def __await__(self) -> Generator[Any, None, None]:
-        if not self.done:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            yield from fut
-        if self.error is not None:
-            raise self.error
 
 
 class PrimaryBackend:
@@ -203,8 +163,11 @@ class Primary:
         if self._servers is None:
             from pycluster._servers import ServerTable
 
-            self._servers = ServerTable(self)
+            self._servers = ServerTable(self.reactor, self.freeze_policy, self._may_restart)
         return self._servers
+
+    def _may_restart(self) -> bool:
+        return self.supervisor is not None and self.supervisor.may_restart()
 
     # -- forking ----------------------------------------------------------------------
     def fork(self, env: dict[str, Any] | None = None, *, slot: int | None = None) -> Worker:

@@ -19,71 +19,20 @@ import errno
 import os
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pycluster import child
+from pycluster import _child as child
+from pycluster._ipc.channel import ChannelClosedError
+from pycluster._ipc.messages import Act
 from pycluster._servers import address_type
-from pycluster.ipc.channel import ChannelClosedError
-from pycluster.ipc.messages import Act
 
 if TYPE_CHECKING:
-    from pycluster.child import ChildRuntime
+    from pycluster._child import ChildRuntime
 
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 Closer = Callable[[], None]
-
-
-class ServerRegistry:
-    """What ``worker.disconnect()`` must close: every server created through pycluster."""
-
-    def __init__(self, runtime: ChildRuntime) -> None:
-        self._runtime = runtime
-        self._lock = threading.Lock()
-        self._closers: dict[int, Closer] = {}
-        self._next = 0
-
-    def add(self, closer: Closer) -> int:
-        """Register how to close a server (blocking until it is closed); returns a token."""
-        with self._lock:
-            self._next += 1
-            self._closers[self._next] = closer
-            return self._next
-
-    def discard(self, token: int) -> None:
-        """The server closed by itself."""
-        with self._lock:
-            self._closers.pop(token, None)
-
-    def close_one(self, token: int) -> None:
-        """Close one server the way a disconnect would, in the background."""
-        with self._lock:
-            closer = self._closers.pop(token, None)
-        if closer is not None:
-            threading.Thread(target=closer, name="pycluster-close", daemon=True).start()
-
-    def replace(self, token: int, closer: Closer) -> bool:
-        """An integration (socketserver, asyncio) takes over closing a listener.
-
-        ``False`` if a disconnect already closed it: the integration must not serve.
-        """
-        with self._lock:
-            if token in self._closers:
-                self._closers[token] = closer
-                return True
-            return False
-
-    def close_all(self) -> None:
-        """Close every registered server and wait until each is closed."""
-        with self._lock:
-            closers, self._closers = list(self._closers.values()), {}
-        threads = [threading.Thread(target=c, daemon=True) for c in closers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
 
 
 class _ListenerMixin:

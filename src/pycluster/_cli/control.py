@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("pycluster.cli")
+log = logging.getLogger("pycluster._cli")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -244,11 +244,11 @@ def client_main(ns: argparse.Namespace) -> int:
 
 
 def _command(client: Client, ns: argparse.Namespace) -> int:
-    from pycluster.cli import status
+    from pycluster._cli import status
 
     if ns.request == "status":
         if ns.watch:
-            status.watch(lambda: client.request(cmd="status"), ns.interval)
+            status.watch(lambda: client.request(cmd="status"), ns.interval, (ControlError, OSError))
             return 0
         answer = client.request(cmd="status")
         if ns.check:

@@ -17,19 +17,18 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pycluster._ipc import serialization
+from pycluster._ipc.channel import ChannelClosedError, ThreadChannel
+from pycluster._ipc.fds import close_sent
+from pycluster._ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
+from pycluster._ipc.messages import Act, Message, Requests, decode_internal, encode_internal
 from pycluster._signals import signal_number
 from pycluster._worker import Worker
-from pycluster.ipc import serialization
-from pycluster.ipc.channel import ChannelClosedError, ThreadChannel
-from pycluster.ipc.fds import close_sent
-from pycluster.ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
-from pycluster.ipc.messages import Act, Message, Requests, decode_internal, encode_internal
 
 if TYPE_CHECKING:
     import logging
 
     from pycluster._status import StatusPage
-    from pycluster.net import ServerRegistry
 
 
 def _log() -> logging.Logger:
@@ -38,6 +37,8 @@ def _log() -> logging.Logger:
 
     return logging.getLogger("pycluster")
 
+
+Closer = Callable[[], None]
 
 ENV_ID = "PYCLUSTER_UNIQUE_ID"
 ENV_CHANNEL = "PYCLUSTER_CHANNEL_FD"
@@ -62,6 +63,55 @@ class ThisProcess:
     send_signal = kill
 
 
+class ServerRegistry:
+    """What ``worker.disconnect()`` must close: every server created through pycluster."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closers: dict[int, Closer] = {}
+        self._next = 0
+
+    def add(self, closer: Closer) -> int:
+        """Register how to close a server (blocking until it is closed); returns a token."""
+        with self._lock:
+            self._next += 1
+            self._closers[self._next] = closer
+            return self._next
+
+    def discard(self, token: int) -> None:
+        """The server closed by itself."""
+        with self._lock:
+            self._closers.pop(token, None)
+
+    def close_one(self, token: int) -> None:
+        """Close one server the way a disconnect would, in the background."""
+        with self._lock:
+            closer = self._closers.pop(token, None)
+        if closer is not None:
+            threading.Thread(target=closer, name="pycluster-close", daemon=True).start()
+
+    def replace(self, token: int, closer: Closer) -> bool:
+        """An integration (socketserver, asyncio) takes over closing a listener.
+
+        ``False`` if a disconnect already closed it: the integration must not serve.
+        """
+        with self._lock:
+            if token in self._closers:
+                self._closers[token] = closer
+                return True
+            return False
+
+    def close_all(self) -> None:
+        """Close every registered server and wait until each is closed."""
+        with self._lock:
+            closers, self._closers = list(self._closers.values()), {}
+        threads = [threading.Thread(target=c, daemon=True) for c in closers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
 class ChildRuntime:
     """The worker-side backend of ``cluster.worker``."""
 
@@ -80,9 +130,7 @@ class ChildRuntime:
     def servers(self) -> ServerRegistry:
         """The pycluster servers this worker has open."""
         if self._servers is None:
-            from pycluster.net import ServerRegistry
-
-            self._servers = ServerRegistry(self)
+            self._servers = ServerRegistry()
         return self._servers
 
     def start(self) -> None:

@@ -29,9 +29,10 @@ import weakref
 from typing import Any
 
 import pycluster as cluster
-from pycluster import child, net
+from pycluster import _child as child
+from pycluster import _ports as net
 
-log = logging.getLogger("pycluster.cli")
+log = logging.getLogger("pycluster._cli")
 
 STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 #: Seconds an accept() waits for its listener's retirement to finish.
@@ -49,7 +50,7 @@ def called_by_pycluster() -> bool:
         if frame is None:
             return False
         name = str(frame.f_globals.get("__name__", ""))
-        if name.startswith("pycluster.") and not name.startswith("pycluster.cli"):
+        if name.startswith("pycluster.") and not name.startswith("pycluster._cli"):
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False

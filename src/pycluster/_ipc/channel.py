@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import logging
 
-from pycluster.ipc.fds import ChunkReader, ancillary_for
-from pycluster.ipc.framing import (
+from pycluster._ipc.fds import ChunkReader, ancillary_for
+from pycluster._ipc.framing import (
     DEFAULT_MAX_PAYLOAD,
     Codec,
     Decoder,

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-log = logging.getLogger("pycluster.cli")
+log = logging.getLogger("pycluster._cli")
 
 Snapshot = Callable[[], dict[str, Any]]
 
