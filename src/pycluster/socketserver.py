@@ -97,16 +97,26 @@ class ClusterMixIn:
             self._cluster_closed.wait()
 
     def get_request(self) -> Any:
-        if getattr(self, "_cluster_cond", None) is None or self.socket_type != _socket.SOCK_DGRAM:
+        cond = getattr(self, "_cluster_cond", None)
+        if cond is None:
             return super().get_request()  # type: ignore[misc]
-        # Every worker wakes for a datagram on the shared socket but only one gets it:
-        # a blocking read would leave the others stuck where disconnect cannot end them.
-        # BlockingIOError is an OSError, which the serving loop takes as "no request".
-        data, client_address = self.socket.recvfrom(
-            self.max_packet_size,  # type: ignore[attr-defined]
-            _socket.MSG_DONTWAIT,
-        )
-        return (data, self.socket), client_address
+        if self.socket_type != _socket.SOCK_DGRAM:
+            request = super().get_request()  # type: ignore[misc]
+        else:
+            # Every worker wakes for a datagram on the shared socket but only one gets
+            # it: a blocking read would leave the others stuck where disconnect cannot
+            # end them. BlockingIOError is an OSError: "no request" to the serving loop.
+            data, client_address = self.socket.recvfrom(
+                self.max_packet_size,  # type: ignore[attr-defined]
+                _socket.MSG_DONTWAIT,
+            )
+            request = (data, self.socket), client_address
+        # Counted from here to close_request(): both run whatever mixes in before us
+        # (``class S(ThreadingMixIn, HTTPServer)`` puts ThreadingMixIn's
+        # process_request first), so the count never misses a request.
+        with cond:
+            self._cluster_active += 1
+        return request
 
     def service_actions(self) -> None:
         runtime = getattr(self, "_cluster_runtime", None)
@@ -115,35 +125,23 @@ class ClusterMixIn:
         super().service_actions()  # type: ignore[misc]
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        cond = getattr(self, "_cluster_cond", None)
-        if cond is None:
+        runtime = getattr(self, "_cluster_runtime", None)
+        status = runtime.status if runtime is not None else None
+        threaded = isinstance(self, (_socketserver.ForkingMixIn, _socketserver.ThreadingMixIn))
+        if status is None or threaded:
             super().process_request(request, client_address)  # type: ignore[misc]
             return
-        with cond:
-            self._cluster_active += 1
-        runtime = self._cluster_runtime
-        forking = isinstance(self, _socketserver.ForkingMixIn)
-        synchronous = not forking and not isinstance(self, _socketserver.ThreadingMixIn)
-        if synchronous and runtime.status is not None:
-            runtime.status.set_busy(True)
+        # A single-threaded serving loop is occupied: round robin passes it over.
+        status.set_busy(True)
         try:
             super().process_request(request, client_address)  # type: ignore[misc]
-        except BaseException:
-            self._cluster_done()
-            raise
-        else:
-            if forking:
-                # Only the child returns from here never: in the parent the request is
-                # handed over, and server_close() waits for the children at disconnect.
-                self._cluster_done()
         finally:
-            if synchronous and runtime.status is not None:
-                runtime.status.set_busy(False)
-                runtime.status.beat()
+            status.set_busy(False)
+            status.beat()
 
-    def shutdown_request(self, request: Any) -> None:
+    def close_request(self, request: Any) -> None:
         try:
-            super().shutdown_request(request)  # type: ignore[misc]
+            super().close_request(request)  # type: ignore[misc]
         finally:
             if getattr(self, "_cluster_cond", None) is not None:
                 self._cluster_done()
