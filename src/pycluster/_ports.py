@@ -52,6 +52,8 @@ RR, SHARED, OWN = "rr", "shared", "own"
 SCHED_NONE = 1
 #: Seconds an ``accept()`` woken by a retirement waits for the quiet socket to arrive.
 RETIRE_WAIT = 1.0
+#: Connections a worker takes from a shared socket per wake-up of its event loop.
+SHARED_BURST = 2
 #: How often draining checks whether connections are still open.
 DRAIN_POLL = 0.05
 
@@ -111,6 +113,7 @@ class Listener:
         self.closing = False
         self.swapped = threading.Event()
         self._wake: tuple[int, int] | None = None
+        self._burst = 0
         self.token: int | None = None
         self.closer: Callable[[], None] = self.close_for_disconnect
 
@@ -126,7 +129,26 @@ class Listener:
             return self._take(sock)
         if self.mode == SHARED and sock.gettimeout() is None:
             return self._blocking_accept(sock)
+        if self.mode == SHARED and sock.gettimeout() == 0.0:
+            return self._fair_accept(sock)
         fd, addr = _c_accept(sock)
+        self._count()
+        return fd, addr
+
+    def _fair_accept(self, sock: socket.socket) -> tuple[int, Any]:
+        # An event loop accepts until EAGAIN (asyncio up to `backlog` at a time), so one
+        # worker would drain the shared queue and the others get nothing. As libuv does
+        # in a cluster worker, take a few and then say "nothing more" for this wake-up:
+        # the descriptor stays readable, and every worker gets its turn.
+        if self._burst >= SHARED_BURST:
+            self._burst = 0
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        try:
+            fd, addr = _c_accept(sock)
+        except BlockingIOError:
+            self._burst = 0
+            raise
+        self._burst += 1
         self._count()
         return fd, addr
 
