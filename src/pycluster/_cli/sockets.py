@@ -143,6 +143,5 @@ def install(bind_list: list[binds.Bind], round_robin: bool) -> None:
     global _round_robin
     _round_robin = round_robin
     _overrides[:] = bind_list
-    net.bind_filter = _bind_filter
-    net.install()
+    net.set_bind_filter(_bind_filter)
     os.unlink = os.remove = _unlink
