@@ -224,7 +224,11 @@ class Listener:
             address, port, kind = self.report
             try:
                 self.runtime.send_internal(
-                    Act.LISTENING, address=address, port=port, addressType=kind
+                    Act.LISTENING,
+                    address=address,
+                    port=port,
+                    addressType=kind,
+                    handle=self.handle_id,
                 )
             except OSError:
                 pass  # the channel is closing: the worker is going away
