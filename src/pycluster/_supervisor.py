@@ -158,9 +158,8 @@ class Supervisor:
             if policy == "never" or (policy == "on-failure" and not failed):
                 return
         slot = worker.slot or 0
-        now = time.monotonic()
         decision = self.history.setdefault(slot, SlotHistory()).decide(
-            self.rules(), now, now - started
+            self.rules(), time.monotonic() - started
         )
         if not decision.restart:
             log.error("worker slot %d: giving up restarting: %s", slot, decision.reason)
