@@ -31,7 +31,7 @@ from typing import Any
 
 from pycluster._ipc.framing import Codec, Kind, close_fds
 from pycluster._ipc.messages import Act, Message, encode_internal
-from pycluster._reactor import Reactor
+from pycluster._reactor import Reactor, Timer
 from pycluster._scheduling.round_robin import RoundRobinHandle
 from pycluster._scheduling.shared import SharedHandle
 from pycluster._worker import Worker
@@ -40,6 +40,9 @@ log = logging.getLogger("pycluster")
 
 SCHED_NONE, SCHED_RR, SCHED_REUSEPORT = 1, 2, 3
 ACCEPT_BATCH = 128
+#: How long a port with no live worker keeps connections waiting for a replacement.
+ORPHAN_GRACE = 1.0
+_LINGER_RESET = struct.pack("ii", 1, 0)
 _HANDOFF = [b"C"]
 _fd_bytes = struct.Struct("i").pack
 Key = tuple[Any, Any, int, int, Any]
@@ -109,10 +112,34 @@ def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
+def reset_close(fd: int) -> None:
+    """Close an accepted connection at once; a TCP client sees a reset, not a wait."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        return
+    with contextlib.suppress(OSError):
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
+
+
 class _Served:
-    """What every kind of handle shares: identity, key, address, members."""
+    """What every kind of handle shares: identity, key, address, members.
+
+    *Refusing*: while no live worker serves the port for longer than
+    ``ORPHAN_GRACE`` (every worker died, replacements pending), the primary keeps
+    the listening socket, so the port number stays the same for the replacement
+    (port 0 included), but accepts and closes every connection at once instead of
+    letting clients wait for a restart that may be many seconds away. Closing or
+    shutting down the listener instead would give an auto-assigned port back to the
+    kernel.
+    """
 
     mode = ""
+    refusing = False
 
     def __init__(self, table: ServerTable, handle_id: int, key: Key, sock: socket.socket) -> None:
         self.table = table
@@ -122,6 +149,24 @@ class _Served:
         self.sockname: Any = sock.getsockname()
         #: A Unix socket file this primary created, removed on close as Node does.
         self.owned_path: tuple[str, int] | None = None
+        #: Runs out ORPHAN_GRACE after the last worker left, if none came back.
+        self.grace: Timer | None = None
+
+    def start_refusing(self) -> None:
+        """No worker came back in time: close what waits and whatever comes next."""
+        self.refusing = True
+
+    def stop_refusing(self) -> None:
+        """A worker serves the port again."""
+        self.refusing = False
+
+    def _refuse_backlog(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _addr = self.sock._accept()  # type: ignore[attr-defined]
+            except OSError:
+                return
+            reset_close(fd)
 
     def reply_fields(self) -> dict[str, Any]:
         sockname = self.sockname
@@ -140,6 +185,11 @@ class _Served:
         }
 
     def close(self) -> None:
+        if self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
+        if self.refusing:
+            self.stop_refusing()
         self.sock.close()
         if self.owned_path is not None:
             path, inode = self.owned_path
@@ -172,6 +222,18 @@ class SharedServer(_Served):
     def remove(self, worker: Worker) -> None:
         if worker in self.handle.members and self.handle.remove(worker):
             self.table.unused(self)
+
+    def start_refusing(self) -> None:
+        if self.sock.type != socket.SOCK_STREAM or self.mode != "shared" or self.refusing:
+            return  # datagrams are not held; a reserved port has no listener
+        super().start_refusing()
+        self.sock.setblocking(False)  # shared flag, but no worker holds it now
+        self.table.reactor.add_reader(self.sock.fileno(), self._refuse_backlog)
+
+    def stop_refusing(self) -> None:
+        if self.refusing:
+            self.table.reactor.remove_reader(self.sock.fileno())
+        super().stop_refusing()
 
 
 class ReusePortServer(SharedServer):
@@ -227,6 +289,9 @@ class RoundRobinServer(_Served):
         self._send(self.handle.add(worker))
 
     def _accept(self) -> None:
+        if self.refusing:
+            self._refuse_backlog()
+            return
         # Drain the backlog in one wake-up: far fewer loop iterations under load.
         handoffs = []
         for _ in range(ACCEPT_BATCH):
@@ -335,6 +400,12 @@ class RoundRobinServer(_Served):
         close_fds(self.handle.drain())
 
 
+    def start_refusing(self) -> None:
+        super().start_refusing()
+        for fd in self.handle.drain():
+            reset_close(fd)
+
+
 class _Closing(RoundRobinHandle[Worker, int]):
     """A round-robin handle whose port is closed: refused connections are closed."""
 
@@ -390,6 +461,8 @@ class ServerTable:
             handle = self._by_key.get(key)
             if handle is None:
                 handle = self._create(key, msg)
+            else:
+                self._revive(handle)
         except OSError as exc:
             self.reply_error(worker, seq, exc.errno or errno.EINVAL, exc.strerror or str(exc))
             return
@@ -469,11 +542,33 @@ class ServerTable:
         """The last worker left ``handle``: stop listening, unless a restart is on its way.
 
         With a restart pending, the port stays open and connections wait (in the
-        queue or the kernel's backlog) for the replacement, instead of being refused.
+        queue or the kernel's backlog) for the replacement, for ``ORPHAN_GRACE`` at
+        most: then they are refused until a worker listens again (see ``_Served``).
         """
         if self._may_restart():
-            return  # decided once the worker's exit is known (see prune())
+            # Whether a restart really comes is decided once the worker's exit is
+            # known (see prune()); meanwhile clients wait a second at most.
+            if handle.grace is None and not handle.refusing:
+                handle.grace = self.reactor.call_later(ORPHAN_GRACE, self._orphaned, handle)
+            return
         self.discard(handle)
+
+    def _orphaned(self, handle: Handle) -> None:
+        handle.grace = None
+        if self.owns(handle) and not handle.handle.members:
+            log.warning(
+                "no worker serves %s: refusing connections until one listens again",
+                handle.sockname,
+            )
+            handle.start_refusing()
+
+    def _revive(self, handle: Handle) -> None:
+        if handle.grace is not None:
+            handle.grace.cancel()
+            handle.grace = None
+        if handle.refusing:
+            log.info("a worker serves %s again: accepting connections", handle.sockname)
+            handle.stop_refusing()
 
     def prune(self) -> None:
         """Stop listening on every port no worker serves (no restart is pending any more)."""
