@@ -55,6 +55,8 @@ class PrimaryBackend:
         self.worker: Worker | None = None
         self.status: StatusPage | None = None
         self.disconnect_emitted = False
+        #: The channel socket's identity, for fd=N refusals.
+        self.identity: tuple[int, int] | None = None
 
     def send(
         self,
@@ -131,6 +133,8 @@ class Primary:
         self._wakeup: asyncio.Future[None] | None = None
         self._until: Completion | None = None
         self._servers: ServerTable | None = None
+        #: Sockets pycluster opened (channels, control socket): (st_dev, st_ino).
+        self._own: set[tuple[int, int]] = set()
         self.starting = 0  # replacements scheduled but not forked yet
         self._shutting_down: Completion | None = None
         from pycluster._supervisor import Supervisor
@@ -163,8 +167,16 @@ class Primary:
         if self._servers is None:
             from pycluster._servers import ServerTable
 
-            self._servers = ServerTable(self.reactor, self.freeze_policy, self._may_restart)
+            self._servers = ServerTable(
+                self.reactor, self.freeze_policy, self._may_restart, self._own.__contains__
+            )
         return self._servers
+
+    def own_socket(self, sock: socket.socket | int) -> None:
+        """Mark a socket as pycluster's own: a worker's ``fd=N`` never obtains it."""
+        fd = sock if isinstance(sock, int) else sock.fileno()
+        st = os.fstat(fd)
+        self._own.add((st.st_dev, st.st_ino))
 
     def _may_restart(self) -> bool:
         return self.supervisor is not None and self.supervisor.may_restart()
@@ -191,6 +203,9 @@ class Primary:
         self.workers[worker_id] = worker
 
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        st = os.fstat(parent_sock.fileno())
+        backend.identity = (st.st_dev, st.st_ino)
+        self._own.add(backend.identity)  # never handed out by a worker's fd=N
         child_env = dict(os.environ)
         if env:
             child_env.update({str(k): str(v) for k, v in env.items() if v is not None})
@@ -378,6 +393,8 @@ class Primary:
     def _remove(self, worker: Worker) -> None:
         self.workers.pop(worker.id, None)
         backend: PrimaryBackend = worker._backend  # type: ignore[assignment]
+        if backend.identity is not None:
+            self._own.discard(backend.identity)
         if backend.status is not None:
             backend.status.close()
             backend.status = None

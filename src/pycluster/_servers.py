@@ -25,6 +25,7 @@ import errno
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -57,20 +58,98 @@ def address_type(family: int, type_: int) -> int | str:
     return 6 if family == socket.AF_INET6 else 4
 
 
+#: Node's listen backlog, whatever the program asks for.
+MIN_BACKLOG = 511
+
+
+def somaxconn() -> int:
+    """The kernel's cap on a listen backlog (``net.core.somaxconn``)."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
+def effective_backlog(requested: int | None) -> int:
+    """The backlog the primary listens with: at least Node's 511, at most ``somaxconn``.
+
+    The primary accepts for every worker, so a program's own small backlog (the
+    stdlib's ``request_queue_size`` is 5) would drop a burst of connections that
+    its workers could serve.
+    """
+    return min(max(requested or 0, MIN_BACKLOG), somaxconn())
+
+
+Identity = tuple[int, int]  # (st_dev, st_ino) of a socket: the same for every dup of it
+
+
+def identity(fd: int) -> Identity:
+    """What tells one open socket from another, whatever descriptor refers to it."""
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+def _bound(name: Any) -> bool:
+    if isinstance(name, tuple):
+        return len(name) >= 2 and bool(name[1])
+    return bool(name)
+
+
+def given_socket(
+    fd: int, requested: int | None, internal: Callable[[Identity], bool]
+) -> socket.socket:
+    """A copy of the primary's descriptor ``fd`` for ``fd=N``, if it may be served.
+
+    Only a socket the primary was given to serve qualifies: inherited at start
+    (systemd's ``LISTEN_FDS``) or made by the program, an inet or Unix socket that
+    is listening (stream) or bound (datagram). Every other descriptor, and every
+    socket pycluster opened itself (channels, hand-off sockets, the ports it serves,
+    the control socket), is refused with ``EBADF``: a worker must never obtain the
+    primary's own plumbing, nor another program's connection.
+    """
+
+    def refuse(why: str) -> OSError:
+        return OSError(errno.EBADF, f"descriptor {fd} is not a socket the primary serves: {why}")
+
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        raise refuse("not open in the primary") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise refuse("not a socket")
+    if internal((st.st_dev, st.st_ino)):
+        raise refuse("pycluster's own")
+    dup = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        raise refuse("not a usable socket") from None
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            raise refuse("not an inet or Unix socket")
+        if sock.type == socket.SOCK_STREAM:
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise refuse("a stream socket that is not listening")
+            if requested is not None:
+                sock.listen(effective_backlog(requested))
+        elif sock.type == socket.SOCK_DGRAM:
+            if not _bound(sock.getsockname()):
+                raise refuse("a datagram socket that is not bound")
+        else:
+            raise refuse("neither a stream nor a datagram socket")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
     """Create and bind (and for streams, listen on) the socket a query describes."""
     family, type_ = int(msg["family"]), int(msg["type"])
-    backlog = msg.get("backlog")
-    if msg.get("fd") is not None:
-        dup = os.dup(int(msg["fd"]))
-        try:
-            sock = socket.socket(fileno=dup)
-        except OSError:
-            os.close(dup)
-            raise
-        if sock.type == socket.SOCK_STREAM:
-            sock.listen(*(() if backlog is None else (backlog,)))
-        return sock
+    requested = msg.get("backlog")
+    backlog = effective_backlog(None if requested is None else int(requested))
     if family == socket.AF_UNIX:
         sock = socket.socket(socket.AF_UNIX, type_)
         try:
@@ -399,7 +478,6 @@ class RoundRobinServer(_Served):
                 os.close(conn)
         close_fds(self.handle.drain())
 
-
     def start_refusing(self) -> None:
         super().start_refusing()
         for fd in self.handle.drain():
@@ -431,8 +509,11 @@ class ServerTable:
         reactor: Reactor,
         policy: Callable[[], int],
         may_restart: Callable[[], bool],
+        internal: Callable[[Identity], bool] = lambda _: False,
     ) -> None:
         self.reactor = reactor
+        #: Whether a socket is one the primary opened for itself (channels, control).
+        self._internal = internal
         #: The cluster's scheduling policy (frozen by the first server).
         self._policy = policy
         #: Whether a worker that leaves now may be replaced (its ports then stay open).
@@ -458,6 +539,9 @@ class ServerTable:
                 int(msg["type"]),
                 msg.get("fd"),
             )
+            if key[4] is not None:
+                # A descriptor is one server whatever the worker guessed it to be.
+                key = (None, None, 0, 0, int(key[4]))
             handle = self._by_key.get(key)
             if handle is None:
                 handle = self._create(key, msg)
@@ -481,7 +565,10 @@ class ServerTable:
         handle_id = self._next_id
         given = None
         if msg.get("fd") is not None:
-            given = bind_socket(msg)
+            requested = msg.get("backlog")
+            given = given_socket(
+                int(msg["fd"]), None if requested is None else int(requested), self.is_internal
+            )
             type_ = given.type  # what the descriptor is, not what the worker guessed
         if policy == SCHED_REUSEPORT and type_ == socket.SOCK_STREAM and given is None:
             handle = ReusePortServer(self, handle_id, key, bind_socket(msg, reuse_port=True))
@@ -533,6 +620,20 @@ class ServerTable:
         """Stop routing to ``worker`` on every server."""
         for handle in [*self._by_id.values(), *self._draining]:
             handle.remove(worker)
+
+    def is_internal(self, ident: Identity) -> bool:
+        """Whether ``ident`` is a socket pycluster opened: never handed out by ``fd=N``."""
+        if self._internal(ident):
+            return True
+        for handle in [*self._by_id.values(), *self._draining]:
+            socks = [handle.sock]
+            if isinstance(handle, RoundRobinServer):
+                socks += handle.handoffs.values()
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    if sock.fileno() != -1 and identity(sock.fileno()) == ident:
+                        return True
+        return False
 
     def owns(self, handle: Handle) -> bool:
         """Whether ``handle`` is still listening."""
