@@ -214,6 +214,7 @@ class Primary:
             PYCLUSTER_CHANNEL_FD=str(child_sock.fileno()),
             PYCLUSTER_SERIALIZATION=s["serialization"],
             PYCLUSTER_WORKER_SLOT=str(slot),
+            PYCLUSTER_MAX_MESSAGE_SIZE=str(s["max_message_size"]),
         )
         status = StatusPage.create()
         backend.status = status
@@ -251,6 +252,7 @@ class Primary:
             self.reactor,
             lambda frame: self._on_frame(worker, frame),
             lambda exc: self.on_channel_closed(worker, exc),
+            max_payload=int(s["max_message_size"]),
             name=f"worker {worker_id} (pid {proc.pid})",
         )
         if self.supervisor is not None:

@@ -106,3 +106,83 @@ def test_fd_never_names_the_command_lines_control_socket(
     assert json.loads(line[line.index("{") :]) == {"allowed": []}
     command.proc.terminate()
     command.finish()
+
+
+MESSAGE_SIZE = """
+import json, os, struct, sys
+import pycluster as cluster
+
+def emit(**kw):
+    sys.stdout.write(json.dumps(kw) + "\\n")
+    sys.stdout.flush()
+
+LIMIT = 1 << 20
+
+def try_send(who, sender, size):
+    # JSON encodes a string of n characters in n + 2 bytes.
+    try:
+        sent = sender.send("x" * (size - 2))
+    except ValueError as exc:
+        emit(who=who, size=size, error="ValueError", names=str(LIMIT) in str(exc))
+    else:
+        emit(who=who, size=size, sent=sent)
+
+if cluster.is_primary:
+    cluster.setup_primary(max_message_size=LIMIT)
+    bad = cluster.fork({"ROLE": "bad"})
+    good = cluster.fork({"ROLE": "good"})
+    bad.on("disconnect", lambda: emit(event="bad disconnect"))
+    bad.on("exit", lambda code, sig: emit(event="bad exit", code=code))
+
+    @good.on("message")
+    def on_message(msg, handle):
+        if msg == "your turn":
+            try_send("primary", good, LIMIT + 1)  # refused, nothing sent
+            try_send("primary", good, LIMIT)  # the largest allowed
+        elif isinstance(msg, str):
+            emit(who="primary got", size=len(msg) + 2)
+        else:
+            emit(who="worker got", size=msg)
+            good.disconnect()
+
+    cluster.run()
+    emit(event="run returned")
+elif os.environ["ROLE"] == "bad":
+    # Announce one byte over the limit and trickle a little: the primary must
+    # cut this worker off at the header, not buffer what it announces.
+    raw = cluster.worker._backend.channel._sock
+    raw.sendall(struct.pack("!2sBBBBHQ", b"PC", 1, 1, 0, 0, 0, LIMIT + 1) + b"x" * 1000)
+    cluster.worker.wait_disconnected()
+else:
+    got = []
+    cluster.worker.on("message", lambda msg, handle: cluster.worker.send(len(msg) + 2))
+    try_send("worker", cluster.worker, LIMIT + 1)
+    try_send("worker", cluster.worker, LIMIT)
+    cluster.worker.send("your turn")
+    cluster.worker.wait_disconnected()
+"""
+
+
+def test_message_size_limit_both_ways(cluster_env: Cluster) -> None:
+    result = cluster_env.run(MESSAGE_SIZE, timeout=30)
+    assert result.returncode == 0, result.stderr
+    events = result.events()
+    limit = 1 << 20
+    # The worker announcing too much is cut off at once (its channel ends, it exits).
+    assert {"event": "bad disconnect"} in events
+    assert {"event": "bad exit", "code": 0} in events
+    assert f"exceeds the limit of {limit} bytes" in result.stderr
+    # send() over the limit raises in the sender and sends nothing; at the limit it goes.
+    sends = [e for e in events if e.get("who") in ("worker", "primary")]
+    assert sends == [
+        {"who": "worker", "size": limit + 1, "error": "ValueError", "names": True},
+        {"who": "worker", "size": limit, "sent": True},
+        {"who": "primary", "size": limit + 1, "error": "ValueError", "names": True},
+        {"who": "primary", "size": limit, "sent": True},
+    ]
+    # Each side received exactly the other's largest message.
+    assert [e for e in events if str(e.get("who")).endswith(" got")] == [
+        {"who": "primary got", "size": limit},
+        {"who": "worker got", "size": limit},
+    ]
+    assert events[-1] == {"event": "run returned"}
