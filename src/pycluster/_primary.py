@@ -94,11 +94,13 @@ class PrimaryBackend:
         worker = self.worker
         assert worker is not None
         self.primary.on_worker_disconnect_requested(worker)
+        # Signal first: a worker whose channel closes ends itself with status 0, and
+        # that must never win the race against the signal the caller asked for.
+        if self.process is not None:
+            self.process.send_signal(signum)
         if self.channel is not None and not self.channel.closed:
             self.channel.close()
             self.primary.reactor.post(self.primary.on_channel_closed, worker, None)
-        if self.process is not None:
-            self.process.send_signal(signum)
 
     def is_connected(self) -> bool:
         return self.channel is not None and not self.channel.closed
