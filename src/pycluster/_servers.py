@@ -145,6 +145,22 @@ def given_socket(
     return sock
 
 
+def shortest_path(path: Any) -> Any:
+    """The shorter of an absolute Unix socket path and the same path from our directory.
+
+    A worker resolves a relative name against its own directory; that absolute
+    path may not fit ``sun_path`` (108 bytes) while the path relative to the
+    primary's directory does. Node's primary binds the shorter one too.
+    """
+    if not isinstance(path, str) or not path.startswith("/"):
+        return path  # abstract names and anything unusual are bound as given
+    try:
+        relative = os.path.relpath(path)
+    except (OSError, ValueError):
+        return path
+    return relative if len(os.fsencode(relative)) < len(os.fsencode(path)) else path
+
+
 def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
     """Create and bind (and for streams, listen on) the socket a query describes."""
     family, type_ = int(msg["family"]), int(msg["type"])
@@ -153,7 +169,7 @@ def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
     if family == socket.AF_UNIX:
         sock = socket.socket(socket.AF_UNIX, type_)
         try:
-            sock.bind(msg["address"])
+            sock.bind(shortest_path(msg["address"]))
             if type_ == socket.SOCK_STREAM:
                 sock.listen(*(() if backlog is None else (backlog,)))
         except OSError:
@@ -579,8 +595,11 @@ class ServerTable:
         address = str(msg.get("address") or "")
         # A path this primary bound (not a given descriptor, not an abstract name).
         if given is None and handle.sock.family == socket.AF_UNIX and address[:1] not in ("", "\0"):
+            path = os.path.abspath(address)
+            # Bound perhaps by a shorter relative path: the worker's answer names the
+            # path it asked for, which is right from any directory.
+            handle.sockname = path
             with contextlib.suppress(OSError):
-                path = os.path.abspath(address)
                 handle.owned_path = (path, os.stat(path).st_ino)
         self._next_id += 1
         self._by_key[key] = handle
