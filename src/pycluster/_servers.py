@@ -186,8 +186,11 @@ def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
         )
     sock = socket.socket(family, type_)
     try:
-        if family == socket.AF_INET6 and msg.get("dualstack"):
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if family == socket.AF_INET6:
+            # As socket.create_server does for TCP, and for UDP too: an IPv6 socket
+            # leaves IPv4 to another socket on the same port unless asked for both.
+            dual = bool(msg.get("dualstack"))
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
         if reuse_port and address[1]:
             # SO_REUSEPORT would silently share the port with any other program of
             # this user (another cluster): a plain bind must succeed first.

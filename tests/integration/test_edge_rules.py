@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import Cluster
+from tests.integration.test_create_server import needs_ipv6
 
 KILL = """
 import json, sys
@@ -99,3 +100,43 @@ def test_relative_unix_path_too_long_from_the_worker_directory(cluster_env: Clus
         {"answer": "hello", "too_long": True},
         {"left": []},  # the socket file is removed on close
     ]
+
+
+UDP6 = """
+import json, socket
+import pycluster as cluster
+
+V6ONLY = (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+
+if cluster.is_primary:
+    worker = cluster.fork()
+    worker.on("message", lambda msg, handle: (print(json.dumps(msg), flush=True),
+                                              worker.disconnect()))
+    cluster.run()
+else:
+    u6 = cluster.create_server(("::", 0), family=socket.AF_INET6, type=socket.SOCK_DGRAM)
+    port = u6.getsockname()[1]
+    # A UDPv4 server shares the port number (Node's test-cluster-dgram-ipv6only).
+    u4 = cluster.create_server(("0.0.0.0", port), type=socket.SOCK_DGRAM)
+    # Another port (("::", 0) names u6's in this cluster); the wildcard address, since
+    # the kernel keeps a socket bound to ::1 IPv6-only whatever the option says.
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+        probe.bind(("::", 0))
+        other = probe.getsockname()[1]
+    dual = cluster.create_server(
+        ("::", other), family=socket.AF_INET6, type=socket.SOCK_DGRAM, dualstack_ipv6=True
+    )
+    cluster.worker.send({
+        "v6only": u6.getsockopt(*V6ONLY),
+        "v4_port": u4.getsockname()[1] == port,
+        "dual_v6only": dual.getsockopt(*V6ONLY),
+    })
+    cluster.worker.wait_disconnected()
+"""
+
+
+@needs_ipv6
+def test_udp_over_ipv6_leaves_ipv4_to_another_server(cluster_env: Cluster) -> None:
+    result = cluster_env.run(UDP6, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.events() == [{"v6only": 1, "v4_port": True, "dual_v6only": 0}]
