@@ -274,12 +274,23 @@ class Supervisor:
             for event, cb in handlers:
                 new.remove_listener(event, cb)
 
+        # A program that says when it is ready (cluster.worker.ready()) is waited
+        # for until it says so, even if it never listens; one that neither listens
+        # nor says so is ready once online, since there is nothing else to wait for.
+        says_ready = bool(getattr(old, "_ready", False))
+
         def ready(*_: Any) -> None:
             if new.is_dead() or done.done or ended is not None:
                 return
-            up = new.state in ("online", "listening") or getattr(new, "_ready", False)
-            listening = self._serving(new) >= need or getattr(new, "_ready", False)
-            if up and listening:
+            if getattr(new, "_ready", False):
+                is_ready = True
+            elif new.state not in ("online", "listening"):
+                is_ready = False
+            elif need:
+                is_ready = self._serving(new) >= need
+            else:
+                is_ready = not says_ready
+            if is_ready:
                 stop_waiting()
                 self._replacing.pop(new.id, None)
                 self._retire(old, done)

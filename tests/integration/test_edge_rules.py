@@ -140,3 +140,40 @@ def test_udp_over_ipv6_leaves_ipv4_to_another_server(cluster_env: Cluster) -> No
     result = cluster_env.run(UDP6, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.events() == [{"v6only": 1, "v4_port": True, "dual_v6only": 0}]
+
+
+READY_LATE = """
+import asyncio, json, time
+import pycluster as cluster
+
+if cluster.is_primary:
+    order = []
+
+    def track(worker):
+        worker.on("ready", lambda: order.append(["ready", worker.id]))
+        worker.on("disconnect", lambda: order.append(["disconnect", worker.id]))
+
+    async def main():
+        cluster.on("fork", track)
+        first = cluster.fork()
+        while not getattr(first, "_ready", False) and not first.is_dead():
+            await asyncio.sleep(0.05)
+        await cluster.reload()
+        print(json.dumps({"order": order}), flush=True)
+        await cluster.shutdown()
+
+    asyncio.run(main())
+else:
+    # Never listens: ready only when it says so, a second after it is online.
+    time.sleep(1.0)
+    cluster.worker.ready()
+    cluster.worker.wait_disconnected()
+"""
+
+
+def test_reload_waits_for_ready_of_a_worker_that_never_listens(cluster_env: Cluster) -> None:
+    result = cluster_env.run(READY_LATE, timeout=30)
+    assert result.returncode == 0, result.stderr
+    (report,) = result.events()
+    # The predecessor is disconnected only once its replacement said it is ready.
+    assert report["order"] == [["ready", 1], ["ready", 2], ["disconnect", 1]]
