@@ -235,7 +235,13 @@ class Supervisor:
         """Whether a worker that leaves now might be replaced (so keep its ports open)."""
         if self.stopping:
             return False
-        return bool(self.pending_slots) or self.settings.get("restart", "never") != "never"
+        # A worker killed for hanging is always replaced, whatever `restart` says: its
+        # ports stay for the replacement (port 0 included), as after a crash.
+        return (
+            bool(self.pending_slots)
+            or bool(self.hung)
+            or self.settings.get("restart", "never") != "never"
+        )
 
     def _settled(self, slot: int, generation: int | None = None) -> None:
         current = self.pending_slots.get(slot)
