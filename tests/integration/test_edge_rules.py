@@ -177,3 +177,41 @@ def test_reload_waits_for_ready_of_a_worker_that_never_listens(cluster_env: Clus
     (report,) = result.events()
     # The predecessor is disconnected only once its replacement said it is ready.
     assert report["order"] == [["ready", 1], ["ready", 2], ["disconnect", 1]]
+
+
+NONE_ADDRESS = """
+import json, socket
+import pycluster as cluster
+
+def attempt():
+    try:
+        cluster.create_server(None)
+    except TypeError as exc:
+        return "TypeError"
+    return "no error"
+
+def stdlib():
+    try:
+        socket.create_server(None)
+    except TypeError:
+        return "TypeError"
+    return "no error"
+
+if cluster.is_primary:
+    worker = cluster.fork()
+    worker.on("message", lambda msg, handle: (
+        print(json.dumps({"worker": msg, "primary": attempt(), "stdlib": stdlib()}), flush=True),
+        worker.disconnect()))
+    cluster.run()
+else:
+    cluster.worker.send(attempt())
+    cluster.worker.wait_disconnected()
+"""
+
+
+def test_create_server_none_is_a_type_error_as_in_the_stdlib(cluster_env: Cluster) -> None:
+    result = cluster_env.run(NONE_ADDRESS, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.events() == [
+        {"worker": "TypeError", "primary": "TypeError", "stdlib": "TypeError"}
+    ]
