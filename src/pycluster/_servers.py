@@ -96,9 +96,7 @@ def _bound(name: Any) -> bool:
     return bool(name)
 
 
-def given_socket(
-    fd: int, requested: int | None, internal: Callable[[Identity], bool]
-) -> socket.socket:
+def given_socket(fd: int, internal: Callable[[Identity], bool]) -> socket.socket:
     """A copy of the primary's descriptor ``fd`` for ``fd=N``, if it may be served.
 
     Only a socket the primary was given to serve qualifies: inherited at start
@@ -132,8 +130,8 @@ def given_socket(
         if sock.type == socket.SOCK_STREAM:
             if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 raise refuse("a stream socket that is not listening")
-            if requested is not None:
-                sock.listen(effective_backlog(requested))
+            # Its backlog is its giver's (systemd's Backlog=): a worker's small
+            # request_queue_size must not shrink it, so it is left alone.
         elif sock.type == socket.SOCK_DGRAM:
             if not _bound(sock.getsockname()):
                 raise refuse("a datagram socket that is not bound")
@@ -584,10 +582,7 @@ class ServerTable:
         handle_id = self._next_id
         given = None
         if msg.get("fd") is not None:
-            requested = msg.get("backlog")
-            given = given_socket(
-                int(msg["fd"]), None if requested is None else int(requested), self.is_internal
-            )
+            given = given_socket(int(msg["fd"]), self.is_internal)
             type_ = given.type  # what the descriptor is, not what the worker guessed
         if policy == SCHED_REUSEPORT and type_ == socket.SOCK_STREAM and given is None:
             handle = ReusePortServer(self, handle_id, key, bind_socket(msg, reuse_port=True))
