@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pycluster._ipc import serialization
 from pycluster._ipc.channel import ChannelClosedError, ThreadChannel
 from pycluster._ipc.fds import close_sent
-from pycluster._ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
+from pycluster._ipc.framing import DEFAULT_MAX_PAYLOAD, Codec, Frame, Kind, ProtocolError, close_fds
 from pycluster._ipc.messages import Act, Message, Requests, decode_internal, encode_internal
 from pycluster._signals import signal_number
 from pycluster._worker import Worker
@@ -45,6 +45,7 @@ ENV_CHANNEL = "PYCLUSTER_CHANNEL_FD"
 ENV_SERIALIZATION = "PYCLUSTER_SERIALIZATION"
 ENV_SLOT = "PYCLUSTER_WORKER_SLOT"
 ENV_STATUS = "PYCLUSTER_STATUS_FD"
+ENV_MAX_MESSAGE = "PYCLUSTER_MAX_MESSAGE_SIZE"
 
 
 class ThisProcess:
@@ -115,12 +116,19 @@ class ServerRegistry:
 class ChildRuntime:
     """The worker-side backend of ``cluster.worker``."""
 
-    def __init__(self, worker_id: int, sock: socket.socket, codec: Codec, slot: int | None) -> None:
+    def __init__(
+        self,
+        worker_id: int,
+        sock: socket.socket,
+        codec: Codec,
+        slot: int | None,
+        max_message_size: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
         self.codec = codec
         self.process = ThisProcess()
         self.requests = Requests()
         self.worker = Worker(worker_id, self, slot)
-        self.channel = ThreadChannel(sock, self._on_frame, self._on_close)
+        self.channel = ThreadChannel(sock, self._on_frame, self._on_close, max_message_size)
         self._disconnecting = False
         self._lock = threading.Lock()
         self._servers: ServerRegistry | None = None
@@ -328,6 +336,7 @@ def boot() -> ChildRuntime | None:
         raw_fd = os.environ.pop(ENV_CHANNEL, None)
         raw_codec = os.environ.pop(ENV_SERIALIZATION, "json")
         raw_status = os.environ.pop(ENV_STATUS, None)
+        raw_limit = os.environ.pop(ENV_MAX_MESSAGE, "")
         if os.environ.pop("PYCLUSTER_FAULTHANDLER", None):
             import faulthandler
 
@@ -346,7 +355,8 @@ def boot() -> ChildRuntime | None:
             raise RuntimeError(f"the IPC channel descriptor {fd} is not usable: {exc}") from exc
         slot_text = os.environ.get(ENV_SLOT)
         slot = int(slot_text) if slot_text and slot_text.isdigit() else None
-        rt = ChildRuntime(int(raw_id), sock, serialization.codec_named(raw_codec), slot)
+        limit = int(raw_limit) if raw_limit.isdigit() else DEFAULT_MAX_PAYLOAD
+        rt = ChildRuntime(int(raw_id), sock, serialization.codec_named(raw_codec), slot, limit)
         if raw_status is not None:
             from pycluster._status import StatusPage
 

@@ -28,6 +28,7 @@ from pycluster._ipc.framing import (
     Frame,
     Kind,
     ProtocolError,
+    check_size,
     close_fds,
     encode_header,
 )
@@ -106,6 +107,7 @@ class LoopChannel:
         self._reactor = reactor
         self._on_frame = on_frame
         self._on_close = on_close
+        self._max_payload = max_payload
         self._decoder = Decoder(max_payload)
         self._reader = ChunkReader(READ_SIZE)
         self._out: deque[_Pending] = deque()
@@ -127,7 +129,12 @@ class LoopChannel:
         fds: list[int] | None = None,
         callback: SendCallback | None = None,
     ) -> bool:
-        """Queue a frame; ``False`` if the channel is closed. Descriptors are duplicated."""
+        """Queue a frame; ``False`` if the channel is closed. Descriptors are duplicated.
+
+        A payload over the channel's limit raises ``ValueError`` and sends nothing.
+        """
+        if len(payload) > self._max_payload:
+            check_size(len(payload), self._max_payload)
         if self._closed:
             if callback is not None:
                 self._reactor.post(callback, ChannelClosedError("the IPC channel is closed"))
@@ -272,6 +279,7 @@ class ThreadChannel:
         self._sock = sock
         self._on_frame = on_frame
         self._on_close = on_close
+        self._max_payload = max_payload
         self._decoder = Decoder(max_payload)
         self._reader = ChunkReader(READ_SIZE)
         self._wlock = threading.Lock()
@@ -295,7 +303,12 @@ class ThreadChannel:
         return self._thread
 
     def send(self, kind: Kind, codec: Codec, payload: bytes, fds: list[int] | None = None) -> None:
-        """Write one frame, blocking until the kernel has all of it."""
+        """Write one frame, blocking until the kernel has all of it.
+
+        A payload over the channel's limit raises ``ValueError`` and sends nothing.
+        """
+        if len(payload) > self._max_payload:
+            check_size(len(payload), self._max_payload)
         fds = fds or []
         header = encode_header(kind, codec, len(payload), len(fds))
         with self._wlock:
