@@ -287,7 +287,7 @@ class _Served:
         else:
             host, port = (os.fsdecode(sockname) if sockname else None), None
         # The real kind of socket: for fd=N the worker could only guess it.
-        return {
+        fields = {
             "handle": self.id,
             "mode": self.mode,
             "host": host,
@@ -295,6 +295,12 @@ class _Served:
             "family": int(self.sock.family),
             "type": int(self.sock.type),
         }
+        if self.sock.family == socket.AF_UNIX:
+            # The name the kernel shows for the socket and its connections (perhaps a
+            # path relative to the primary's directory): what draining looks for.
+            bound = self.sock.getsockname()
+            fields["bound"] = os.fsdecode(bound) if isinstance(bound, (str, bytes)) else None
+        return fields
 
     def close(self) -> None:
         if self.grace is not None:

@@ -84,6 +84,8 @@ class Listener:
         self.family = int(sock.family)
         self.type = int(sock.type)
         self.sockname = sockname
+        #: The address as the kernel's tables show it (what draining looks for).
+        self.kernel_name: Any = sockname
         #: Round robin: a socket of the program's own kind, holding its options.
         self.shadow = shadow
         self.runtime = runtime
@@ -354,7 +356,7 @@ class Listener:
     # -- draining ------------------------------------------------------------------------------
     def open_connections(self) -> int:
         """Connections of this process on this listener's address that are still open."""
-        return connections_on(self.family, self.sockname)
+        return connections_on(self.family, self.kernel_name)
 
     def wait_drained(self, timeout: float | None = None) -> bool:
         """Wait until no connection on this listener's address is open."""
