@@ -61,15 +61,6 @@ def _closed(sock: socket.socket) -> bool:
         return True
 
 
-def address_type(family: int, type_: int) -> int | str:
-    """Node's ``addressType`` for a socket family and type."""
-    if family == socket.AF_UNIX:
-        return -1
-    if type_ == socket.SOCK_DGRAM:
-        return "udp6" if family == socket.AF_INET6 else "udp4"
-    return 6 if family == socket.AF_INET6 else 4
-
-
 #: Node's listen backlog, whatever the program asks for.
 MIN_BACKLOG = 511
 
