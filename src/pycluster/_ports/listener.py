@@ -158,9 +158,7 @@ class Listener:
             if not fds:
                 continue
             fd = fds[0]
-            try:
-                os.write(sock.fileno(), _ACK)
-            except OSError:
+            if not self.acknowledge(sock, fd):
                 # Not acknowledged (a disconnect shut the hand-off, or the primary is
                 # gone): the primary gives this connection to another worker.
                 os.close(fd)
@@ -169,6 +167,15 @@ class Listener:
             if self.inherited:
                 self._inherit(fd)
             return fd, peer(fd, self.family)
+
+    @staticmethod
+    def acknowledge(sock: socket.socket, fd: int) -> bool:
+        """Tell the primary this worker took connection ``fd`` (its copy may go)."""
+        try:
+            os.write(sock.fileno(), _ACK)
+        except OSError:
+            return False
+        return True
 
     def _ended(self, sock: socket.socket) -> tuple[int, Any]:
         """The hand-off socket reached its end: retired, closed, or the primary stopped."""
