@@ -198,7 +198,7 @@ class ChildRuntime:
                 raise ProtocolError(f"the primary may not send {act.value!r}")
             return
         try:
-            self.worker._deliver(lambda: self._open(frame))
+            self.worker._deliver(self._open, frame)
         except Exception:
             # A failing listener is the program's bug: report it as an uncaught
             # exception in a thread would be, and keep the channel alive.
@@ -213,9 +213,10 @@ class ChildRuntime:
             close_fds(frame.fds)
             _log().error("dropped a message from the primary: %s", exc)
             return None
-        handle = socket.socket(fileno=frame.fds[0]) if frame.fds else None
+        if not frame.fds:
+            return message, None
         close_fds(frame.fds[1:])
-        return message, handle
+        return message, socket.socket(fileno=frame.fds[0])
 
     def _on_close(self, error: BaseException | None) -> None:
         self.requests.fail_all(ChannelClosedError("the IPC channel to the primary closed"))

@@ -13,13 +13,51 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pycluster._ipc.framing import Codec
 
 # One encoder for every message: json.dumps() with options builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
-_JSON_DECODE = json.JSONDecoder().decode
+_JSON_DECODER = json.JSONDecoder()
+_JSON_DECODE = _JSON_DECODER.decode
+
+
+def _c_json() -> tuple[Callable[[Any, int], Any] | None, Callable[[str, int], Any] | None]:
+    """The C encoder and scanner behind ``json``, built once (``None`` where missing).
+
+    ``JSONEncoder.encode`` builds a new C encoder for every call and ``JSONDecoder.decode``
+    runs two regular expressions around the C scanner; for a small message these cost
+    more than the encoding itself. The encoder is built without circular-reference
+    markers (a shared markers dict would be unsafe across threads): a circular structure
+    ends in ``RecursionError``, which :func:`encode` reports as a circular structure.
+    """
+    from json import encoder, scanner
+
+    make_encoder = getattr(encoder, "c_make_encoder", None)
+    make_scanner = getattr(scanner, "c_make_scanner", None)
+    if make_encoder is None or make_scanner is None:
+        return None, None
+    try:
+        c_encoder = make_encoder(
+            None,  # markers: no circular check, see above
+            _JSON.default,
+            encoder.encode_basestring_ascii,  # what ensure_ascii=True uses
+            None,  # indent
+            ":",
+            ",",
+            False,  # sort_keys
+            False,  # skipkeys
+            True,  # allow_nan
+        )
+        c_scanner = make_scanner(_JSON_DECODER)
+    except TypeError:  # a signature this code does not know: use the stock paths
+        return None, None
+    return c_encoder, c_scanner
+
+
+_C_ENCODE, _C_SCAN = _c_json()
 
 
 class DecodeError(Exception):
@@ -125,6 +163,8 @@ def encode(message: Any, codec: Codec) -> bytes:
     """Encode a user message; raise ``TypeError`` naming the type that cannot be encoded."""
     if codec is Codec.JSON:
         try:
+            if _C_ENCODE is not None:
+                return "".join(_C_ENCODE(message, 0)).encode()
             return _JSON.encode(message).encode()
         except (TypeError, ValueError) as exc:
             raise TypeError(f"cannot send message with JSON serialization: {exc}") from exc
@@ -150,7 +190,19 @@ def decode(payload: bytes, codec: Codec, allow: AllowList | None) -> Any:
         if codec is Codec.JSON:
             # Decoding the text first skips json.loads' encoding detection for bytes;
             # what we send is always UTF-8.
-            return _JSON_DECODE(payload.decode())
+            text = payload.decode()
+            if _C_SCAN is not None:
+                # What pycluster sends has no whitespace around the value: one scan
+                # does. Anything else (or an error) takes the full decoder, which
+                # accepts what JSON allows and words the error.
+                try:
+                    value, end = _C_SCAN(text, 0)
+                except (StopIteration, ValueError):
+                    pass
+                else:
+                    if end == len(text):
+                        return value
+            return _JSON_DECODE(text)
         if allow is None:
             import pickle
 
