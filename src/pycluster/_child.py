@@ -39,6 +39,9 @@ def _log() -> logging.Logger:
 
 
 Closer = Callable[[], None]
+# Enum members looked up on their class cost about 0.1 us each in Python 3.11.
+_USER = Kind.USER
+_INTERNAL = Kind.INTERNAL
 
 ENV_ID = "PYCLUSTER_UNIQUE_ID"
 ENV_CHANNEL = "PYCLUSTER_CHANNEL_FD"
@@ -149,7 +152,7 @@ class ChildRuntime:
         payload = serialization.encode(message, self.codec)
         fds = [handle.fileno()] if handle is not None else None
         try:
-            self.channel.send(Kind.USER, self.codec, payload, fds)
+            self.channel.send(_USER, self.codec, payload, fds)
         except (ChannelClosedError, OSError) as exc:
             if callback is not None:
                 callback(
@@ -185,7 +188,7 @@ class ChildRuntime:
 
     # -- receiving -----------------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
-        if frame.kind is Kind.INTERNAL:
+        if frame.kind is _INTERNAL:
             act, msg = decode_internal(frame.payload)
             if act is Act.REPLY:
                 msg["_fds"] = frame.fds

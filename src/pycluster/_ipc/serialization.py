@@ -58,6 +58,9 @@ def _c_json() -> tuple[Callable[[Any, int], Any] | None, Callable[[str, int], An
 
 
 _C_ENCODE, _C_SCAN = _c_json()
+# An enum member looked up on its class costs about 0.1 us in Python 3.11; the message
+# path compares against module constants instead.
+_CODEC_JSON = Codec.JSON
 
 
 class DecodeError(Exception):
@@ -161,7 +164,7 @@ def _restricted_load(data: bytes, allow: AllowList) -> Any:
 
 def encode(message: Any, codec: Codec) -> bytes:
     """Encode a user message; raise ``TypeError`` naming the type that cannot be encoded."""
-    if codec is Codec.JSON:
+    if codec is _CODEC_JSON:
         try:
             if _C_ENCODE is not None:
                 return "".join(_C_ENCODE(message, 0)).encode()
@@ -187,7 +190,7 @@ def decode(payload: bytes, codec: Codec, allow: AllowList | None) -> Any:
     Raises :class:`DecodeError` for any failure, never the codec's own exceptions.
     """
     try:
-        if codec is Codec.JSON:
+        if codec is _CODEC_JSON:
             # Decoding the text first skips json.loads' encoding detection for bytes;
             # what we send is always UTF-8.
             text = payload.decode()
