@@ -41,6 +41,8 @@ def _log() -> logging.Logger:
 
 
 READ_SIZE = 256 * 1024
+#: Wake-ups without reading ahead after a read-ahead found nothing.
+_GUESS_PAUSE = 16
 #: Send buffer asked for on both ends of a channel.
 SEND_BUFFER = 1 << 20
 SMALL = 64 * 1024
@@ -150,6 +152,7 @@ class LoopChannel:
         self._lock = threading.Lock()
         self._closed = False
         self._writing = False
+        self._guess_pause = 0
         reactor.add_reader(self._fd, self._readable)
 
     @property
@@ -232,12 +235,17 @@ class LoopChannel:
         # Bounded so one chatty worker cannot starve the others on the loop; unless
         # ``exhaust``: then read until the socket is empty (a read stops at each
         # frame that carries descriptors, so a short read does not mean empty).
+        guessed = False  # whether this read only guesses that a reply came back
         for _ in range(_EXHAUST_READS if exhaust else 64):
             if self._closed:
                 return
             try:
                 data, fds = self._reader.read(self._sock)
             except (BlockingIOError, InterruptedError):
+                if guessed:
+                    # The worker answers from another CPU: stop guessing for a while
+                    # rather than pay for a failed read on every message.
+                    self._guess_pause = _GUESS_PAUSE
                 return
             except ProtocolError as exc:
                 self._protocol_error(exc)
@@ -261,13 +269,19 @@ class LoopChannel:
                         close_fds(rest.fds)
                     return
                 self._on_frame(frame)
-            if short and not exhaust and not frames:
-                return  # drained; the loop calls again when more comes
-            # After delivering frames, read once more before going back to the loop:
-            # a listener that answered its worker has often got the reply already (on
-            # one CPU, the worker runs as soon as it is written to), and taking it now
-            # saves a whole loop iteration and a poll. The bound above keeps the loop
-            # fair to other workers and timers.
+            guessed = False
+            if short and not exhaust:
+                if not frames:
+                    return  # drained; the loop calls again when more comes
+                if self._guess_pause:
+                    self._guess_pause -= 1
+                    return
+                # After delivering frames, read once more before going back to the
+                # loop: a listener that answered its worker has often got the reply
+                # already (on one CPU, the worker runs as soon as it is written to),
+                # and taking it now saves a loop iteration and a poll. The bound
+                # above keeps the loop fair to other workers and timers.
+                guessed = True
 
     def drain(self) -> None:
         """Read and deliver whatever the peer already wrote (used when it has exited)."""
