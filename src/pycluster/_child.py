@@ -39,6 +39,9 @@ def _log() -> logging.Logger:
 
 
 Closer = Callable[[], None]
+# Enum members looked up on their class cost about 0.1 us each in Python 3.11.
+_USER = Kind.USER
+_INTERNAL = Kind.INTERNAL
 
 ENV_ID = "PYCLUSTER_UNIQUE_ID"
 ENV_CHANNEL = "PYCLUSTER_CHANNEL_FD"
@@ -157,7 +160,7 @@ class ChildRuntime:
         payload = serialization.encode(message, self.codec)
         fds = [handle.fileno()] if handle is not None else None
         try:
-            self.channel.send(Kind.USER, self.codec, payload, fds)
+            self.channel.send(_USER, self.codec, payload, fds)
         except (ChannelClosedError, OSError) as exc:
             if callback is not None:
                 callback(
@@ -193,7 +196,7 @@ class ChildRuntime:
 
     # -- receiving -----------------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
-        if frame.kind is Kind.INTERNAL:
+        if frame.kind is _INTERNAL:
             act, msg = decode_internal(frame.payload)
             if act is Act.REPLY:
                 msg["_fds"] = frame.fds
@@ -206,7 +209,7 @@ class ChildRuntime:
                 raise ProtocolError(f"the primary may not send {act.value!r}")
             return
         try:
-            self.worker._deliver(lambda: self._open(frame))
+            self.worker._deliver(self._open, frame)
         except Exception:
             # A failing listener is the program's bug: report it as an uncaught
             # exception in a thread would be, and keep the channel alive.
@@ -221,9 +224,10 @@ class ChildRuntime:
             close_fds(frame.fds)
             _log().error("dropped a message from the primary: %s", exc)
             return None
-        handle = socket.socket(fileno=frame.fds[0]) if frame.fds else None
+        if not frame.fds:
+            return message, None
         close_fds(frame.fds[1:])
-        return message, handle
+        return message, socket.socket(fileno=frame.fds[0])
 
     def _on_close(self, error: BaseException | None) -> None:
         self.requests.fail_all(ChannelClosedError("the IPC channel to the primary closed"))

@@ -12,6 +12,7 @@ lifecycle of a worker, as the primary sees it::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -43,6 +44,8 @@ log = logging.getLogger("pycluster")
 SCHED_NONE = 1
 SCHED_RR = 2
 POLICY_NAMES = {"rr": SCHED_RR, "none": SCHED_NONE}
+# An enum member looked up on its class costs about 0.1 us in Python 3.11 (per message).
+_USER = Kind.USER
 
 
 class PrimaryBackend:
@@ -73,7 +76,7 @@ class PrimaryBackend:
                 self.primary.reactor.post(callback, ChannelClosedError("the IPC channel is closed"))
             return False
         fds = [handle.fileno()] if handle is not None else None
-        sent = channel.send(Kind.USER, self.codec, payload, fds, callback)
+        sent = channel.send(_USER, self.codec, payload, fds, callback)
         if sent and handle is not None and not keep_open:
             close_sent(handle)
         return sent
@@ -257,7 +260,7 @@ class Primary:
         backend.channel = LoopChannel(
             parent_sock,
             self.reactor,
-            lambda frame: self._on_frame(worker, frame),
+            functools.partial(self._on_frame, worker),  # one Python frame less per message
             lambda exc: self.on_channel_closed(worker, exc),
             max_payload=int(s["max_message_size"]),
             name=f"worker {worker_id} (pid {proc.pid})",
@@ -276,7 +279,7 @@ class Primary:
 
     # -- messages from workers ------------------------------------------------------------
     def _on_frame(self, worker: Worker, frame: Frame) -> None:
-        if frame.kind is Kind.USER:
+        if frame.kind is _USER:
             self._on_user_message(worker, frame)
             return
         try:
@@ -311,7 +314,7 @@ class Primary:
                 worker.emit("error", exc)
             return
         try:
-            handle = _socket_from_fds(frame.fds)
+            handle = _socket_from_fds(frame.fds) if frame.fds else None
         except OSError as exc:
             log.error(
                 "worker %d: dropped a message whose handle is not a socket: %s", worker.id, exc
