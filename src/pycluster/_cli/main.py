@@ -469,7 +469,7 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
         action=serveconf.ReplaceAppend,
         default=[],
         metavar="GLOB",
-        help="file names that trigger a reload (repeatable; default: *.py)",
+        help="more file names that trigger a reload (repeatable; *.py always does)",
     )
     development.add_argument(
         "--reload-exclude",

@@ -34,7 +34,7 @@ class SourceWatcher:
         for directory in self.dirs:
             if not os.path.isdir(directory):
                 raise CliError(f"--reload-dir {directory}: no such directory")
-        self.include = list(include) or list(DEFAULT_INCLUDE)
+        self.include = [*DEFAULT_INCLUDE, *include]
         self.exclude = list(exclude)
         default_filter = watchfiles.DefaultFilter()
 

@@ -27,7 +27,6 @@ import os
 import ssl
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, cast
 
@@ -41,6 +40,7 @@ from pycluster._cli.serveconf import (
     PASSWORD_ENV,
     AppLoadError,
     ServeConfig,
+    app_traceback,
     describe_load_error,
     detect_interface,
     load_app,
@@ -307,6 +307,8 @@ def _server_class() -> type:
 
             runtime = child.runtime()
             for listener in self.listeners:
+                if listener.fileno() < 0:
+                    continue  # closed by a disconnect that came while the app loaded
                 if isinstance(listener, net.RoundRobinListener):
                     handoff: Any = HandoffServer(loop, listener, create_protocol, self.config.ssl)
                     self.servers.append(handoff)
@@ -316,6 +318,8 @@ def _server_class() -> type:
                         factory, sock=listener, backlog=self.backlog, ssl=self.config.ssl
                     )
                     self.servers.append(server)
+            if not self.servers:
+                self.should_exit = True  # disconnected before serving: nothing to serve
             self._beat = loop.create_task(self._heartbeat())
 
         async def _heartbeat(self) -> None:
@@ -490,7 +494,7 @@ def _load(config: ServeConfig) -> tuple[Any, str]:
     except AppLoadError as exc:
         raise StartupError(describe_load_error(config.app, exc)) from None
     except Exception as exc:
-        raise StartupError(describe_load_error(config.app, exc), traceback.format_exc()) from None
+        raise StartupError(describe_load_error(config.app, exc), app_traceback(exc)) from None
     interface = config.interface
     if interface == "auto":
         interface = detect_interface(app)

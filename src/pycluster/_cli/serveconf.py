@@ -148,9 +148,26 @@ def describe_load_error(target: str, exc: BaseException) -> str:
     while tb is not None:  # the innermost frame: where the application failed
         where = f" ({tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno})"
         tb = tb.tb_next
-    if isinstance(exc, SyntaxError) and exc.filename:
-        where = f" ({exc.filename}, line {exc.lineno})"
+    if isinstance(exc, SyntaxError):
+        where = ""  # its message names the file and line already
     return f"cannot load the application {target}: {type(exc).__name__}: {exc}{where}"
+
+
+def app_traceback(exc: BaseException) -> str:
+    """The traceback of an application that failed to import, without pycluster's frames."""
+    import traceback
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith(("<frozen", here))
+        and not frame.filename.endswith(os.sep + "importlib" + os.sep + "__init__.py")
+    ]
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip("\n")
 
 
 def preload(config: ServeConfig) -> str:
@@ -163,9 +180,7 @@ def preload(config: ServeConfig) -> str:
     try:
         app = load_app(config.app, config.app_dir, config.factory)
     except Exception as exc:
-        import traceback
-
-        detail = "" if isinstance(exc, AppLoadError) else "\n" + traceback.format_exc()
+        detail = "" if isinstance(exc, AppLoadError) else "\n" + app_traceback(exc)
         raise CliError(describe_load_error(config.app, exc) + detail, 4) from None
     return detect_interface(app) if config.interface == "auto" else config.interface
 
