@@ -474,10 +474,12 @@ def _report(exc: StartupError) -> int:
     """Tell the primary why this worker cannot start (it logs it once); exit status."""
     worker = cluster.worker
     message = {"cmd": FATAL_CMD, "message": str(exc), "detail": exc.detail}
-    if worker is not None and worker.send(message):
-        log.debug("cannot start: %s", exc)
-    else:
+    if worker is None:
         log.error("%s%s", exc, f"\n{exc.detail}" if exc.detail else "")
+    elif not worker.send(message):
+        # The channel is closed: the primary is stopping (another worker told it
+        # the same) and has nobody to tell.
+        log.debug("cannot start: %s", exc)
     return EXIT_APP_LOAD
 
 
