@@ -176,7 +176,7 @@ def test_access_log_to_standard_output(cluster_env: Cluster, commands: Commands)
         commands,
         cluster_env,
         "envapp:app",
-        *("-w", "1", "-b", f"127.0.0.1:{port}", "--access-logfile", "-"),
+        *("-w", "1", "--host", "127.0.0.1", "--port", str(port), "--access-logfile", "-"),
     )
     request(port, path="/logged")
     command.wait_line('"GET /logged HTTP/1.1" 200')
@@ -290,6 +290,21 @@ def test_preload_and_uds(cluster_env: Cluster, commands: Commands) -> None:
             data += chunk
     assert data.startswith(b"HTTP/1.1 200") and b"\r\nhi None\r\n" in data, data
     stop(command)
+
+
+def test_gunicorn_and_uvicorn_spellings(monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = parsed(
+        ["serve", "--graceful-timeout", "7", "-t", "30", "-u", "0", "-p", "app.pid"]
+        + ["--timeout-keep-alive", "2", "--ssl-cert-reqs", "1", "--no-access-log", "a:b"],
+        monkeypatch,
+    )
+    assert (ns.setting_shutdown_timeout, ns.setting_timeout, ns.setting_uid) == (7.0, 30.0, 0)
+    assert (ns.pid, ns.keep_alive, ns.cert_reqs, ns.access_log) == (
+        "app.pid",
+        2.0,
+        "optional",
+        False,
+    )
 
 
 def test_bad_values_from_the_environment_name_the_variable(

@@ -105,3 +105,24 @@ def test_broken_code_leaves_the_old_workers_serving(
     command.proc.send_signal(signal.SIGTERM)
     code, output = command.finish()
     assert code == 0 and output.count("Traceback") == 1, output
+
+
+def test_an_app_broken_at_start_waits_for_the_fix(cluster_env: Cluster, commands: Commands) -> None:
+    write_version(cluster_env, "VERSION = (\n")  # broken from the start
+    cluster_env.write("versioned.py", VERSIONED_APP)
+    port = free_port()
+    control = str(cluster_env.tmp / "run" / "control.sock")
+    command = commands.start(
+        *("serve", "--control", control, "-w", "2", "-b", f"127.0.0.1:{port}", "--reload"),
+        "versioned:app",
+    )
+    command.wait_line("waiting for a change of the sources")
+    assert command.output.count("cannot load the application") == 1, command.output
+    assert command.proc.poll() is None  # the primary waits, with its watcher
+    write_version(cluster_env, "VERSION = 'repaired'\n")
+    command.wait_line("changed: starting the workers again")
+    wait_for_answer(port, "repaired")
+    command.wait_line("listening on", count=2)
+    command.proc.send_signal(signal.SIGTERM)
+    code, output = command.finish()
+    assert code == 0, output

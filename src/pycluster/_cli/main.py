@@ -117,8 +117,15 @@ def _control_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--name", help="the cluster's --name, to pick one of several")
 
 
-def _cluster_options(parser: argparse.ArgumentParser, groups: dict[str, Any] | None = None) -> None:
-    """The options ``run`` and ``serve`` share, placed in ``groups`` (by kind) if given."""
+def _cluster_options(
+    parser: argparse.ArgumentParser,
+    groups: dict[str, Any] | None = None,
+    aliases: dict[str, tuple[str, ...]] | None = None,
+) -> None:
+    """The options ``run`` and ``serve`` share, placed in ``groups`` (by kind) if given.
+
+    ``aliases``: more spellings of settings' options (gunicorn's and uvicorn's).
+    """
     if groups is None:
         cluster_group = parser.add_argument_group("cluster")
         groups = {
@@ -191,6 +198,7 @@ def _cluster_options(parser: argparse.ArgumentParser, groups: dict[str, Any] | N
             where = groups["supervision"]
         where.add_argument(
             "--" + option.name.replace("_", "-"),
+            *(aliases or {}).get(option.name, ()),
             dest=f"setting_{option.name}",
             type=_setting_type(option),
             metavar=option.metavar,
@@ -291,10 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: gunicorn's and uvicorn's spellings of settings, accepted by ``serve``.
+SERVE_ALIASES: dict[str, tuple[str, ...]] = {
+    "timeout": ("-t",),
+    "shutdown_timeout": ("--graceful-timeout", "--timeout-graceful-shutdown"),
+    "uid": ("-u", "--user"),
+    "gid": ("-g", "--group"),
+}
+
+
 def _serve_parser(sub: Any) -> argparse.ArgumentParser:
     """``pycluster serve``, its options grouped as gunicorn's documentation groups them."""
     serve: argparse.ArgumentParser = sub.add_parser(
         "serve",
+        usage="%(prog)s [options] MODULE:APP",
         help="serve a WSGI or ASGI application in N workers",
         description="Serve a WSGI or ASGI application with N workers (uvicorn's HTTP).",
         epilog=SERVE_EPILOG,
@@ -337,9 +355,19 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
             "worker settings": mechanics,
             "supervision": supervision,
         },
+        SERVE_ALIASES,
     )
     socket_group.add_argument(
         "--uds", metavar="PATH", help="listen on this Unix socket (as -b unix:PATH)"
+    )
+    socket_group.add_argument(
+        "--host", metavar="HOST", help="with --port, as uvicorn: -b HOST:PORT (default: 127.0.0.1)"
+    )
+    socket_group.add_argument(
+        "--port", type=_count, metavar="PORT", help="with --host, as uvicorn (default: 8000)"
+    )
+    socket_group.add_argument(
+        "--fd", type=_count, metavar="N", help="listen on inherited descriptor N (as -b fd://N)"
     )
     socket_group.add_argument(
         "--backlog", type=_positive, default=2048, metavar="N", help="default: 2048"
@@ -439,7 +467,10 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
         help="answer 413 to request bodies larger than this (bytes, or 10M; default: none)",
     )
     logging_group.add_argument(
-        "--access-log", action="store_true", help="log every request (to the log)"
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log every request to the log (default: off)",
     )
     logging_group.add_argument(
         "--access-logfile",
@@ -451,7 +482,9 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="FILE",
         help="logging.config dictConfig in JSON or TOML (.json, .toml), else fileConfig (.ini)",
     )
-    mechanics.add_argument("--pid", metavar="FILE", help="write the primary's pid to FILE")
+    mechanics.add_argument(
+        "-p", "--pid", metavar="FILE", help="write the primary's pid to FILE (removed at exit)"
+    )
     development.add_argument(
         "--reload",
         action="store_true",
@@ -560,6 +593,12 @@ def _cmd_cluster(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             )
         if ns.uds is not None:
             ns.bind = [*ns.bind, {"kind": "unix", "path": os.path.abspath(ns.uds)}]
+        if ns.host is not None or ns.port is not None:
+            host = "127.0.0.1" if ns.host is None else ns.host
+            port = 8000 if ns.port is None else ns.port
+            ns.bind = [*ns.bind, {"kind": "tcp", "host": host, "port": port}]
+        if ns.fd is not None:
+            ns.bind = [*ns.bind, {"kind": "fd", "fd": ns.fd}]
         if ns.keyfile_password is None:
             ns.keyfile_password = os.environ.get(serveconf.PASSWORD_ENV)
     if ns.workers is None:
@@ -622,7 +661,7 @@ def _reject_extras(parser: argparse.ArgumentParser, command: str, extras: list[s
     described = []
     for word in unknown:
         name = word.split("=", 1)[0]
-        close = difflib.get_close_matches(name, known, n=1)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
         described.append(f"{name} (did you mean {close[0]}?)" if close else name)
     sub.error(f"unknown option{'s' if len(unknown) > 1 else ''}: {', '.join(described)}")
 

@@ -104,6 +104,11 @@ def check_serve(ns: argparse.Namespace, bind_list: list[binds.Bind]) -> servecon
     return config
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("%s", future.exception())
+
+
 class ClusterApp:
     """The command line's primary: one per ``pycluster run`` / ``serve``."""
 
@@ -127,6 +132,10 @@ class ClusterApp:
         self.fatal: dict[int, dict[str, Any]] = {}
         self.reported: set[str] = set()
         self.reloader: Any = None
+        #: --reload with an application that cannot start: no worker runs until a
+        #: source file changes (set by the watcher, or by a stop).
+        self.waiting_for_fix = False
+        self.fixed: asyncio.Event | None = None
 
     # -- start and run ----------------------------------------------------------------------
     def _binds(self) -> list[binds.Bind]:
@@ -203,8 +212,20 @@ class ClusterApp:
             for _ in range(self.target):
                 cluster.fork()
             if getattr(self.ns, "reload", False):
+                self.fixed = asyncio.Event()
                 self.reloader = loop.create_task(self._watch_sources())
             await cluster.wait_closed()
+            while self.waiting_for_fix and not self.stopping and self.fixed is not None:
+                log.info("waiting for a change of the sources to start again")
+                await self.fixed.wait()
+                self.fixed.clear()
+                self.waiting_for_fix = False
+                if self.stopping:
+                    break
+                self.exit_code = 0
+                for _ in range(self.target):
+                    cluster.fork()
+                await cluster.wait_closed()
         finally:
             if self.reloader is not None:
                 self.reloader.cancel()
@@ -287,6 +308,8 @@ class ClusterApp:
         self.stopping = True
         self.notifier.stopping()
         log.info("%s: stopping gracefully", why)
+        if self.fixed is not None:
+            self.fixed.set()  # no longer waiting for a fix
         cluster.shutdown()
 
     def kill_all(self) -> None:
@@ -443,6 +466,15 @@ class ClusterApp:
             # New code that cannot start (a reload, a restart): the running workers
             # keep serving the old code; a reload reports its failure itself.
             log.error("worker %d could not start; the running workers keep serving", worker.id)
+        elif code == EXIT_APP_LOAD and self.fixed is not None:
+            # --reload: keep the primary (and its watcher) for the fix to come.
+            if not self.waiting_for_fix:
+                self.waiting_for_fix = True
+                self.exit_code = EXIT_APP_LOAD
+                log.error("the application could not start: fix it and save")
+                retired = cluster.scale(0)  # no restarts of the broken code meanwhile
+                if retired is not None:
+                    asyncio.ensure_future(retired).add_done_callback(_retrieve)
         elif code == EXIT_APP_LOAD:
             log.error("the application could not start: stopping")
             self._fail(EXIT_APP_LOAD)
@@ -463,6 +495,11 @@ class ClusterApp:
         async for changed in watcher.changes():
             if self.stopping:
                 return
+            if self.waiting_for_fix and self.fixed is not None:
+                log.info("%s changed: starting the workers again", changed)
+                self.reported.clear()
+                self.fixed.set()
+                continue
             log.info("%s changed: reloading", changed)
             self.reported.clear()
             try:
@@ -489,6 +526,6 @@ class ClusterApp:
         # The supervisor has logged the give-up and its reason already.
         self.exit_code = 1
         alive = [w for w in (cluster.workers or {}).values() if not w.is_dead()]
-        if not alive:
+        if not alive and not self.waiting_for_fix:
             with contextlib.suppress(RuntimeError):
                 self.stop("no worker left")
