@@ -8,6 +8,7 @@ once the new ones listen. New code that cannot start leaves the old workers serv
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -47,6 +48,8 @@ class SourceWatcher:
             return any(fnmatch.fnmatch(name, pattern) for pattern in self.include)
 
         self._filter = wanted
+        # watchfiles logs each batch at INFO; the primary says what changed itself.
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
     def describe(self) -> str:
         """The globs, for the log."""

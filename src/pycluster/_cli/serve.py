@@ -6,11 +6,19 @@ limit and graceful shutdown; it serves sockets it is given; and one server means
 set of options and one behaviour on reload. A WSGI application runs in a thread pool
 through a2wsgi, the adapter uvicorn itself recommends.
 
+The way through this module follows the data: the primary checked the options and
+sent a :class:`~pycluster._cli.serveconf.ServeConfig`; :func:`build_app` wraps the
+application (WSGI adapter, body limit, proxy headers); :func:`uvicorn_config` makes
+uvicorn's configuration (TLS included); :class:`ClusterServer <_server_class>` serves
+the cluster's listeners with it. A failure to start is sent to the primary, which
+reports it once for all workers.
+
 The listeners come from the primary. A shared listener (policy ``none``) is a real
 socket, served by the loop's own ``create_server(sock=...)``. A round-robin listener
 is served by :class:`HandoffServer`: the loop watches the hand-off socket, takes
 each connection and gives it to ``loop.connect_accepted_socket``, which works on
-uvloop as on asyncio, so round-robin keeps uvloop's speed.
+uvloop as on asyncio, so round-robin keeps uvloop's speed. Both take the TLS
+context, so every worker serves HTTPS under either policy.
 
 On ``worker.disconnect()`` (reload, scale-down, stop, recycling) uvicorn shuts down
 gracefully: it stops accepting, lets requests in progress finish, closes idle

@@ -21,7 +21,6 @@ import dataclasses
 import errno
 import importlib
 import inspect
-import json
 import os
 import socket
 import ssl
@@ -427,8 +426,3 @@ class ReplaceAppend(argparse.Action):
         given.add(self.dest)
         items.append(values)
         setattr(namespace, self.dest, items)
-
-
-def dump(config: ServeConfig) -> str:
-    """The configuration as the JSON a worker receives."""
-    return json.dumps(dataclasses.asdict(config))
