@@ -60,9 +60,9 @@ def test_a_changed_module_is_served_after_a_rolling_reload(
         commands,
         cluster_env,
         "versioned:app",
-        *("-w", "2", "-b", f"127.0.0.1:{port}", "--reload"),
+        *("-w", "2", "-b", f"127.0.0.1:{port}", "--reload", "--reload-dir", str(cluster_env.tmp)),
     )
-    command.wait_line("watching ")
+    command.wait_line(f"watching {cluster_env.tmp} for changes (*.py)")
     assert request(port) == (200, "one")
     write_version(cluster_env, "VERSION = 'two'\n")
     took = wait_for_answer(port, "two")
@@ -126,3 +126,16 @@ def test_an_app_broken_at_start_waits_for_the_fix(cluster_env: Cluster, commands
     command.proc.send_signal(signal.SIGTERM)
     code, output = command.finish()
     assert code == 0, output
+
+
+def test_a_missing_reload_dir_is_one_line_before_any_fork(
+    cluster_env: Cluster, commands: Commands
+) -> None:
+    cluster_env.write("versioned.py", VERSIONED_APP)
+    code, output = commands.run(
+        *("serve", "--no-control", "-w", "2", "-b", f"127.0.0.1:{free_port()}", "--reload"),
+        *("--reload-dir", "nowhere", "versioned:app"),
+    )
+    assert code == 2, output
+    assert "--reload-dir" in output and "nowhere: no such directory" in output
+    assert "started in slot" not in output and "Traceback" not in output, output

@@ -132,6 +132,7 @@ class ClusterApp:
         self.fatal: dict[int, dict[str, Any]] = {}
         self.reported: set[str] = set()
         self.reloader: Any = None
+        self.watcher: Any = None
         #: --reload with an application that cannot start: no worker runs until a
         #: source file changes (set by the watcher, or by a stop).
         self.waiting_for_fix = False
@@ -165,6 +166,14 @@ class ClusterApp:
         self.bind_list = self._binds()
         if self.ns.command == "serve":
             check_serve(self.ns, self.bind_list)
+            if self.ns.reload:
+                from pycluster._cli import reloader
+
+                self.watcher = reloader.SourceWatcher(
+                    self.ns.reload_dir or [self.ns.app_dir],
+                    self.ns.reload_include,
+                    self.ns.reload_exclude,
+                )
         spec = worker_spec(self.ns, self.bind_list)
         spec["policy"] = POLICY_NAMES.get(cluster.scheduling_policy, "rr")
         cluster.setup_primary(
@@ -211,7 +220,7 @@ class ClusterApp:
             )
             for _ in range(self.target):
                 cluster.fork()
-            if getattr(self.ns, "reload", False):
+            if self.watcher is not None:
                 self.fixed = asyncio.Event()
                 self.reloader = loop.create_task(self._watch_sources())
             await cluster.wait_closed()
@@ -413,6 +422,7 @@ class ClusterApp:
             self.addresses.append(where)
         log.info("worker %d (pid %s) listening on %s", worker.id, worker.process.pid, where)
         self.ever_listened = True
+        self.reported.clear()  # the application starts again: a new failure is news
         listening = [w for w in (cluster.workers or {}).values() if w.state == "listening"]
         if not self.ready_sent and len(listening) >= self.target:
             self.ready_sent = True
@@ -484,13 +494,7 @@ class ClusterApp:
 
     async def _watch_sources(self) -> None:
         """``--reload``: a rolling reload of every worker at once when a source file changes."""
-        from pycluster._cli import reloader
-
-        watcher = reloader.SourceWatcher(
-            self.ns.reload_dir or [self.ns.app_dir],
-            self.ns.reload_include,
-            self.ns.reload_exclude,
-        )
+        watcher = self.watcher
         log.info("watching %s for changes (%s)", ", ".join(watcher.dirs), watcher.describe())
         async for changed in watcher.changes():
             if self.stopping:

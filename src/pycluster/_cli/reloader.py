@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from pycluster._cli import CliError
+from pycluster._cli import EXIT_USAGE, CliError
 
 #: Short, so that a saved file is served within about a second; watchfiles' own
 #: default (1.6 s) is made for batches of changes, such as a checkout.
@@ -30,11 +30,13 @@ class SourceWatcher:
         try:
             import watchfiles
         except ImportError:
-            raise CliError("--reload needs watchfiles: pip install 'pycluster[serve]'") from None
+            raise CliError(
+                "--reload needs watchfiles: pip install 'pycluster[serve]'", EXIT_USAGE
+            ) from None
         self.dirs = [os.path.abspath(d) for d in dirs]
         for directory in self.dirs:
             if not os.path.isdir(directory):
-                raise CliError(f"--reload-dir {directory}: no such directory")
+                raise CliError(f"--reload-dir {directory}: no such directory", EXIT_USAGE)
         self.include = [*DEFAULT_INCLUDE, *include]
         self.exclude = list(exclude)
         default_filter = watchfiles.DefaultFilter()

@@ -398,15 +398,19 @@ class UnixPeers:
 
 
 def build_app(config: ServeConfig, app: Any, interface: str) -> tuple[Any, str]:
-    """The application as uvicorn serves it (adapters and middleware), and its interface."""
+    """The application as uvicorn serves it (adapters and middleware), and its interface.
+
+    The order, from the outside: proxy headers (so the rest sees the client), the body
+    limit, then the WSGI adapter or the ASGI 2 wrapper, then the application.
+    """
     if interface == "wsgi":
-        app = WSGIInputTerminated(app)
         try:
             from a2wsgi import WSGIMiddleware
         except ImportError:
-            log.warning("a2wsgi is not installed: using uvicorn's own WSGI adapter")
-            return app, "wsgi"
-        app = WSGIMiddleware(app, workers=config.threads)
+            raise StartupError(
+                "serving a WSGI application needs a2wsgi: pip install 'pycluster[serve]'"
+            ) from None
+        app = WSGIMiddleware(WSGIInputTerminated(app), workers=config.threads)
     elif inspect.isclass(app):
         from uvicorn.middleware.asgi2 import ASGI2Middleware
 
