@@ -421,8 +421,13 @@ def build_app(config: ServeConfig, app: Any, interface: str) -> tuple[Any, str]:
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
         trusted = [ip.strip() for ip in config.forwarded_allow_ips.split(",") if ip.strip()]
-        app = ProxyHeadersMiddleware(cast(Any, UnixPeers.restore(app)), trusted_hosts=trusted)
-        if "unix" in trusted:
+        # Only a Unix socket (or an inherited descriptor, which may be one) has
+        # peers without an address: TCP-only servers skip the two extra layers.
+        unix_peers = "unix" in trusted and any(b["kind"] != "tcp" for b in config.binds)
+        if unix_peers:
+            app = UnixPeers.restore(app)
+        app = ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=trusted)
+        if unix_peers:
             app = UnixPeers(app)
     return app, "asgi3"
 
