@@ -314,3 +314,28 @@ def test_bad_values_from_the_environment_name_the_variable(
         parsed(["serve", "app:app"], monkeypatch, PYCLUSTER_RELOAD="perhaps")
     assert "environment PYCLUSTER_RELOAD: must be true or false" in capsys.readouterr().err
     assert issubclass(CliError, Exception)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--log-config", "missing.json"), "--log-config missing.json"),
+        (("--log-config", "bad.toml"), "--log-config bad.toml"),
+        (("--env-file", "missing.env"), "--env-file missing.env: no such file"),
+        (("--access-logfile", "no/such/dir/access.log"), "No such file or directory"),
+        (("--pid", "no/such/dir/app.pid"), "--pid"),
+        (("--keyfile", "key.pem"), "--keyfile and --ca-certs need --certfile"),
+        (("--env", "NOT A PAIR"), "must be KEY=VALUE"),
+    ],
+)
+def test_bad_files_and_values_are_one_line_before_any_fork(
+    cluster_env: Cluster, commands: Commands, options: tuple[str, str], message: str
+) -> None:
+    cluster_env.write("envapp.py", ENV_APP)
+    cluster_env.write("bad.toml", "version = 1\nhandlers = 3\n")
+    code, output = commands.run(
+        "serve", "--no-control", "-w", "2", "-b", f"127.0.0.1:{free_port()}", *options, "envapp:app"
+    )
+    assert code == 2, output
+    assert message in output, output
+    assert "Traceback" not in output and "started in slot" not in output, output
