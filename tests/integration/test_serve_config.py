@@ -339,3 +339,20 @@ def test_bad_files_and_values_are_one_line_before_any_fork(
     assert code == 2, output
     assert message in output, output
     assert "Traceback" not in output and "started in slot" not in output, output
+
+
+@pytest.mark.parametrize("kind", ["datagram", "unbound"])
+def test_an_inherited_socket_that_cannot_serve_http_is_one_line(
+    cluster_env: Cluster, commands: Commands, kind: str
+) -> None:
+    cluster_env.write("envapp.py", ENV_APP)
+    sock_type = socket.SOCK_DGRAM if kind == "datagram" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, sock_type) as given:
+        fd = given.fileno()
+        code, output = commands.run(
+            "serve", "--no-control", "-w", "3", "--fd", str(fd), "envapp:app", pass_fds=(fd,)
+        )
+    assert code == 2, output
+    expected = "not a stream" if kind == "datagram" else "not bound to an address"
+    assert f"fd://{fd}" in output and expected in output, output
+    assert "Traceback" not in output and "started in slot" not in output, output

@@ -250,7 +250,9 @@ def check_binds(bind_list: list[dict[str, Any]]) -> None:
     the primary, which says it once.
     """
     for bind in bind_list:
-        if bind["kind"] == "tcp" and bind["port"] != 0:
+        if bind["kind"] == "fd":
+            _check_stream_fd(bind["fd"])
+        elif bind["kind"] == "tcp" and bind["port"] != 0:
             family = socket.AF_INET6 if ":" in bind["host"] else socket.AF_INET
             probe = socket.socket(family, socket.SOCK_STREAM)
             try:
@@ -270,6 +272,20 @@ def check_binds(bind_list: list[dict[str, Any]]) -> None:
                 os.unlink(bind["path"])
             finally:
                 probe.close()
+
+
+def _check_stream_fd(fd: int) -> None:
+    """An inherited descriptor to serve HTTP on must be a stream socket with an address."""
+    probe = socket.socket(fileno=fd)
+    try:
+        if probe.type != socket.SOCK_STREAM:
+            raise ValueError(f"fd://{fd}: descriptor {fd} is not a stream (TCP or Unix) socket")
+        name = probe.getsockname()
+        unbound = name in ("", b"") or (isinstance(name, tuple) and name[1] == 0)
+        if unbound:
+            raise ValueError(f"fd://{fd}: socket {fd} is not bound to an address")
+    finally:
+        probe.detach()  # the descriptor stays open, for the workers
 
 
 def listen_error(bind: dict[str, Any], exc: OSError) -> str:
