@@ -6,6 +6,7 @@ import http.client
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ async def app(scope, receive, send):
 """
 
 
-def make_cert(tmp: Path, name: str = "server") -> tuple[object, Path, Path]:
+def make_cert(tmp: Path, name: str = "server") -> tuple[Any, Path, Path]:
     """A certificate authority made for this test, and a server certificate it signed."""
     ca = trustme.CA()
     issued = ca.issue_cert("127.0.0.1", "localhost")
@@ -68,7 +69,7 @@ def test_every_worker_serves_https(
         *(spelling[0], str(cert), spelling[1], str(key)),
     )
     context = ssl.create_default_context()
-    ca.configure_trust(context)  # type: ignore[attr-defined]
+    ca.configure_trust(context)
     pids: set[str] = set()
     deadline = time.monotonic() + 20
     # Round robin alternates; a shared socket goes to whichever worker accepts first,
@@ -91,7 +92,7 @@ def test_a_client_certificate_can_be_required(cluster_env: Cluster, commands: Co
     cluster_env.write("pidapp.py", PID_APP)
     ca, cert, key = make_cert(cluster_env.tmp)
     ca_file = cluster_env.tmp / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))  # type: ignore[attr-defined]
+    ca.cert_pem.write_to_path(str(ca_file))
     port = free_port()
     command = serve(
         commands,
@@ -101,12 +102,12 @@ def test_a_client_certificate_can_be_required(cluster_env: Cluster, commands: Co
         *("--ssl-ca-certs", str(ca_file), "--ssl-cert-reqs", "2"),
     )
     anonymous = ssl.create_default_context()
-    ca.configure_trust(anonymous)  # type: ignore[attr-defined]
+    ca.configure_trust(anonymous)
     with pytest.raises((ssl.SSLError, ConnectionError)):
         https_get(port, anonymous)
     known = ssl.create_default_context()
-    ca.configure_trust(known)  # type: ignore[attr-defined]
-    ca.issue_cert("client@example.test").configure_cert(known)  # type: ignore[attr-defined]
+    ca.configure_trust(known)
+    ca.issue_cert("client@example.test").configure_cert(known)
     assert https_get(port, known).endswith(" https")
     stop(command)
 
