@@ -482,9 +482,11 @@ class ClusterApp:
                 self.waiting_for_fix = True
                 self.exit_code = EXIT_APP_LOAD
                 log.error("the application could not start: fix it and save")
-                retired = cluster.scale(0)  # no restarts of the broken code meanwhile
-                if retired is not None:
-                    asyncio.ensure_future(retired).add_done_callback(_retrieve)
+            # No restarts of the broken code meanwhile: each failing worker's restart
+            # (already scheduled when 'exit' comes) is cancelled, the others retired.
+            retired = cluster.scale(0)
+            if retired is not None:
+                asyncio.ensure_future(retired).add_done_callback(_retrieve)
         elif code == EXIT_APP_LOAD:
             log.error("the application could not start: stopping")
             self._fail(EXIT_APP_LOAD)
