@@ -32,7 +32,7 @@ from typing import Any
 from pycluster._ipc.framing import Codec, Kind, close_fds
 from pycluster._ipc.messages import Act, Message, encode_internal
 from pycluster._reactor import Reactor
-from pycluster._scheduling.round_robin import RoundRobinHandle
+from pycluster._scheduling.round_robin import DEFAULT_WINDOW, RoundRobinHandle
 from pycluster._scheduling.shared import SharedHandle
 from pycluster._worker import Worker
 
@@ -40,9 +40,21 @@ log = logging.getLogger("pycluster")
 
 SCHED_NONE, SCHED_RR, SCHED_REUSEPORT = 1, 2, 3
 ACCEPT_BATCH = 128
+#: Acknowledgements read from one worker per wake-up of the primary's loop.
+ACK_BATCH = 64
 _HANDOFF = [b"C"]
 _fd_bytes = struct.Struct("i").pack
 Key = tuple[Any, Any, int, int, Any]
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the other end of a hand-off socket is gone (its end read, not yet seen)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 def address_type(family: int, type_: int) -> int | str:
@@ -196,7 +208,9 @@ class RoundRobinServer(_Served):
     def __init__(self, table: ServerTable, handle_id: int, key: Key, sock: socket.socket) -> None:
         super().__init__(table, handle_id, key, sock)
         sock.setblocking(False)
-        self.handle: RoundRobinHandle[Worker, int] = RoundRobinHandle(self._busy)
+        self.handle: RoundRobinHandle[Worker, int] = RoundRobinHandle(
+            self._busy, window=table.window()
+        )
         self.handoffs: dict[Worker, socket.socket] = {}
         self.reactor = table.reactor
         self.reactor.add_reader(sock.fileno(), self._accept)
@@ -207,8 +221,9 @@ class RoundRobinServer(_Served):
         return status is not None and bool(status.busy)
 
     def add(self, worker: Worker, seq: int) -> None:
+        """A worker binds: its hand-off socket now; connections once it listens."""
         if worker in self.handoffs:
-            if worker in self.handle.members:
+            if worker in self.handle.members or not _closed(self.handoffs[worker]):
                 self.table.reply_error(
                     worker, seq, errno.EADDRINUSE, "this worker already listens here"
                 )
@@ -224,7 +239,11 @@ class RoundRobinServer(_Served):
             self.table.reply(worker, seq, self.reply_fields(), [theirs.fileno()])
         finally:
             theirs.close()
-        self._send(self.handle.add(worker))
+
+    def listening(self, worker: Worker) -> None:
+        """The worker's program listens: connections go to it from now on."""
+        if worker in self.handoffs and worker not in self.handle.members:
+            self._send(self.handle.add(worker))
 
     def _accept(self) -> None:
         # Drain the backlog in one wake-up: far fewer loop iterations under load.
@@ -256,26 +275,33 @@ class RoundRobinServer(_Served):
         sock = self.handoffs.get(worker)
         if sock is None:
             return
-        # One read per wake-up: with one hand-off in flight there is at most one
-        # answer waiting, and the loop calls again (level-triggered) if there is more.
-        try:
-            data = sock.recv(64)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._send(self._worker_gone(worker))
-            return
-        self._took(worker)
+        # One byte per connection the worker took, in the order they were sent: read
+        # every answer waiting, then hand out what the freed window allows at once.
+        handoffs: list[tuple[Worker, int]] = []
+        for _ in range(ACK_BATCH):
+            try:
+                data = sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._send(handoffs)
+                self._send(self._worker_gone(worker))
+                return
+            handoffs.extend(self._settle(worker))
+        self._send(handoffs)
 
-    def _took(self, worker: Worker) -> None:
+    def _settle(self, worker: Worker) -> list[tuple[Worker, int]]:
+        """``worker`` took its oldest hand-off: close our copy; what may go out now."""
         conn, more = self.handle.accepted(worker)
         if conn is not None:
             os.close(conn)
             self.table.counted(worker)
-        if more:
-            self._send(more)
+        return more
+
+    def _took(self, worker: Worker) -> None:
+        self._send(self._settle(worker))
 
     def _retire_handoff(self, worker: Worker) -> None:
         sock = self.handoffs[worker]
@@ -328,10 +354,7 @@ class RoundRobinServer(_Served):
             sock = self.handoffs.pop(worker)
             self.reactor.remove_reader(sock.fileno())
             sock.close()
-            conn = self.handle.inflight(worker)
-            self.handle.refused(worker)
-            if conn is not None:
-                os.close(conn)
+            self.handle.refused(worker)  # back to the queue, which is closed below
         close_fds(self.handle.drain())
 
 
@@ -339,13 +362,11 @@ class _Closing(RoundRobinHandle[Worker, int]):
     """A round-robin handle whose port is closed: refused connections are closed."""
 
     def __init__(self, old: RoundRobinHandle[Worker, int]) -> None:
-        super().__init__()
+        super().__init__(window=old.window)
         self._inflight = old._inflight
 
     def refused(self, worker: Worker) -> list[tuple[Worker, int]]:
-        entry = self._inflight.pop(worker, None)
-        if entry is not None:
-            os.close(entry[1])
+        close_fds([conn for _, conn in self._inflight.pop(worker, ())])
         return []
 
 
@@ -360,8 +381,11 @@ class ServerTable:
         reactor: Reactor,
         policy: Callable[[], int],
         may_restart: Callable[[], bool],
+        window: Callable[[], int] = lambda: DEFAULT_WINDOW,
     ) -> None:
         self.reactor = reactor
+        #: Hand-offs a worker may hold before taking one (the ``handoff_window`` setting).
+        self.window = window
         #: The cluster's scheduling policy (frozen by the first server).
         self._policy = policy
         #: Whether a worker that leaves now may be replaced (its ports then stay open).
@@ -449,6 +473,12 @@ class ServerTable:
     def queued(self) -> int:
         """Connections accepted by the primary and waiting for a free worker."""
         return sum(h.handle.queued for h in self._by_id.values() if isinstance(h, RoundRobinServer))
+
+    def listening(self, worker: Worker, msg: Message) -> None:
+        """A worker's program listens on one of its servers."""
+        handle = self._by_id.get(msg.get("handle", -1))
+        if isinstance(handle, RoundRobinServer):
+            handle.listening(worker)
 
     def worker_closed(self, worker: Worker, msg: Message) -> None:
         """A worker closed one of its servers."""

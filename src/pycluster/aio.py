@@ -1,12 +1,16 @@
 """asyncio integration: ``start_server`` and ``create_server`` that share their port.
 
-In a worker, the listener comes from the primary (see :mod:`pycluster._ports`) and is
-served by the running loop's own ``create_server(sock=...)``, so protocols,
-transports and TLS behave exactly as in asyncio. The returned server also:
+In a worker, the listening socket comes from the primary (see :mod:`pycluster._ports`)
+and is served by the running loop's own ``create_server(sock=...)``, so protocols,
+transports and TLS behave exactly as in asyncio; pycluster never wraps, patches or
+sets attributes on the protocols it creates (a protocol class with ``__slots__``, or
+one written in C, works). The returned server also:
 
 * ends ``serve_forever()`` normally (no ``CancelledError``) when pycluster closes it
   for ``worker.disconnect()``;
-* counts its connections, so a disconnect waits until they have finished;
+* makes a disconnect wait until its connections have ended, counted from the
+  kernel's tables, so a connection upgraded to a WebSocket (a new protocol on the
+  same transport) is still seen;
 * beats the worker's heartbeat from the loop, for hang detection.
 
 Outside a cluster these are ``asyncio.start_server`` / ``loop.create_server``.
@@ -15,6 +19,7 @@ Outside a cluster these are ``asyncio.start_server`` / ``loop.create_server``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,33 +35,31 @@ class Server:
     """An ``asyncio.Server`` whose port is shared with the other workers."""
 
     def __init__(
-        self, server: asyncio.AbstractServer, runtime: child.ChildRuntime, token: int | None
-    ):
+        self,
+        server: asyncio.AbstractServer | None,
+        runtime: child.ChildRuntime,
+        listener: net.Listener | None,
+    ) -> None:
         self._server = server
         self._runtime = runtime
+        self._listener = listener
         self._loop = asyncio.get_running_loop()
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._closed_by_cluster = False
         self._stopped = asyncio.Event()
         self._beat: asyncio.Task[None] | None = None
-        # No token (the listener already unregistered) or a refused take-over: a
-        # disconnect closed the listener while the server was being set up.
-        if token is None or not runtime.servers.replace(token, self._close_from_disconnect):
+        # No listener (a disconnect closed it while the server was being set up) or a
+        # refused take-over: there is nothing to serve.
+        if server is None or not net.replace_closer(listener, self._close_from_disconnect):
             self._closed_by_cluster = True
-            try:
-                server.close()
-            except ValueError:
-                pass
+            self._close_inner()
         if runtime.status is not None:
             self._beat = self._loop.create_task(self._heartbeat())
 
     # -- asyncio.Server's surface --------------------------------------------------------
     @property
     def sockets(self) -> tuple[Any, ...]:
-        """The listening sockets (for round-robin, the hand-off look-alike)."""
-        return tuple(getattr(self._server, "sockets", ()))
+        """The listening sockets."""
+        return tuple(getattr(self._server, "sockets", None) or ())
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         """The loop this server runs on."""
@@ -64,26 +67,44 @@ class Server:
 
     def is_serving(self) -> bool:
         """Whether the server accepts connections."""
-        return self._server.is_serving()
+        return self._server is not None and self._server.is_serving()
 
     def close(self) -> None:
         """Stop accepting; existing connections go on."""
         self._stopped.set()
-        try:
-            self._server.close()
-        except ValueError:
-            pass  # the listener was already closed by a disconnect: nothing to stop
+        self._close_inner()
         if self._beat is not None:
             self._beat.cancel()
 
+    def _close_inner(self) -> None:
+        if self._server is None:
+            return
+        try:
+            self._server.close()
+        except (OSError, ValueError):
+            pass  # the listener was already closed by a disconnect: nothing to stop
+
     async def wait_closed(self) -> None:
         """Wait until the server is closed and its connections have ended."""
-        await self._server.wait_closed()
-        await self._idle.wait()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self._drained()
+
+    async def _drained(self) -> None:
+        listener = self._listener
+        # Polled: the kernel's tables have no event to wait on.
+        while listener is not None and listener.open_connections():  # noqa: ASYNC110
+            await asyncio.sleep(net.DRAIN_POLL)
 
     async def start_serving(self) -> None:
         """Start accepting connections."""
-        await self._server.start_serving()
+        if self._server is not None and not self._closed_by_cluster:
+            await self._server.start_serving()
+            self._listening()
+
+    def _listening(self) -> None:
+        if self._listener is not None:
+            self._listener.listen()  # a loop that listens in C (uvloop) does not say so
 
     async def serve_forever(self) -> None:
         """Serve until closed; returns normally when pycluster disconnects the worker.
@@ -92,8 +113,7 @@ class Server:
         ending on close differs between asyncio and uvloop.
         """
         if not self._closed_by_cluster:
-            if not self._server.is_serving():
-                await self._server.start_serving()
+            await self.start_serving()
             try:
                 await self._stopped.wait()
             except asyncio.CancelledError:
@@ -103,7 +123,7 @@ class Server:
         if self._closed_by_cluster:
             # Requests in progress finish before the program goes on (and perhaps
             # ends, which would cancel their tasks mid-answer).
-            await self._idle.wait()
+            await self._drained()
             return
         raise asyncio.CancelledError  # closed by the program: as asyncio's serve_forever
 
@@ -115,15 +135,6 @@ class Server:
         await self.wait_closed()
 
     # -- pycluster's part ---------------------------------------------------------------
-    def _opened(self) -> None:
-        self._active += 1
-        self._idle.clear()
-
-    def _lost(self) -> None:
-        self._active -= 1
-        if self._active <= 0:
-            self._idle.set()
-
     async def _heartbeat(self) -> None:
         status = self._runtime.status
         while status is not None:
@@ -138,29 +149,110 @@ class Server:
 
         try:
             asyncio.run_coroutine_threadsafe(close(), self._loop).result()
-        except RuntimeError:
-            pass  # the loop is closed: nothing is served any more
+        except (RuntimeError, concurrent.futures.CancelledError):
+            pass  # the loop is closed, or the program ended it: nothing is served any more
 
 
-def _tracking(
-    factory: Callable[[], asyncio.BaseProtocol], holder: list[Server]
-) -> Callable[[], Any]:
-    def make() -> asyncio.BaseProtocol:
-        protocol = factory()
-        server = holder[0] if holder else None
-        if server is None:
-            return protocol
-        server._opened()
-        original = protocol.connection_lost
+class _HandoffServer(asyncio.AbstractServer):
+    """Round robin on a loop that accepts in C (uvloop): pycluster takes the hand-offs.
 
-        def connection_lost(exc: Exception | None) -> None:
+    The loop's own accept cannot read a hand-off socket, so this server watches it,
+    takes each connection with ``accept()`` and gives it to the loop's
+    ``connect_accepted_socket``, which makes the same transport its own accept would.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.BaseProtocol],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = factory
+        self._options = {k: v for k, v in kwargs.items() if k in _ACCEPTED_SOCKET_OPTIONS}
+        self._serving = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening socket, while open."""
+        return () if self._sock.fileno() == -1 else (self._sock,)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this server runs on."""
+        return self._loop
+
+    def is_serving(self) -> bool:
+        """Whether connections are taken."""
+        return self._serving
+
+    async def start_serving(self) -> None:
+        """Take connections from now on."""
+        if self._serving or self._sock.fileno() == -1:
+            return
+        self._serving = True
+        self._sock.setblocking(False)
+        self._sock.listen()
+        self._loop.add_reader(self._sock.fileno(), self._take)
+
+    def _take(self) -> None:
+        for _ in range(HANDOFF_BATCH):
             try:
-                original(exc)
-            finally:
-                server._lost()
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()  # the primary stopped handing connections to us
+                return
+            conn.setblocking(False)
+            start = self._loop.connect_accepted_socket(self._factory, conn, **self._options)
+            task = self._loop.create_task(start)
+            self._tasks.add(task)
+            task.add_done_callback(self._started)
 
-        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-        return protocol
+    def _started(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            import logging
+
+            logging.getLogger("pycluster").warning(
+                "a handed-over connection failed to start: %s", task.exception()
+            )
+
+    def close(self) -> None:
+        """Stop taking connections; those already taken go on."""
+        if self._serving:
+            self._serving = False
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        """Connections are waited for by :class:`Server` (from the kernel's tables)."""
+
+    async def serve_forever(self) -> None:
+        """Not used: :class:`Server` serves."""
+        raise NotImplementedError
+
+
+#: What ``create_server`` takes that ``connect_accepted_socket`` takes too.
+_ACCEPTED_SOCKET_OPTIONS = ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")
+#: Connections taken per wake-up of the loop.
+HANDOFF_BATCH = 64
+
+
+def _counting(
+    factory: Callable[[], asyncio.BaseProtocol], runtime: child.ChildRuntime
+) -> Callable[[], asyncio.BaseProtocol]:
+    """Counts connections where pycluster's accept does not see them (uvloop's C accept)."""
+    status = runtime.status
+    if status is None:
+        return factory
+
+    def make() -> asyncio.BaseProtocol:
+        status.count_connection()
+        return factory()
 
     return make
 
@@ -197,7 +289,6 @@ async def create_server(
         address[1],
         family=address[0],
         backlog=backlog,
-        policy=_policy_for(loop, address[1]),
     )
     return await _serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
 
@@ -222,52 +313,43 @@ async def create_unix_server(
         path,
         family=socket.AF_UNIX,
         backlog=backlog,
-        policy=_policy_for(loop, path),
     )
     return await _serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
-
-
-def _policy_for(loop: asyncio.AbstractEventLoop, address: Any) -> int | None:
-    """Shared policy for loops that accept in C (uvloop): they need a real socket."""
-    from asyncio.selector_events import BaseSelectorEventLoop
-
-    if isinstance(loop, BaseSelectorEventLoop):
-        return None
-    import logging
-
-    logging.getLogger("pycluster").warning(
-        "%s accepts connections in C, where round-robin cannot reach: "
-        "sharing the listening socket of %r instead (SCHED_NONE)",
-        type(loop).__name__,
-        address,
-    )
-    return 1  # SCHED_NONE
 
 
 async def _serve(
     loop: asyncio.AbstractEventLoop,
     runtime: child.ChildRuntime,
-    listener: Any,
+    listener: socket.socket,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     backlog: int,
     kwargs: dict[str, Any],
 ) -> Server:
-    holder: list[Server] = []
-    factory = _tracking(protocol_factory, holder)
-    try:
-        serving = listener.fileno() != -1
-        inner = await loop.create_server(
-            factory, sock=listener, backlog=backlog, start_serving=serving, **kwargs
-        )
-    except (OSError, ValueError):
-        if listener.fileno() != -1:
-            raise
+    from asyncio.selector_events import BaseSelectorEventLoop
+
+    if listener.fileno() == -1:
         # A disconnect closed the listener meanwhile: hand back a closed server.
+        return Server(None, runtime, None)
+    found = net.listener_of(listener)
+    factory = protocol_factory
+    start = kwargs.pop("start_serving", True)
+    inner: asyncio.AbstractServer
+    if isinstance(loop, BaseSelectorEventLoop):
         inner = await loop.create_server(
-            factory, sock=listener, backlog=backlog, start_serving=False, **kwargs
+            factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
         )
-    server = Server(inner, runtime, getattr(listener, "registry_token", None))
-    holder.append(server)
+    elif net.is_round_robin(listener):
+        inner = _HandoffServer(loop, listener, factory, kwargs)  # counted by its accept()
+        if start:
+            await inner.start_serving()
+    else:
+        factory = _counting(protocol_factory, runtime)  # the loop accepts in C, unseen
+        inner = await loop.create_server(
+            factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
+        )
+    server = Server(inner, runtime, found)
+    if start:
+        server._listening()
     return server
 
 

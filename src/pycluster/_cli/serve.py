@@ -32,6 +32,7 @@ import inspect
 import itertools
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -217,7 +218,7 @@ class HandoffServer:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        listener: net.RoundRobinListener,
+        listener: socket.socket,
         factory: Callable[[], asyncio.Protocol],
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -284,11 +285,8 @@ def _server_class() -> type:
             self.backlog = backlog
             self.finished = threading.Event()
             self._beat: asyncio.Task[None] | None = None
-            runtime = child.runtime()
             for listener in listeners:
-                token = listener.registry_token
-                if runtime is not None and token is not None:
-                    runtime.servers.replace(token, self.close_for_disconnect)
+                net.replace_closer(net.listener_of(listener), self.close_for_disconnect)
 
         async def startup(self, sockets: list[Any] | None = None) -> None:
             await super().startup(sockets=[])
@@ -317,7 +315,7 @@ def _server_class() -> type:
             for listener in self.listeners:
                 if listener.fileno() < 0:
                     continue  # closed by a disconnect that came while the app loaded
-                if isinstance(listener, net.RoundRobinListener):
+                if net.is_round_robin(listener):
                     handoff: Any = HandoffServer(loop, listener, create_protocol, self.config.ssl)
                     self.servers.append(handoff)
                 else:
