@@ -10,6 +10,9 @@ One module per role:
 * :mod:`~pycluster._cli.run`: makes an unchanged program's servers cluster-aware;
 * :mod:`~pycluster._cli.sockets`: the plain-socket part of that (``bind`` interception);
 * :mod:`~pycluster._cli.serve`: serves a WSGI or ASGI application with uvicorn;
+* :mod:`~pycluster._cli.serveconf`: ``serve``'s configuration (file, environment,
+  checks made before any fork);
+* :mod:`~pycluster._cli.reloader`: ``serve --reload``'s source watcher;
 * :mod:`~pycluster._cli.control`: the control socket and its client commands;
 * :mod:`~pycluster._cli.status`: the per-worker table (``status``, ``status --watch``);
 * :mod:`~pycluster._cli.metrics`: Prometheus metrics;

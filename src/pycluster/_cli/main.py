@@ -8,13 +8,14 @@ setting, its default, its check and its help are written once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from pycluster import _settings
-from pycluster._cli import EXIT_USAGE, CliError, logs
+from pycluster._cli import EXIT_USAGE, CliError, logs, serveconf
 
 DESCRIPTION = """\
 Run a Python server in several worker processes that share its port.
@@ -116,64 +117,88 @@ def _control_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--name", help="the cluster's --name, to pick one of several")
 
 
-def _cluster_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("cluster")
-    group.add_argument(
+def _cluster_options(
+    parser: argparse.ArgumentParser,
+    groups: dict[str, Any] | None = None,
+    aliases: dict[str, tuple[str, ...]] | None = None,
+) -> None:
+    """The options ``run`` and ``serve`` share, placed in ``groups`` (by kind) if given.
+
+    ``aliases``: more spellings of settings' options (gunicorn's and uvicorn's).
+    """
+    if groups is None:
+        cluster_group = parser.add_argument_group("cluster")
+        groups = {
+            "socket": cluster_group,
+            "workers": cluster_group,
+            "mechanics": cluster_group,
+            "logging": cluster_group,
+            "worker settings": parser.add_argument_group(
+                "workers", "where, as whom and how workers run"
+            ),
+            "supervision": parser.add_argument_group(
+                "keeping workers alive", "settings of cluster.setup_primary(), see docs"
+            ),
+        }
+    groups["workers"].add_argument(
         "-w",
         "--workers",
         type=_positive,
         metavar="N",
         help="worker processes (default: $WEB_CONCURRENCY, else the number of CPUs)",
     )
-    group.add_argument(
+    groups["socket"].add_argument(
         "-b",
         "--bind",
         type=_bind,
-        action="append",
+        action=serveconf.ReplaceAppend,
         default=[],
         metavar="ADDR",
         help="listen on HOST:PORT, [IPV6]:PORT, :PORT (all interfaces), PORT (127.0.0.1), "
         "unix:PATH or fd://N; "
         "repeatable (default for serve: 127.0.0.1:8000, or the sockets systemd passes)",
     )
-    group.add_argument(
+    groups["socket"].add_argument(
         "--policy",
         choices=("rr", "none", "reuseport"),
         help="rr: the primary accepts and hands each connection to the next free worker; "
         "none: workers accept on one shared socket; reuseport: the kernel balances "
         "(default: $PYCLUSTER_SCHED_POLICY, else rr)",
     )
-    group.add_argument(
+    mechanics = groups["mechanics"]
+    mechanics.add_argument(
         "--name",
         help="name of this cluster, for its control socket and `pycluster status --name`",
     )
-    group.add_argument(
+    mechanics.add_argument(
         "--control",
         metavar="PATH",
         help="control socket path (default: $XDG_RUNTIME_DIR/pycluster/NAME.sock, "
         "else /tmp/pycluster-UID/NAME.sock)",
     )
-    group.add_argument("--no-control", action="store_true", help="do not open a control socket")
-    group.add_argument(
+    mechanics.add_argument("--no-control", action="store_true", help="do not open a control socket")
+    mechanics.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus metrics there (needs prometheus-client)",
     )
-    group.add_argument(
+    groups["logging"].add_argument(
         "--log-level", choices=logs.LEVELS, default="info", help="default: %(default)s"
-    )
-    workers = parser.add_argument_group("workers", "where, as whom and how workers run")
-    supervision = parser.add_argument_group(
-        "keeping workers alive", "settings of cluster.setup_primary(), see docs"
     )
     for option in _settings.OPTIONS:
         if not option.cli:
             continue
         default = CLI_DEFAULTS.get(option.name, option.default())
         shown = "none" if default is None else default
-        where = workers if option.name in _WORKER_OPTIONS else supervision
+        if option.name in _WORKER_OPTIONS:
+            where = groups["worker settings"]
+        elif option.name in _LIFETIME_OPTIONS and "lifetime" in groups:
+            where = groups["lifetime"]
+        else:
+            where = groups["supervision"]
         where.add_argument(
             "--" + option.name.replace("_", "-"),
+            *(aliases or {}).get(option.name, ()),
             dest=f"setting_{option.name}",
             type=_setting_type(option),
             metavar=option.metavar,
@@ -182,6 +207,10 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
 
 
 _WORKER_OPTIONS = frozenset({"cwd", "uid", "gid", "serialization"})
+#: Settings that bound a worker's life: with the worker options of ``serve``, as gunicorn.
+_LIFETIME_OPTIONS = frozenset(
+    {"timeout", "max_requests", "max_requests_jitter", "max_memory", "shutdown_timeout"}
+)
 
 
 def settings_from(ns: argparse.Namespace) -> dict[str, Any]:
@@ -217,88 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_cluster)
     parser.set_defaults(run_parser=run)
 
-    serve = sub.add_parser(
-        "serve",
-        help="serve a WSGI or ASGI application in N workers",
-        description="Serve a WSGI or ASGI application with N workers (uvicorn's HTTP).",
-        epilog=SERVE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    serve.add_argument("app", metavar="MODULE:APP", help="the application, as module:attribute")
-    app = serve.add_argument_group("application")
-    app.add_argument(
-        "--interface",
-        choices=("auto", "wsgi", "asgi"),
-        default="auto",
-        help="WSGI or ASGI (default: auto, from the callable's signature)",
-    )
-    app.add_argument(
-        "--factory", action="store_true", help="APP is a function that returns the app"
-    )
-    app.add_argument(
-        "--app-dir", default=".", metavar="DIR", help="look for MODULE here (default: .)"
-    )
-    app.add_argument(
-        "--lifespan",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="ASGI lifespan events (default: auto)",
-    )
-    app.add_argument(
-        "--threads",
-        type=_positive,
-        default=10,
-        metavar="N",
-        help="threads per worker running a WSGI app (default: 10)",
-    )
-    http = serve.add_argument_group("HTTP")
-    http.add_argument(
-        "--loop",
-        choices=("auto", "asyncio", "uvloop"),
-        default="auto",
-        help="event loop (default: auto: uvloop if installed)",
-    )
-    http.add_argument(
-        "--http",
-        choices=("auto", "h11", "httptools"),
-        default="auto",
-        help="HTTP parser (default: auto: httptools if installed)",
-    )
-    http.add_argument(
-        "--keep-alive",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="close idle keep-alive connections after S seconds (default: 5)",
-    )
-    http.add_argument(
-        "--limit-request-body",
-        type=_size,
-        metavar="SIZE",
-        help="answer 413 to request bodies larger than this (bytes, or 10M; default: none)",
-    )
-    http.add_argument(
-        "--limit-concurrency",
-        type=_positive,
-        metavar="N",
-        help="answer 503 beyond N connections per worker (default: none)",
-    )
-    http.add_argument("--backlog", type=_positive, default=2048, metavar="N", help="default: 2048")
-    http.add_argument("--access-log", action="store_true", help="log every request")
-    http.add_argument("--root-path", default="", metavar="PATH", help="ASGI root_path")
-    http.add_argument(
-        "--proxy-headers",
-        action="store_true",
-        help="trust X-Forwarded-For/-Proto from --forwarded-allow-ips",
-    )
-    http.add_argument(
-        "--forwarded-allow-ips",
-        default="127.0.0.1",
-        metavar="IPS",
-        help="comma-separated proxies to trust (default: 127.0.0.1)",
-    )
-    _cluster_options(serve)
-    serve.set_defaults(handler=_cmd_cluster)
+    serve = _serve_parser(sub)
+    parser.set_defaults(serve_parser=serve)
 
     status = sub.add_parser(
         "status",
@@ -350,6 +299,274 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: gunicorn's and uvicorn's spellings of settings, accepted by ``serve``.
+SERVE_ALIASES: dict[str, tuple[str, ...]] = {
+    "timeout": ("-t",),
+    "shutdown_timeout": ("--graceful-timeout", "--timeout-graceful-shutdown"),
+    "uid": ("-u", "--user"),
+    "gid": ("-g", "--group"),
+}
+
+
+def _serve_parser(sub: Any) -> argparse.ArgumentParser:
+    """``pycluster serve``, its options grouped as gunicorn's documentation groups them."""
+    serve: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        usage="%(prog)s [options] MODULE:APP",
+        help="serve a WSGI or ASGI application in N workers",
+        description="Serve a WSGI or ASGI application with N workers (uvicorn's HTTP).",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "app",
+        nargs="?",
+        metavar="MODULE:APP",
+        help="the application, as module:attribute (or `app` in the config file)",
+    )
+    config = serve.add_argument_group(
+        "config file",
+        "every long option also comes from $PYCLUSTER_<OPTION> (PYCLUSTER_WORKERS=4)\n"
+        "or from a TOML file of long option names (workers = 4); the command line\n"
+        "wins over the environment, which wins over the file",
+    )
+    config.add_argument(
+        "-c", "--config", metavar="FILE", help="TOML file of options (keys: long option names)"
+    )
+    socket_group = serve.add_argument_group("server socket")
+    workers = serve.add_argument_group("worker processes")
+    tls = serve.add_argument_group("TLS (HTTPS)")
+    security = serve.add_argument_group("security")
+    logging_group = serve.add_argument_group("logging")
+    development = serve.add_argument_group("development")
+    app = serve.add_argument_group("application")
+    mechanics = serve.add_argument_group("server mechanics")
+    supervision = serve.add_argument_group(
+        "keeping workers alive", "settings of cluster.setup_primary(), see docs"
+    )
+    _cluster_options(
+        serve,
+        {
+            "socket": socket_group,
+            "workers": workers,
+            "lifetime": workers,
+            "mechanics": mechanics,
+            "logging": logging_group,
+            "worker settings": mechanics,
+            "supervision": supervision,
+        },
+        SERVE_ALIASES,
+    )
+    socket_group.add_argument(
+        "--uds", metavar="PATH", help="listen on this Unix socket (as -b unix:PATH)"
+    )
+    socket_group.add_argument(
+        "--host", metavar="HOST", help="with --port, as uvicorn: -b HOST:PORT (default: 127.0.0.1)"
+    )
+    socket_group.add_argument(
+        "--port", type=_count, metavar="PORT", help="with --host, as uvicorn (default: 8000)"
+    )
+    socket_group.add_argument(
+        "--fd", type=_count, metavar="N", help="listen on inherited descriptor N (as -b fd://N)"
+    )
+    socket_group.add_argument(
+        "--backlog", type=_positive, default=2048, metavar="N", help="default: 2048"
+    )
+    workers.add_argument(
+        "--threads",
+        type=_positive,
+        default=10,
+        metavar="N",
+        help="threads per worker running a WSGI app (default: 10)",
+    )
+    workers.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop (default: auto: uvloop if installed)",
+    )
+    workers.add_argument(
+        "--http",
+        choices=("auto", "h11", "httptools"),
+        default="auto",
+        help="HTTP parser (default: auto: httptools if installed)",
+    )
+    workers.add_argument(
+        "--keep-alive",
+        "--timeout-keep-alive",
+        dest="keep_alive",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="close idle keep-alive connections after S seconds (default: 5)",
+    )
+    workers.add_argument(
+        "--limit-concurrency",
+        type=_positive,
+        metavar="N",
+        help="answer 503 beyond N connections per worker (default: none)",
+    )
+    tls.add_argument(
+        "--certfile", "--ssl-certfile", dest="certfile", metavar="FILE", help="PEM certificate"
+    )
+    tls.add_argument(
+        "--keyfile",
+        "--ssl-keyfile",
+        dest="keyfile",
+        metavar="FILE",
+        help="PEM private key (default: in --certfile)",
+    )
+    tls.add_argument(
+        "--keyfile-password",
+        "--ssl-keyfile-password",
+        dest="keyfile_password",
+        metavar="TEXT",
+        help="password of an encrypted key (better: $PYCLUSTER_KEYFILE_PASSWORD)",
+    )
+    tls.add_argument(
+        "--ca-certs",
+        "--ssl-ca-certs",
+        dest="ca_certs",
+        metavar="FILE",
+        help="CA certificates that client certificates are checked against",
+    )
+    tls.add_argument(
+        "--cert-reqs",
+        "--ssl-cert-reqs",
+        dest="cert_reqs",
+        type=_cert_reqs,
+        default="none",
+        metavar="{none,optional,required}",
+        help="client certificates (uvicorn's and gunicorn's 0, 1, 2 too; default: none)",
+    )
+    tls.add_argument(
+        "--ciphers",
+        "--ssl-ciphers",
+        dest="ciphers",
+        metavar="LIST",
+        help="OpenSSL cipher list (default: Python's)",
+    )
+    security.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="trust X-Forwarded-For and X-Forwarded-Proto from --forwarded-allow-ips (default: on)",
+    )
+    security.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1,::1,unix",
+        metavar="IPS",
+        help="comma-separated proxies trusted: addresses, networks (10.0.0.0/8), 'unix' "
+        "for Unix-socket peers, or '*' (default: $FORWARDED_ALLOW_IPS, else "
+        "127.0.0.1,::1,unix)",
+    )
+    security.add_argument(
+        "--limit-request-body",
+        type=_size,
+        metavar="SIZE",
+        help="answer 413 to request bodies larger than this (bytes, or 10M; default: none)",
+    )
+    logging_group.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log every request to the log (default: off)",
+    )
+    logging_group.add_argument(
+        "--access-logfile",
+        metavar="FILE",
+        help="log every request to FILE ('-': standard output)",
+    )
+    logging_group.add_argument(
+        "--log-config",
+        metavar="FILE",
+        help="logging.config dictConfig in JSON or TOML (.json, .toml), else fileConfig (.ini)",
+    )
+    mechanics.add_argument(
+        "-p", "--pid", metavar="FILE", help="write the primary's pid to FILE (removed at exit)"
+    )
+    development.add_argument(
+        "--reload",
+        action="store_true",
+        help="replace the workers when a source file changes (needs watchfiles)",
+    )
+    development.add_argument(
+        "--reload-dir",
+        action=serveconf.ReplaceAppend,
+        default=[],
+        metavar="DIR",
+        help="watch DIR (repeatable; default: --app-dir)",
+    )
+    development.add_argument(
+        "--reload-include",
+        action=serveconf.ReplaceAppend,
+        default=[],
+        metavar="GLOB",
+        help="more file names that trigger a reload (repeatable; *.py always does)",
+    )
+    development.add_argument(
+        "--reload-exclude",
+        action=serveconf.ReplaceAppend,
+        default=[],
+        metavar="GLOB",
+        help="file names that never do (repeatable; hidden files, editors' swap files "
+        "and __pycache__ never do)",
+    )
+    app.add_argument(
+        "--interface",
+        choices=("auto", "wsgi", "asgi"),
+        default="auto",
+        help="WSGI or ASGI (default: auto, from the callable's signature)",
+    )
+    app.add_argument(
+        "--factory", action="store_true", help="APP is a function that returns the app"
+    )
+    app.add_argument(
+        "--app-dir",
+        dest="app_dir",
+        default=".",
+        metavar="DIR",
+        help="look for MODULE here (default: .)",
+    )
+    app.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ASGI lifespan events (default: auto)",
+    )
+    app.add_argument("--root-path", default="", metavar="PATH", help="ASGI root_path")
+    app.add_argument(
+        "-e",
+        "--env",
+        action=serveconf.ReplaceAppend,
+        type=serveconf.parse_env_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an environment variable for the application (repeatable)",
+    )
+    app.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="environment variables from a .env file (not overriding those already set)",
+    )
+    app.add_argument(
+        "--preload",
+        action="store_true",
+        help="import the application once in the primary before starting workers, so "
+        "that a broken one fails at once (workers still import it themselves)",
+    )
+    serve.set_defaults(handler=_cmd_cluster)
+    return serve
+
+
+def _cert_reqs(text: str) -> str:
+    words = {"0": "none", "1": "optional", "2": "required"}
+    word = words.get(text.strip(), text.strip().lower())
+    if word not in serveconf.CERT_REQS:
+        raise argparse.ArgumentTypeError(f"must be none, optional or required, not {text!r}")
+    return word
+
+
 def _size(text: str) -> int | None:
     try:
         return _settings.parse_size(text)
@@ -366,8 +583,24 @@ def _cmd_cluster(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             ns.script = None
         if ns.module is None and ns.script is None:
             parser.error("run needs a SCRIPT (or -m MODULE)")
-    elif ":" not in ns.app:
-        parser.error(f"the application must be MODULE:APP, as in myapp:app, not {ns.app!r}")
+    else:
+        serve_parser = parser.get_default("serve_parser")
+        if ns.app is None:
+            serve_parser.error("serve needs MODULE:APP (or `app` in the -c config file)")
+        if ":" not in ns.app:
+            serve_parser.error(
+                f"the application must be MODULE:APP, as in myapp:app, not {ns.app!r}"
+            )
+        if ns.uds is not None:
+            ns.bind = [*ns.bind, {"kind": "unix", "path": os.path.abspath(ns.uds)}]
+        if ns.host is not None or ns.port is not None:
+            host = "127.0.0.1" if ns.host is None else ns.host
+            port = 8000 if ns.port is None else ns.port
+            ns.bind = [*ns.bind, {"kind": "tcp", "host": host, "port": port}]
+        if ns.fd is not None:
+            ns.bind = [*ns.bind, {"kind": "fd", "fd": ns.fd}]
+        if ns.keyfile_password is None:
+            ns.keyfile_password = os.environ.get(serveconf.PASSWORD_ENV)
     if ns.workers is None:
         ns.workers = default_workers()
     ns.settings = settings_from(ns)
@@ -410,6 +643,48 @@ def split_module_args(
     return argv, None
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    return parser
+
+
+def _reject_extras(parser: argparse.ArgumentParser, command: str, extras: list[str]) -> None:
+    """Name unknown options as such, with the command's own usage line (exits 2)."""
+    sub = _subparser(parser, command)
+    unknown = [word for word in extras if word.startswith("-") and word != "-"]
+    if not unknown:
+        sub.error(f"unexpected argument(s): {' '.join(extras)}")
+    known = [o for o in sub._option_string_actions if o.startswith("--")]
+    described = []
+    for word in unknown:
+        name = word.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    sub.error(f"unknown option{'s' if len(unknown) > 1 else ''}: {', '.join(described)}")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``serve``, with options from $PYCLUSTER_* and ``-c FILE`` under it."""
+    ns, extras = parser.parse_known_args(argv)
+    if extras:
+        _reject_extras(parser, ns.command, extras)
+    if ns.command != "serve":
+        return ns
+    serve = _subparser(parser, "serve")
+    try:
+        defaults = serveconf.layered_defaults(serve, ns.config, os.environ)
+    except CliError as exc:
+        serve.error(str(exc))
+    if not defaults:
+        return ns
+    serve.set_defaults(**defaults)
+    ns, extras = parser.parse_known_args(argv)
+    return ns
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the command."""
     parser = build_parser()
@@ -417,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     module_args: list[str] | None = None
     if argv and argv[0] == "run":
         argv, module_args = split_module_args(parser.get_default("run_parser"), argv)
-    ns = parser.parse_args(argv)
+    ns = parse(parser, argv)
     if module_args is not None:
         ns.args = [*ns.args, *module_args]
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pycluster as cluster
-from pycluster._cli import EXIT_APP_LOAD, EXIT_USAGE, CliError, binds, logs, systemd
+from pycluster._cli import EXIT_APP_LOAD, EXIT_USAGE, CliError, binds, logs, serveconf, systemd
 
 log = logging.getLogger("pycluster._cli")
 
@@ -47,12 +48,18 @@ POLICY_NAMES = {v: k for k, v in POLICIES.items()}
 
 def main(ns: argparse.Namespace) -> int:
     """Run the cluster ``ns`` describes until it ends; returns the exit status."""
-    logs.configure(ns.log_level, "primary")
+    log_config = getattr(ns, "log_config", None)
+    try:
+        logs.configure(ns.log_level, "primary", log_config)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     app = ClusterApp(ns)
     try:
         return asyncio.run(app.run())
     except ValueError as exc:  # bad settings or environment, named by the library
         raise CliError(str(exc), EXIT_USAGE) from None
+    finally:
+        app.remove_pid_file()
 
 
 def worker_spec(ns: argparse.Namespace, bind_list: list[binds.Bind]) -> dict[str, Any]:
@@ -68,13 +75,38 @@ def worker_spec(ns: argparse.Namespace, bind_list: list[binds.Bind]) -> dict[str
             spec.update(script=None, module=ns.module)
         spec["args"] = list(ns.args)
         return spec
-    keys = (
-        "app interface factory lifespan threads loop http keep_alive limit_request_body "
-        "limit_concurrency backlog access_log root_path proxy_headers forwarded_allow_ips"
-    )
-    spec.update({key: getattr(ns, key) for key in keys.split()})
-    spec["app_dir"] = os.path.abspath(ns.app_dir)
+    config = serveconf.ServeConfig.from_namespace(ns, bind_list)
+    spec["log_config"] = os.path.abspath(ns.log_config) if ns.log_config else None
+    spec["serve"] = dataclasses.asdict(config)
     return spec
+
+
+def check_serve(ns: argparse.Namespace, bind_list: list[binds.Bind]) -> serveconf.ServeConfig:
+    """Everything about ``serve`` that would fail in every worker alike: one line, now.
+
+    Also sets the application's environment (``--env-file``, ``--env``), which the
+    workers inherit, and with ``--preload`` imports the application here.
+    """
+    serveconf.apply_env(ns.env, ns.env_file)
+    config = serveconf.ServeConfig.from_namespace(ns, bind_list)
+    try:
+        serveconf.tls_context(config, ns.keyfile_password)
+        if config.access_logfile not in (None, "-"):
+            serveconf.check_writable("--access-logfile", config.access_logfile)
+        serveconf.check_binds(bind_list)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if ns.keyfile_password is not None:
+        os.environ[serveconf.PASSWORD_ENV] = ns.keyfile_password
+    if ns.preload:
+        ns.interface = serveconf.preload(config)
+        log.info("preloaded %s: %s application", config.app, ns.interface.upper())
+    return config
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("%s", future.exception())
 
 
 class ClusterApp:
@@ -95,6 +127,16 @@ class ClusterApp:
         self.control: Any = None
         self.bind_list: list[binds.Bind] = []
         self.metrics: Any = None
+        self.pid_file: str | None = None
+        #: Start-up failures workers reported (serveconf.FATAL_CMD), by worker id.
+        self.fatal: dict[int, dict[str, Any]] = {}
+        self.reported: set[str] = set()
+        self.reloader: Any = None
+        self.watcher: Any = None
+        #: --reload with an application that cannot start: no worker runs until a
+        #: source file changes (set by the watcher, or by a stop).
+        self.waiting_for_fix = False
+        self.fixed: asyncio.Event | None = None
 
     # -- start and run ----------------------------------------------------------------------
     def _binds(self) -> list[binds.Bind]:
@@ -122,6 +164,16 @@ class ClusterApp:
         if cwd is not None and not os.path.isdir(cwd):
             raise CliError(f"--cwd {cwd}: no such directory", EXIT_USAGE)
         self.bind_list = self._binds()
+        if self.ns.command == "serve":
+            check_serve(self.ns, self.bind_list)
+            if self.ns.reload:
+                from pycluster._cli import reloader
+
+                self.watcher = reloader.SourceWatcher(
+                    self.ns.reload_dir or [self.ns.app_dir],
+                    self.ns.reload_include,
+                    self.ns.reload_exclude,
+                )
         spec = worker_spec(self.ns, self.bind_list)
         spec["policy"] = POLICY_NAMES.get(cluster.scheduling_policy, "rr")
         cluster.setup_primary(
@@ -129,6 +181,26 @@ class ClusterApp:
         )
         for event in ("fork", "online", "listening", "disconnect", "exit", "restart", "give_up"):
             cluster.on(event, getattr(self, f"_on_{event}"))
+        cluster.on("message", self._on_message)
+        if getattr(self.ns, "pid", None):
+            self._write_pid_file(self.ns.pid)
+
+    def _write_pid_file(self, path: str) -> None:
+        path = os.path.abspath(path)
+        try:
+            Path(path).write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            raise CliError(f"--pid {path}: {exc.strerror}", EXIT_USAGE) from None
+        self.pid_file = path
+
+    def remove_pid_file(self) -> None:
+        """Remove the ``--pid`` file, if it is still this primary's."""
+        if self.pid_file is None:
+            return
+        with contextlib.suppress(OSError):
+            if Path(self.pid_file).read_text().strip() == str(os.getpid()):
+                os.unlink(self.pid_file)
+        self.pid_file = None
 
     async def run(self) -> int:
         """Set up, fork, serve until no worker is left; returns the exit status."""
@@ -148,8 +220,26 @@ class ClusterApp:
             )
             for _ in range(self.target):
                 cluster.fork()
+            if self.watcher is not None:
+                self.fixed = asyncio.Event()
+                self.reloader = loop.create_task(self._watch_sources())
             await cluster.wait_closed()
+            while self.waiting_for_fix and not self.stopping and self.fixed is not None:
+                log.info("waiting for a change of the sources to start again")
+                await self.fixed.wait()
+                self.fixed.clear()
+                self.waiting_for_fix = False
+                if self.stopping:
+                    break
+                self.exit_code = 0
+                for _ in range(self.target):
+                    cluster.fork()
+                await cluster.wait_closed()
         finally:
+            if self.reloader is not None:
+                self.reloader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.reloader
             for signum in handled:
                 loop.remove_signal_handler(signum)
             if watchdog is not None:
@@ -239,6 +329,8 @@ class ClusterApp:
         self.stopping = True
         self.notifier.stopping()
         log.info("%s: stopping gracefully", why)
+        if self.fixed is not None:
+            self.fixed.set()  # no longer waiting for a fix
         cluster.shutdown()
 
     def kill_all(self) -> None:
@@ -342,6 +434,7 @@ class ClusterApp:
             self.addresses.append(where)
         log.info("worker %d (pid %s) listening on %s", worker.id, worker.process.pid, where)
         self.ever_listened = True
+        self.reported.clear()  # the application starts again: a new failure is news
         listening = [w for w in (cluster.workers or {}).values() if w.state == "listening"]
         if not self.ready_sent and len(listening) >= self.target:
             self.ready_sent = True
@@ -351,6 +444,24 @@ class ClusterApp:
     def _on_disconnect(self, worker: cluster.Worker) -> None:
         log.info("worker %d (pid %s) disconnected", worker.id, worker.process.pid)
 
+    def _on_message(self, worker: cluster.Worker, message: Any, *_: Any) -> None:
+        if isinstance(message, dict) and message.get("cmd") == serveconf.FATAL_CMD:
+            self.fatal[worker.id] = message
+
+    def _report_fatal(self, worker: cluster.Worker) -> None:
+        """Log what a worker could not start with, once for all workers failing alike."""
+        fatal = self.fatal.pop(worker.id, None)
+        if fatal is None:
+            return
+        text = str(fatal.get("message"))
+        if text in self.reported:
+            return
+        self.reported.add(text)
+        log.error("%s", text)
+        detail = fatal.get("detail")
+        if detail:
+            log.error("the application's traceback (worker %d):\n%s", worker.id, detail)
+
     def _on_exit(self, worker: cluster.Worker, code: int | None, sig: str | None) -> None:
         how = f"signal {sig}" if sig else f"code {code}"
         pid = worker.process.pid
@@ -358,7 +469,13 @@ class ClusterApp:
             log.info("worker %d (pid %s) exited (%s)", worker.id, pid, how)
             return
         failed = sig is not None or code != 0
-        (log.warning if failed else log.info)("worker %d (pid %s) exited (%s)", worker.id, pid, how)
+        if code == EXIT_APP_LOAD:
+            self._report_fatal(worker)
+            log.info("worker %d (pid %s) exited (%s)", worker.id, pid, how)
+        else:
+            (log.warning if failed else log.info)(
+                "worker %d (pid %s) exited (%s)", worker.id, pid, how
+            )
         if not failed or self.stopping:
             return
         # A crash the supervisor recovers from is not the cluster's failure: only one
@@ -366,16 +483,52 @@ class ClusterApp:
         # status non-zero.
         if (cluster.settings or {}).get("restart", "never") == "never":
             self.exit_code = 1
-        if code == EXIT_APP_LOAD:
-            log.error("the application could not be loaded (see above): stopping")
+        serving = any(w.state == "listening" for w in (cluster.workers or {}).values())
+        if code == EXIT_APP_LOAD and serving:
+            # New code that cannot start (a reload, a restart): the running workers
+            # keep serving the old code; a reload reports its failure itself.
+            log.error("worker %d could not start; the running workers keep serving", worker.id)
+        elif code == EXIT_APP_LOAD and self.fixed is not None:
+            # --reload: keep the primary (and its watcher) for the fix to come.
+            if not self.waiting_for_fix:
+                self.waiting_for_fix = True
+                self.exit_code = EXIT_APP_LOAD
+                log.error("the application could not start: fix it and save")
+            # No restarts of the broken code meanwhile: each failing worker's restart
+            # (already scheduled when 'exit' comes) is cancelled, the others retired.
+            retired = cluster.scale(0)
+            if retired is not None:
+                asyncio.ensure_future(retired).add_done_callback(_retrieve)
+        elif code == EXIT_APP_LOAD:
+            log.error("the application could not start: stopping")
             self._fail(EXIT_APP_LOAD)
         elif not self.ever_listened:
             log.error("worker %d failed before any worker listened: stopping", worker.id)
             self._fail(EXIT_BOOT)
 
+    async def _watch_sources(self) -> None:
+        """``--reload``: a rolling reload of every worker at once when a source file changes."""
+        watcher = self.watcher
+        log.info("watching %s for changes (%s)", ", ".join(watcher.dirs), watcher.describe())
+        async for changed in watcher.changes():
+            if self.stopping:
+                return
+            if self.waiting_for_fix and self.fixed is not None:
+                log.info("%s changed: starting the workers again", changed)
+                self.reported.clear()
+                self.fixed.set()
+                continue
+            log.info("%s changed: reloading", changed)
+            self.reported.clear()
+            try:
+                await self.reload(max(1, self.target))
+            except Exception as exc:
+                log.error("reload failed (%s): the running workers keep serving", exc)
+
     def _fail(self, code: int) -> None:
         self.exit_code = code
-        self.stop("startup failure")
+        if not self.stopping:
+            self.stop("startup failure")
 
     def _on_restart(self, old: cluster.Worker, new: cluster.Worker) -> None:
         log.info(
@@ -391,6 +544,6 @@ class ClusterApp:
         # The supervisor has logged the give-up and its reason already.
         self.exit_code = 1
         alive = [w for w in (cluster.workers or {}).values() if not w.is_dead()]
-        if not alive:
+        if not alive and not self.waiting_for_fix:
             with contextlib.suppress(RuntimeError):
                 self.stop("no worker left")

@@ -6,11 +6,19 @@ limit and graceful shutdown; it serves sockets it is given; and one server means
 set of options and one behaviour on reload. A WSGI application runs in a thread pool
 through a2wsgi, the adapter uvicorn itself recommends.
 
+The way through this module follows the data: the primary checked the options and
+sent a :class:`~pycluster._cli.serveconf.ServeConfig`; :func:`build_app` wraps the
+application (WSGI adapter, body limit, proxy headers); :func:`uvicorn_config` makes
+uvicorn's configuration (TLS included); :class:`ClusterServer <_server_class>` serves
+the cluster's listeners with it. A failure to start is sent to the primary, which
+reports it once for all workers.
+
 The listeners come from the primary. A shared listener (policy ``none``) is a real
 socket, served by the loop's own ``create_server(sock=...)``. A round-robin listener
 is served by :class:`HandoffServer`: the loop watches the hand-off socket, takes
 each connection and gives it to ``loop.connect_accepted_socket``, which works on
-uvloop as on asyncio, so round-robin keeps uvloop's speed.
+uvloop as on asyncio, so round-robin keeps uvloop's speed. Both take the TLS
+context, so every worker serves HTTPS under either policy.
 
 On ``worker.disconnect()`` (reload, scale-down, stop, recycling) uvicorn shuts down
 gracefully: it stops accepting, lets requests in progress finish, closes idle
@@ -20,22 +28,32 @@ keep-alive connections, runs the lifespan shutdown, and the worker exits.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import itertools
 import logging
+import os
 import socket
-import sys
+import ssl
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, cast
 
 import pycluster as cluster
 from pycluster import _child as child
 from pycluster import _ports as net
-from pycluster._cli import EXIT_APP_LOAD, binds
+from pycluster._cli import EXIT_APP_LOAD, binds, logs, serveconf
+from pycluster._cli.serveconf import (
+    CERT_REQS,
+    FATAL_CMD,
+    PASSWORD_ENV,
+    AppLoadError,
+    ServeConfig,
+    app_traceback,
+    describe_load_error,
+    detect_interface,
+    load_app,
+)
 
 log = logging.getLogger("pycluster._cli")
 
@@ -135,47 +153,6 @@ class _ClientInput:
         return getattr(self._stream, name)
 
 
-class AppLoadError(Exception):
-    """The application named on the command line cannot be loaded."""
-
-
-def load_app(target: str, app_dir: str, factory: bool) -> Any:
-    """Import ``module:attribute`` (attributes may be dotted); call it if ``factory``."""
-    module_name, _, attr = target.partition(":")
-    if app_dir not in sys.path:
-        sys.path.insert(0, app_dir)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise AppLoadError(f"no module {module_name!r} (looked in {app_dir})") from None
-        raise
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if factory:
-        obj = obj()
-    if not callable(obj):
-        raise AppLoadError(f"{target} is not callable: {type(obj).__name__}")
-    return obj
-
-
-def detect_interface(app: Any) -> str:
-    """``asgi`` for a coroutine callable (or an ASGI 2 class), else ``wsgi``."""
-    if inspect.isclass(app):
-        return "asgi"  # ASGI 2: instantiated per connection scope
-    call = app if inspect.isroutine(app) else getattr(app, "__call__", None)  # noqa: B004
-    if inspect.iscoroutinefunction(call):
-        return "asgi"
-    try:
-        params = inspect.signature(call).parameters  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return "wsgi"
-    return "asgi" if len(params) == 3 else "wsgi"
-
-
 class BodyLimit:
     """ASGI middleware: 413 for a request body over ``limit`` bytes (declared or streamed)."""
 
@@ -243,8 +220,10 @@ class HandoffServer:
         loop: asyncio.AbstractEventLoop,
         listener: socket.socket,
         factory: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._loop = loop
+        self._ssl = ssl_context
         self._listener = listener
         self._factory = factory
         self._fd = listener.fileno()
@@ -262,7 +241,9 @@ class HandoffServer:
                 self.close()  # the primary stopped handing connections to us
                 return
             conn.setblocking(False)
-            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+            task = self._loop.create_task(
+                self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
+            )
             task.add_done_callback(_log_failure)
 
     def close(self) -> None:
@@ -332,13 +313,19 @@ def _server_class() -> type:
 
             runtime = child.runtime()
             for listener in self.listeners:
+                if listener.fileno() < 0:
+                    continue  # closed by a disconnect that came while the app loaded
                 if net.is_round_robin(listener):
-                    handoff: Any = HandoffServer(loop, listener, create_protocol)
+                    handoff: Any = HandoffServer(loop, listener, create_protocol, self.config.ssl)
                     self.servers.append(handoff)
                 else:
                     factory = counted if uvloop else create_protocol
-                    server = await loop.create_server(factory, sock=listener, backlog=self.backlog)
+                    server = await loop.create_server(
+                        factory, sock=listener, backlog=self.backlog, ssl=self.config.ssl
+                    )
                     self.servers.append(server)
+            if not self.servers:
+                self.should_exit = True  # disconnected before serving: nothing to serve
             self._beat = loop.create_task(self._heartbeat())
 
         async def _heartbeat(self) -> None:
@@ -361,77 +348,196 @@ def _server_class() -> type:
     return ClusterServer
 
 
-def _config(spec: dict[str, Any], app: Any, interface: Any) -> Any:
-    import uvicorn
+class WSGIInputTerminated:
+    """WSGI middleware: tells the application that ``wsgi.input`` ends at the body's end.
 
-    lifespan = spec["lifespan"]
+    a2wsgi's input returns b"" once the body is read, chunked or not, so
+    ``wsgi.input_terminated`` is true: without it, Werkzeug (Flask) reads nothing of
+    a body that has no Content-Length, and a chunked upload arrives empty.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        environ["wsgi.input_terminated"] = True
+        return self.app(environ, start_response)
+
+
+class UnixPeers:
+    """ASGI middleware pair: lets ``--forwarded-allow-ips unix`` trust Unix-socket peers.
+
+    uvicorn's proxy-header middleware knows peers by address, and a Unix-socket
+    peer has none: the outer half names such a peer ``unix`` for it, and the inner
+    half (under it) gives the application back the address it had, unless a
+    trusted ``X-Forwarded-For`` replaced it.
+    """
+
+    MARK = ("unix", 0)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan" and scope.get("client") is None:
+            scope["client"] = self.MARK
+        await self.app(scope, receive, send)
+
+    @classmethod
+    def restore(cls, app: ASGIApp) -> ASGIApp:
+        """The inner half: ``client`` back to None where nobody replaced the mark."""
+
+        async def restored(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope.get("client") == cls.MARK:
+                scope["client"] = None
+            await app(scope, receive, send)
+
+        return restored
+
+
+def build_app(config: ServeConfig, app: Any, interface: str) -> tuple[Any, str]:
+    """The application as uvicorn serves it (adapters and middleware), and its interface.
+
+    The order, from the outside: proxy headers (so the rest sees the client), the body
+    limit, then the WSGI adapter or the ASGI 2 wrapper, then the application.
+    """
     if interface == "wsgi":
-        lifespan = "off"
         try:
             from a2wsgi import WSGIMiddleware
         except ImportError:
-            log.warning("a2wsgi is not installed: using uvicorn's own WSGI adapter")
-        else:
-            app = WSGIMiddleware(app, workers=spec["threads"])
-            interface = "asgi3"
-    else:
-        interface = "auto"  # uvicorn tells ASGI 2 from ASGI 3
-    if spec["limit_request_body"] is not None:
-        if interface == "wsgi":
-            log.warning("--limit-request-body needs a2wsgi for WSGI apps; not applied")
-        else:
-            app = BodyLimit(app, spec["limit_request_body"])
-            interface = "asgi3"
-    return uvicorn.Config(
-        app,
-        loop=spec["loop"],
-        http=spec["http"],
-        interface=interface,
+            raise StartupError(
+                "serving a WSGI application needs a2wsgi: pip install 'pycluster[serve]'"
+            ) from None
+        app = WSGIMiddleware(WSGIInputTerminated(app), workers=config.threads)
+    elif inspect.isclass(app):
+        from uvicorn.middleware.asgi2 import ASGI2Middleware
+
+        app = ASGI2Middleware(cast(Any, app))
+    if config.limit_request_body is not None:
+        app = BodyLimit(app, config.limit_request_body)
+    if config.proxy_headers:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        trusted = [ip.strip() for ip in config.forwarded_allow_ips.split(",") if ip.strip()]
+        # Only a Unix socket (or an inherited descriptor, which may be one) has
+        # peers without an address: TCP-only servers skip the two extra layers.
+        unix_peers = "unix" in trusted and any(b["kind"] != "tcp" for b in config.binds)
+        if unix_peers:
+            app = UnixPeers.restore(app)
+        app = ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=trusted)
+        if unix_peers:
+            app = UnixPeers(app)
+    return app, "asgi3"
+
+
+def uvicorn_config(config: ServeConfig, app: Any, interface: str) -> Any:
+    """uvicorn's ``Config`` for ``config`` (``app`` as :func:`build_app` made it)."""
+    import uvicorn
+
+    lifespan = "off" if interface == "wsgi" else config.lifespan
+    tls: dict[str, Any] = {}
+    if config.tls:
+        tls = {
+            "ssl_certfile": config.certfile,
+            "ssl_keyfile": config.keyfile,
+            "ssl_keyfile_password": os.environ.pop(PASSWORD_ENV, None),
+            "ssl_ca_certs": config.ca_certs,
+            "ssl_cert_reqs": CERT_REQS[config.cert_reqs],
+        }
+        if config.ciphers is not None:
+            tls["ssl_ciphers"] = config.ciphers
+    served, served_interface = build_app(config, app, interface)
+    options: dict[str, Any] = dict(
+        loop=config.loop,
+        http=config.http,
+        interface=served_interface,
         lifespan=lifespan,
         log_config=None,
-        access_log=spec["access_log"],
-        proxy_headers=spec["proxy_headers"],
-        forwarded_allow_ips=spec["forwarded_allow_ips"],
-        root_path=spec["root_path"],
-        limit_concurrency=spec["limit_concurrency"],
-        backlog=spec["backlog"],
-        timeout_keep_alive=spec["keep_alive"],
+        access_log=config.access_log or config.access_logfile is not None,
+        proxy_headers=False,  # build_app applied them, Unix-socket peers included
+        root_path=config.root_path,
+        limit_concurrency=config.limit_concurrency,
+        backlog=config.backlog,
+        timeout_keep_alive=config.keep_alive,
+        **tls,
     )
+    return uvicorn.Config(served, **options)
 
 
-def _listen(spec: dict[str, Any]) -> list[Any]:
+def _listen(config: ServeConfig) -> list[Any]:
     listeners = []
-    for bind in spec["binds"]:
+    for bind in config.binds:
         address, kwargs = binds.create_args(bind)
-        listeners.append(net.create_server(address, backlog=spec["backlog"], **kwargs))
+        try:
+            listeners.append(net.create_server(address, backlog=config.backlog, **kwargs))
+        except OSError as exc:
+            for listener in listeners:
+                listener.close()
+            raise StartupError(serveconf.listen_error(bind, exc)) from None
     return listeners
+
+
+class StartupError(Exception):
+    """This worker cannot start for a reason every worker shares (reported once)."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+def _report(exc: StartupError) -> int:
+    """Tell the primary why this worker cannot start (it logs it once); exit status."""
+    worker = cluster.worker
+    message = {"cmd": FATAL_CMD, "message": str(exc), "detail": exc.detail}
+    if worker is None:
+        log.error("%s%s", exc, f"\n{exc.detail}" if exc.detail else "")
+    elif not worker.send(message):
+        # The channel is closed: the primary is stopping (another worker told it
+        # the same) and has nobody to tell.
+        log.debug("cannot start: %s", exc)
+    return EXIT_APP_LOAD
+
+
+def _load(config: ServeConfig) -> tuple[Any, str]:
+    """The application and its interface; ``StartupError`` if it cannot be loaded."""
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise StartupError(
+            "pycluster serve needs uvicorn: pip install 'pycluster[serve]'"
+        ) from None
+    try:
+        app = load_app(config.app, config.app_dir, config.factory)
+    except AppLoadError as exc:
+        raise StartupError(describe_load_error(config.app, exc)) from None
+    except Exception as exc:
+        raise StartupError(describe_load_error(config.app, exc), app_traceback(exc)) from None
+    interface = config.interface
+    if interface == "auto":
+        interface = detect_interface(app)
+    return app, interface
 
 
 def main(spec: dict[str, Any]) -> int:
     """Load the application and serve it until the worker is disconnected."""
+    config = ServeConfig.from_json(spec["serve"])
     try:
-        import uvicorn  # noqa: F401
-    except ImportError:
-        log.error("pycluster serve needs uvicorn: pip install 'pycluster[serve]'")
-        return EXIT_APP_LOAD
-    try:
-        app = load_app(spec["app"], spec["app_dir"], spec["factory"])
-    except AppLoadError as exc:
-        log.error("cannot load the application: %s", exc)
-        return EXIT_APP_LOAD
-    except Exception:
-        log.error("cannot load the application %s:\n%s", spec["app"], traceback.format_exc())
-        return EXIT_APP_LOAD
-    interface = spec["interface"]
-    if interface == "auto":
-        interface = detect_interface(app)
-    log.info("serving %s as %s", spec["app"], interface.upper())
-    calls = None
-    if interface == "wsgi":
-        calls = app = WSGICalls(app)
-    config = _config(spec, app, interface)
-    listeners = _listen(spec)
-    server = _server_class()(config, listeners, spec["backlog"], calls)
+        app, interface = _load(config)
+        log.info("serving %s as %s", config.app, interface.upper())
+        calls = None
+        if interface == "wsgi":
+            calls = app = WSGICalls(app)
+        if config.access_logfile is not None:
+            logs.access_log_to(config.access_logfile)
+        try:
+            uv_config = uvicorn_config(config, app, interface)
+            uv_config.load()  # the TLS context too: a bad file is reported, not raised later
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot configure the server: {exc}") from None
+        listeners = _listen(config)
+    except StartupError as exc:
+        return _report(exc)
+    server = _server_class()(uv_config, listeners, config.backlog, calls)
     try:
         server.run(sockets=[])
     finally:

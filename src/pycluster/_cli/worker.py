@@ -21,7 +21,10 @@ def main(argv: list[str]) -> int:
         )
         return 2
     spec = json.loads(argv[0])
-    logs.configure(spec["log_level"], f"worker {cluster.worker.id}")
+    try:
+        logs.configure(spec["log_level"], f"worker {cluster.worker.id}", spec.get("log_config"))
+    except ValueError as exc:  # the primary applied it already: changed since
+        print(f"pycluster: {exc}", file=sys.stderr)
     if spec["kind"] == "run":
         from pycluster._cli import run
 
