@@ -317,6 +317,43 @@ async def create_unix_server(
     return await _serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
 
 
+async def serve_socket(
+    loop: asyncio.AbstractEventLoop,
+    runtime: child.ChildRuntime,
+    listener: socket.socket,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    backlog: int,
+    start: bool,
+    kwargs: dict[str, Any],
+) -> asyncio.AbstractServer:
+    """The loop's server on a cluster listener, whatever the loop and the policy.
+
+    A selector loop accepts in Python, through pycluster's ``accept()``: its own
+    ``create_server`` serves either policy. A loop that accepts in C (uvloop) serves
+    a shared socket itself, counted by the protocol factory, and a round-robin one
+    through :class:`_HandoffServer`. For pycluster's own servers (``serve``), not
+    part of the public API.
+    """
+    from asyncio.selector_events import BaseSelectorEventLoop
+
+    if isinstance(loop, BaseSelectorEventLoop):
+        return await loop.create_server(
+            protocol_factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
+        )
+    if net.is_round_robin(listener):
+        handoff = _HandoffServer(loop, listener, protocol_factory, kwargs)
+        if start:
+            await handoff.start_serving()
+        return handoff
+    return await loop.create_server(
+        _counting(protocol_factory, runtime),
+        sock=listener,
+        backlog=backlog,
+        start_serving=start,
+        **kwargs,
+    )
+
+
 async def _serve(
     loop: asyncio.AbstractEventLoop,
     runtime: child.ChildRuntime,
@@ -325,28 +362,13 @@ async def _serve(
     backlog: int,
     kwargs: dict[str, Any],
 ) -> Server:
-    from asyncio.selector_events import BaseSelectorEventLoop
 
     if listener.fileno() == -1:
         # A disconnect closed the listener meanwhile: hand back a closed server.
         return Server(None, runtime, None)
     found = net.listener_of(listener)
-    factory = protocol_factory
     start = kwargs.pop("start_serving", True)
-    inner: asyncio.AbstractServer
-    if isinstance(loop, BaseSelectorEventLoop):
-        inner = await loop.create_server(
-            factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
-        )
-    elif net.is_round_robin(listener):
-        inner = _HandoffServer(loop, listener, factory, kwargs)  # counted by its accept()
-        if start:
-            await inner.start_serving()
-    else:
-        factory = _counting(protocol_factory, runtime)  # the loop accepts in C, unseen
-        inner = await loop.create_server(
-            factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
-        )
+    inner = await serve_socket(loop, runtime, listener, protocol_factory, backlog, start, kwargs)
     server = Server(inner, runtime, found)
     if start:
         server._listening()

@@ -32,8 +32,6 @@ import inspect
 import itertools
 import logging
 import os
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -42,6 +40,7 @@ from typing import Any, cast
 import pycluster as cluster
 from pycluster import _child as child
 from pycluster import _ports as net
+from pycluster import aio
 from pycluster._cli import EXIT_APP_LOAD, binds, logs, serveconf
 from pycluster._cli.serveconf import (
     CERT_REQS,
@@ -212,60 +211,6 @@ class _TooLarge(Exception):
     pass
 
 
-class HandoffServer:
-    """Serves a round-robin listener on the running loop (asyncio or uvloop)."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        listener: socket.socket,
-        factory: Callable[[], asyncio.Protocol],
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self._loop = loop
-        self._ssl = ssl_context
-        self._listener = listener
-        self._factory = factory
-        self._fd = listener.fileno()
-        self._serving = True
-        listener.setblocking(False)
-        loop.add_reader(self._fd, self._take)
-
-    def _take(self) -> None:
-        for _ in range(64):
-            try:
-                conn, _addr = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.close()  # the primary stopped handing connections to us
-                return
-            conn.setblocking(False)
-            task = self._loop.create_task(
-                self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
-            )
-            task.add_done_callback(_log_failure)
-
-    def close(self) -> None:
-        """Stop taking connections; those already taken go on."""
-        if self._serving:
-            self._serving = False
-            self._loop.remove_reader(self._fd)
-            self._listener.close()
-
-    def is_serving(self) -> bool:
-        """Whether connections are still taken."""
-        return self._serving
-
-    async def wait_closed(self) -> None:
-        """Nothing to wait for: uvicorn waits for the connections itself."""
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("a handed-over connection failed to start: %s", task.exception())
-
-
 def _server_class() -> type:
     import uvicorn
 
@@ -293,7 +238,6 @@ def _server_class() -> type:
             if not self.started:
                 return
             loop = asyncio.get_running_loop()
-            uvloop = type(loop).__module__.startswith("uvloop")
 
             def create_protocol() -> asyncio.Protocol:
                 protocol_class: Any = self.config.http_protocol_class
@@ -304,26 +248,21 @@ def _server_class() -> type:
                 )
                 return protocol
 
-            def counted() -> asyncio.Protocol:
-                # uvloop accepts a shared socket in C, where pycluster cannot count.
-                status = runtime.status if runtime is not None else None
-                if status is not None:
-                    status.count_connection()
-                return create_protocol()
-
             runtime = child.runtime()
+            assert runtime is not None
             for listener in self.listeners:
                 if listener.fileno() < 0:
                     continue  # closed by a disconnect that came while the app loaded
-                if net.is_round_robin(listener):
-                    handoff: Any = HandoffServer(loop, listener, create_protocol, self.config.ssl)
-                    self.servers.append(handoff)
-                else:
-                    factory = counted if uvloop else create_protocol
-                    server = await loop.create_server(
-                        factory, sock=listener, backlog=self.backlog, ssl=self.config.ssl
-                    )
-                    self.servers.append(server)
+                server: Any = await aio.serve_socket(
+                    loop,
+                    runtime,
+                    listener,
+                    create_protocol,
+                    self.backlog,
+                    True,
+                    {"ssl": self.config.ssl},
+                )
+                self.servers.append(server)
             if not self.servers:
                 self.should_exit = True  # disconnected before serving: nothing to serve
             self._beat = loop.create_task(self._heartbeat())
