@@ -1,0 +1,189 @@
+"""What a program observes of the listening sockets it makes, printed as one JSON line.
+
+Usage: ``socket_probe.py PORT``. Run plainly and as a ``pycluster run`` worker, the two
+lines must be equal: a worker's listening socket is a real socket that behaves as the
+one the program asked for. Every observation is a value, or the name of the exception
+that the step raised (``blocked`` when a call that must not block did).
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+HOST = "127.0.0.1"
+
+
+class Blocked(Exception):
+    """A call that should have returned at once was still waiting."""
+
+
+@contextmanager
+def at_most(seconds: float) -> Iterator[None]:
+    def alarm(signum: int, frame: Any) -> None:
+        raise Blocked
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def attempt(step: Callable[[], Any], limit: float = 3.0) -> Any:
+    """The step's value, or the name of what it raised (``blocked`` past ``limit`` s)."""
+    try:
+        with at_most(limit):
+            return step()
+    except Blocked:
+        return "blocked"
+    except Exception as exc:
+        return f"raised {type(exc).__name__}"
+
+
+def mode(sock: socket.socket) -> list[Any]:
+    """Blocking mode as Python reports it."""
+    return [sock.getblocking(), sock.gettimeout()]
+
+
+def address(sock_address: Any, port: int) -> list[Any]:
+    host, got = sock_address[:2]
+    return [host, "PORT" if got == port else ("EPHEMERAL" if port == 0 else got)]
+
+
+def options(sock: socket.socket) -> dict[str, Any]:
+    sol = socket.SOL_SOCKET
+    return {
+        "SO_REUSEADDR": attempt(lambda: sock.getsockopt(sol, socket.SO_REUSEADDR) != 0),
+        "SO_TYPE": attempt(lambda: sock.getsockopt(sol, socket.SO_TYPE)),
+        "SO_DOMAIN": attempt(lambda: sock.getsockopt(sol, socket.SO_DOMAIN)),
+        "SO_ACCEPTCONN": attempt(lambda: sock.getsockopt(sol, socket.SO_ACCEPTCONN)),
+    }
+
+
+def accept_from_client(listener: socket.socket, port: int) -> dict[str, Any]:
+    """Connect a client, accept it, and look at the connection both ends see."""
+    client = socket.create_connection((HOST, port), timeout=5)
+    seen: dict[str, Any] = {}
+    try:
+        seen["select_readable"] = attempt(lambda: bool(select.select([listener], [], [], 5)[0]))
+        with at_most(5):
+            conn, peer = listener.accept()
+        with conn:
+            seen["conn_type_is_socket"] = type(conn) is socket.socket
+            seen["conn_family_type"] = [int(conn.family), int(conn.type)]
+            seen["peer_is_client"] = tuple(peer) == client.getsockname()
+            seen["conn_sockname_is_server"] = conn.getsockname() == client.getpeername()
+            seen["conn_peername_is_client"] = conn.getpeername() == client.getsockname()
+            seen["conn_timeout"] = [conn.gettimeout(), conn.getblocking()]
+            client.sendall(b"ping")
+            seen["conn_recv"] = conn.recv(16).decode()
+            conn.sendall(b"pong")
+            seen["client_recv"] = client.recv(16).decode()
+    except Blocked:
+        seen["accept"] = "blocked"
+    except Exception as exc:
+        seen["accept"] = f"raised {type(exc).__name__}"
+    finally:
+        client.close()
+    return seen
+
+
+def probe_nonblocking_before_bind(port: int) -> dict[str, Any]:
+    """tornado's way: non-blocking and SO_REUSEADDR set before bind."""
+    obs: dict[str, Any] = {}
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fds = [sock.fileno()]
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setblocking(False)
+    obs["bind"] = attempt(lambda: sock.bind((HOST, port)))
+    fds.append(sock.fileno())
+    obs["listen"] = attempt(lambda: sock.listen(128))
+    fds.append(sock.fileno())
+    obs["isinstance_socket"] = isinstance(sock, socket.socket)
+    obs["fileno_stable"] = len(set(fds)) == 1
+    obs["family_type_proto"] = attempt(lambda: [int(sock.family), int(sock.type), sock.proto])
+    obs["blocking_timeout"] = attempt(lambda: mode(sock))
+    obs["getsockname"] = attempt(lambda: address(sock.getsockname(), port))
+    obs["options"] = options(sock)
+    obs["accept_nothing_waiting"] = attempt(sock.accept)
+    obs["select_nothing_waiting"] = attempt(lambda: select.select([sock], [], [], 0.2)[0] == [])
+    obs["set_TCP_NODELAY"] = attempt(
+        lambda: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    )
+    obs["get_TCP_NODELAY"] = attempt(
+        lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    )
+    obs["set_SO_REUSEADDR_after_listen"] = attempt(
+        lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    )
+    obs["inheritable_default"] = attempt(sock.get_inheritable)
+    obs["set_inheritable"] = attempt(lambda: sock.set_inheritable(True))
+    obs["inheritable_after_set"] = [attempt(sock.get_inheritable), os.get_inheritable(fds[0])]
+    attempt(lambda: sock.set_inheritable(False))
+    obs["inheritable_after_unset"] = attempt(sock.get_inheritable)
+    obs["accepted_nonblocking"] = accept_from_client(sock, port)
+
+    # Blocking mode changed after listen: a timeout, then blocking again.
+    obs["settimeout_after_listen"] = attempt(lambda: sock.settimeout(0.3))
+    obs["timeout_after_listen"] = attempt(lambda: mode(sock))
+    obs["accept_with_timeout"] = attempt(sock.accept)
+    attempt(lambda: sock.settimeout(None))
+    obs["blocking_after_listen"] = attempt(lambda: mode(sock))
+    # Blocking: with nothing waiting, accept() waits (here: until the probe gives up).
+    obs["accept_blocking_nothing_waiting"] = attempt(sock.accept, limit=0.5)
+    obs["accepted_blocking"] = accept_from_client(sock, port)
+
+    # dup(): another working listening socket on the same port.
+    dup = sock.dup()
+    obs["dup"] = {
+        "isinstance_socket": isinstance(dup, socket.socket),
+        "other_fd": dup.fileno() != sock.fileno(),
+        "getsockname": attempt(lambda: address(dup.getsockname(), port)),
+        "options": options(dup),
+        "accepted": accept_from_client(dup, port),
+    }
+    # detach(): the descriptor outlives the object, and a new socket object takes it.
+    fd = dup.detach()
+    obs["detach"] = [dup.fileno(), fd >= 0]
+    again = socket.socket(fileno=fd)
+    obs["reopened"] = {
+        "getsockname": attempt(lambda: address(again.getsockname(), port)),
+        "options": options(again),
+        "accepted": accept_from_client(again, port),
+    }
+    again.close()
+    sock.close()
+    obs["fileno_after_close"] = sock.fileno()
+    return obs
+
+
+def probe_timeout_before_bind() -> dict[str, Any]:
+    """A timeout set before bind (port 0): accept waits that long, then TimeoutError."""
+    obs: dict[str, Any] = {}
+    sock = socket.socket()
+    sock.settimeout(0.3)
+    obs["bind"] = attempt(lambda: sock.bind((HOST, 0)))
+    obs["listen"] = attempt(sock.listen)
+    obs["blocking_timeout"] = attempt(lambda: mode(sock))
+    obs["getsockname"] = attempt(lambda: address(sock.getsockname(), 0))
+    obs["accept_nothing_waiting"] = attempt(sock.accept)
+    port = sock.getsockname()[1]
+    obs["accepted"] = accept_from_client(sock, port)
+    sock.close()
+    return obs
+
+
+if __name__ == "__main__":
+    observed = {
+        "nonblocking_before_bind": probe_nonblocking_before_bind(int(sys.argv[1])),
+        "timeout_before_bind": probe_timeout_before_bind(),
+    }
+    print("PROBE " + json.dumps(observed, sort_keys=True), flush=True)

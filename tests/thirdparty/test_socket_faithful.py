@@ -1,0 +1,83 @@
+"""A worker's listening socket is a real socket that behaves as the program asked.
+
+``programs/socket_probe.py`` records what a program observes of the listening
+sockets it makes (type, descriptor, blocking mode and timeout set before ``bind`` or
+after ``listen``, addresses, options, inheritability, ``dup``, ``detach``, and the
+connections ``accept()`` returns). Run in plain Python and as the only worker of
+``pycluster run``, under either policy, the observations must be the same
+(API.md, "Limits and edge rules": integrations never alter a program's objects).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import Commands, free_port
+from tests.thirdparty.harness import POLICIES, program
+
+
+def observations(output: str) -> dict[str, Any]:
+    """The probe's line, flattened to ``section.key: value``."""
+    for line in output.splitlines():
+        if line.startswith("PROBE "):
+            return flatten(json.loads(line[len("PROBE ") :]))
+    pytest.fail(f"the probe printed no observations; output:\n{output}")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What the probe observes without pycluster."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, program("socket_probe.py"), str(free_port())],
+        cwd=tmp_path_factory.mktemp("plain"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    observed = observations(result.stdout)
+    # The probe itself works: it saw what Python documents.
+    assert observed["nonblocking_before_bind.accept_nothing_waiting"] == "raised BlockingIOError"
+    assert observed["nonblocking_before_bind.accept_with_timeout"] == "raised TimeoutError"
+    assert observed["nonblocking_before_bind.accept_blocking_nothing_waiting"] == "blocked"
+    assert observed["timeout_before_bind.accept_nothing_waiting"] == "raised TimeoutError"
+    assert observed["nonblocking_before_bind.dup.accepted.peer_is_client"] is True
+    return observed
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_worker_sees_what_plain_python_sees(
+    commands: Commands, plain: dict[str, Any], policy: str
+) -> None:
+    port = str(free_port())
+    code, output = commands.run(
+        "run", "-w", "1", "--policy", policy, "--no-control", "--restart", "never",
+        program("socket_probe.py"), port, timeout=60,
+    )  # fmt: skip
+    observed = observations(output)
+    differences = [
+        f"  {key}: plain {plain.get(key, '<missing>')!r}, worker {observed.get(key, '<missing>')!r}"
+        for key in sorted(set(plain) | set(observed))
+        if plain.get(key, "<missing>") != observed.get(key, "<missing>")
+    ]
+    assert not differences, (
+        f"policy {policy}: a worker's listening socket differs from plain Python's:\n"
+        + "\n".join(differences)
+    )
+    assert code == 0, output
