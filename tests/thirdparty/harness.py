@@ -60,19 +60,19 @@ class Running:
         return f"policy {self.policy}; output:\n{self.command.output}"
 
 
-def start(commands: Commands, policy: str, port: int, *program: str, workers: int = 2) -> Running:
-    """``pycluster run -w N --policy POLICY PROGRAM...``, once every worker listens."""
+def start(
+    commands: Commands,
+    policy: str,
+    port: int,
+    *program: str,
+    workers: int = 2,
+    options: tuple[str, ...] = (),
+) -> Running:
+    """``pycluster run -w N --policy POLICY [OPTIONS] PROGRAM...``, once every worker listens."""
     command = commands.start(
-        "run",
-        "-w",
-        str(workers),
-        "--policy",
-        policy,
-        "--shutdown-timeout",
-        SHUTDOWN_TIMEOUT,
-        "--no-control",
-        *program,
-    )
+        "run", "-w", str(workers), "--policy", policy,
+        "--shutdown-timeout", SHUTDOWN_TIMEOUT, "--no-control", *options, *program,
+    )  # fmt: skip
     command.wait_line(f"ready: {workers} worker(s)", timeout=30)
     # ") listening on": pycluster's line, not a server library's own "listening on".
     lines = command.wait_line(f") listening on 127.0.0.1:{port}", count=workers)

@@ -8,6 +8,7 @@ worker after that many connections.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import sys
@@ -16,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import Live, LiveProgram, free_port, pid_alive
+from tests.conftest import Commands, Live, LiveProgram, free_port, pid_alive
 from tests.thirdparty.harness import (
     POLICIES,
     STOP_WITHIN,
@@ -27,6 +28,9 @@ from tests.thirdparty.harness import (
     program,
     wait_file,
 )
+from tests.thirdparty.harness import start as start_cli
+
+REPLACES = re.compile(r"\(pid (\d+)\) replaces worker \d+ \(pid (\d+)\)")
 
 
 def start(live: Live, policy: str, port: int, max_requests: int) -> tuple[LiveProgram, set[int]]:
@@ -114,3 +118,27 @@ def test_max_requests_recycles_after_that_many_connections(live: Live, policy: s
     primary.proc.send_signal(signal.SIGTERM)
     result = primary.finish(timeout=20)
     assert result.returncode == 0, context
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_cli_max_requests_recycles_the_same_program(commands: Commands, policy: str) -> None:
+    """``pycluster run --max-requests``: the program's workers, recycled by the CLI's primary."""
+    limit = 3
+    port = free_port()
+    run = start_cli(commands, policy, port, program("aio_slots.py"), str(port), "0",
+                    options=("--max-requests", str(limit)))  # fmt: skip
+    served: Counter[int] = Counter()
+    replaced: dict[int, int] = {}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not set(replaced.values()) & set(served):
+        served[pid_of(line_request(port, b"pid\n"))] += 1
+        time.sleep(0.05)  # the primary checks the counts a few times a second
+        replaced = {int(old): int(new) for new, old in REPLACES.findall(run.command.output)}
+    context = f"policy {policy}; served {dict(served)}; {run.describe()}"
+    assert replaced, f"no worker was recycled; {context}"
+    assert set(replaced.values()) & set(served), f"no replacement answered; {context}"
+    for old in replaced:
+        assert old in run.workers and served[old] >= limit, context
+    run.command.proc.send_signal(signal.SIGTERM)
+    code, output = run.command.finish()
+    assert code == 0 and "Traceback" not in output, context
