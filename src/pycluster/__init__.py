@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     import socket as _socket
 
     from pycluster import aio, http, socketserver
-    from pycluster._ports import Server
     from pycluster._primary import Primary
     from pycluster._reactor import Completion
     from pycluster._supervisor import Supervisor
@@ -234,7 +233,7 @@ def create_server(
     dualstack_ipv6: bool = False,
     exclusive: bool = False,
     fd: int | None = None,
-) -> Server | _socket.socket:
+) -> _socket.socket:
     """``socket.create_server`` whose listening socket is shared with the other workers."""
     from pycluster._ports import create_server as _create_server
 

@@ -1,12 +1,16 @@
 """asyncio integration: ``start_server`` and ``create_server`` that share their port.
 
-In a worker, the listener comes from the primary (see :mod:`pycluster._ports`) and is
-served by the running loop's own ``create_server(sock=...)``, so protocols,
-transports and TLS behave exactly as in asyncio. The returned server also:
+In a worker, the listening socket comes from the primary (see :mod:`pycluster._ports`)
+and is served by the running loop's own ``create_server(sock=...)``, so protocols,
+transports and TLS behave exactly as in asyncio; pycluster never wraps, patches or
+sets attributes on the protocols it creates (a protocol class with ``__slots__``, or
+one written in C, works). The returned server also:
 
 * ends ``serve_forever()`` normally (no ``CancelledError``) when pycluster closes it
   for ``worker.disconnect()``;
-* counts its connections, so a disconnect waits until they have finished;
+* makes a disconnect wait until its connections have ended, counted from the
+  kernel's tables, so a connection upgraded to a WebSocket (a new protocol on the
+  same transport) is still seen;
 * beats the worker's heartbeat from the loop, for hang detection.
 
 Outside a cluster these are ``asyncio.start_server`` / ``loop.create_server``.
@@ -15,6 +19,7 @@ Outside a cluster these are ``asyncio.start_server`` / ``loop.create_server``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,33 +35,31 @@ class Server:
     """An ``asyncio.Server`` whose port is shared with the other workers."""
 
     def __init__(
-        self, server: asyncio.AbstractServer, runtime: child.ChildRuntime, token: int | None
-    ):
+        self,
+        server: asyncio.AbstractServer | None,
+        runtime: child.ChildRuntime,
+        listener: net.Listener | None,
+    ) -> None:
         self._server = server
         self._runtime = runtime
+        self._listener = listener
         self._loop = asyncio.get_running_loop()
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._closed_by_cluster = False
         self._stopped = asyncio.Event()
         self._beat: asyncio.Task[None] | None = None
-        # No token (the listener already unregistered) or a refused take-over: a
-        # disconnect closed the listener while the server was being set up.
-        if token is None or not runtime.servers.replace(token, self._close_from_disconnect):
+        # No listener (a disconnect closed it while the server was being set up) or a
+        # refused take-over: there is nothing to serve.
+        if server is None or not net.replace_closer(listener, self._close_from_disconnect):
             self._closed_by_cluster = True
-            try:
-                server.close()
-            except ValueError:
-                pass
+            self._close_inner()
         if runtime.status is not None:
             self._beat = self._loop.create_task(self._heartbeat())
 
     # -- asyncio.Server's surface --------------------------------------------------------
     @property
     def sockets(self) -> tuple[Any, ...]:
-        """The listening sockets (for round-robin, the hand-off look-alike)."""
-        return tuple(getattr(self._server, "sockets", ()))
+        """The listening sockets."""
+        return tuple(getattr(self._server, "sockets", None) or ())
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         """The loop this server runs on."""
@@ -64,26 +67,44 @@ class Server:
 
     def is_serving(self) -> bool:
         """Whether the server accepts connections."""
-        return self._server.is_serving()
+        return self._server is not None and self._server.is_serving()
 
     def close(self) -> None:
         """Stop accepting; existing connections go on."""
         self._stopped.set()
-        try:
-            self._server.close()
-        except ValueError:
-            pass  # the listener was already closed by a disconnect: nothing to stop
+        self._close_inner()
         if self._beat is not None:
             self._beat.cancel()
 
+    def _close_inner(self) -> None:
+        if self._server is None:
+            return
+        try:
+            self._server.close()
+        except (OSError, ValueError):
+            pass  # the listener was already closed by a disconnect: nothing to stop
+
     async def wait_closed(self) -> None:
         """Wait until the server is closed and its connections have ended."""
-        await self._server.wait_closed()
-        await self._idle.wait()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self._drained()
+
+    async def _drained(self) -> None:
+        listener = self._listener
+        # Polled: the kernel's tables have no event to wait on.
+        while listener is not None and listener.open_connections():  # noqa: ASYNC110
+            await asyncio.sleep(net.DRAIN_POLL)
 
     async def start_serving(self) -> None:
         """Start accepting connections."""
-        await self._server.start_serving()
+        if self._server is not None and not self._closed_by_cluster:
+            await self._server.start_serving()
+            self._listening()
+
+    def _listening(self) -> None:
+        if self._listener is not None:
+            self._listener.listen()  # a loop that listens in C (uvloop) does not say so
 
     async def serve_forever(self) -> None:
         """Serve until closed; returns normally when pycluster disconnects the worker.
@@ -92,8 +113,7 @@ class Server:
         ending on close differs between asyncio and uvloop.
         """
         if not self._closed_by_cluster:
-            if not self._server.is_serving():
-                await self._server.start_serving()
+            await self.start_serving()
             try:
                 await self._stopped.wait()
             except asyncio.CancelledError:
@@ -103,7 +123,7 @@ class Server:
         if self._closed_by_cluster:
             # Requests in progress finish before the program goes on (and perhaps
             # ends, which would cancel their tasks mid-answer).
-            await self._idle.wait()
+            await self._drained()
             return
         raise asyncio.CancelledError  # closed by the program: as asyncio's serve_forever
 
@@ -115,15 +135,6 @@ class Server:
         await self.wait_closed()
 
     # -- pycluster's part ---------------------------------------------------------------
-    def _opened(self) -> None:
-        self._active += 1
-        self._idle.clear()
-
-    def _lost(self) -> None:
-        self._active -= 1
-        if self._active <= 0:
-            self._idle.set()
-
     async def _heartbeat(self) -> None:
         status = self._runtime.status
         while status is not None:
@@ -138,29 +149,21 @@ class Server:
 
         try:
             asyncio.run_coroutine_threadsafe(close(), self._loop).result()
-        except RuntimeError:
-            pass  # the loop is closed: nothing is served any more
+        except (RuntimeError, concurrent.futures.CancelledError):
+            pass  # the loop is closed, or the program ended it: nothing is served any more
 
 
-def _tracking(
-    factory: Callable[[], asyncio.BaseProtocol], holder: list[Server]
-) -> Callable[[], Any]:
+def _counting(
+    factory: Callable[[], asyncio.BaseProtocol], runtime: child.ChildRuntime
+) -> Callable[[], asyncio.BaseProtocol]:
+    """Counts connections where pycluster's accept does not see them (uvloop's C accept)."""
+    status = runtime.status
+    if status is None:
+        return factory
+
     def make() -> asyncio.BaseProtocol:
-        protocol = factory()
-        server = holder[0] if holder else None
-        if server is None:
-            return protocol
-        server._opened()
-        original = protocol.connection_lost
-
-        def connection_lost(exc: Exception | None) -> None:
-            try:
-                original(exc)
-            finally:
-                server._lost()
-
-        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-        return protocol
+        status.count_connection()
+        return factory()
 
     return make
 
@@ -247,27 +250,27 @@ def _policy_for(loop: asyncio.AbstractEventLoop, address: Any) -> int | None:
 async def _serve(
     loop: asyncio.AbstractEventLoop,
     runtime: child.ChildRuntime,
-    listener: Any,
+    listener: socket.socket,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     backlog: int,
     kwargs: dict[str, Any],
 ) -> Server:
-    holder: list[Server] = []
-    factory = _tracking(protocol_factory, holder)
-    try:
-        serving = listener.fileno() != -1
-        inner = await loop.create_server(
-            factory, sock=listener, backlog=backlog, start_serving=serving, **kwargs
-        )
-    except (OSError, ValueError):
-        if listener.fileno() != -1:
-            raise
+    from asyncio.selector_events import BaseSelectorEventLoop
+
+    if listener.fileno() == -1:
         # A disconnect closed the listener meanwhile: hand back a closed server.
-        inner = await loop.create_server(
-            factory, sock=listener, backlog=backlog, start_serving=False, **kwargs
-        )
-    server = Server(inner, runtime, getattr(listener, "registry_token", None))
-    holder.append(server)
+        return Server(None, runtime, None)
+    found = net.listener_of(listener)
+    factory = protocol_factory
+    if not isinstance(loop, BaseSelectorEventLoop):
+        factory = _counting(protocol_factory, runtime)
+    start = kwargs.pop("start_serving", True)
+    inner = await loop.create_server(
+        factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
+    )
+    server = Server(inner, runtime, found)
+    if start:
+        server._listening()
     return server
 
 

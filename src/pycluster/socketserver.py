@@ -21,6 +21,9 @@ from typing import Any
 from pycluster import _child as child
 from pycluster import _ports as net
 
+#: The standard class, whatever ``pycluster run`` later puts under its name.
+_StdTCPServer = _socketserver.TCPServer
+
 
 class ClusterMixIn:
     """Makes a ``socketserver.BaseServer`` subclass share its port with the other workers."""
@@ -42,29 +45,16 @@ class ClusterMixIn:
         if getattr(self, "_cluster_binding", False):
             # http.server.HTTPServer.server_bind calls socketserver.TCPServer.server_bind
             # by name; when that name is a cluster-aware class (``pycluster run``
-            # installs them), this is that inner call on the listener we already have.
-            self.server_address = self.socket.getsockname()
+            # installs them), this is that inner call: the standard one, whose bind the
+            # outer call shares.
+            _StdTCPServer.server_bind(self)  # type: ignore[arg-type]
             return
-        dualstack = False
-        if self.address_family == _socket.AF_INET6:
-            # A server that turned IPV6_V6ONLY off (http.server's DualStackServer)
-            # must get a dual-stack socket from the primary too.
-            v6only = self.socket.getsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY)
-            dualstack = not v6only
-        listener = net.create_server(
-            self.server_address,
-            family=self.address_family,
-            type=self.socket_type,
-            backlog=self.request_queue_size,
-            dualstack_ipv6=dualstack,
-        )
-        self.socket.close()
-        self.socket = listener
-        # bind()/listen()/setsockopt() are no-ops on a cluster listener, so the
-        # standard class (and HTTPServer's server_name) still set themselves up.
+        # The standard server_bind runs as it is (options, bind, server_address); its
+        # bind() of this server's own socket shares the address through the primary.
         self._cluster_binding = True
         try:
-            super().server_bind()  # type: ignore[misc]
+            with net.sharing(self.socket, backlog=self.request_queue_size):
+                super().server_bind()  # type: ignore[misc]
         finally:
             self._cluster_binding = False
         self._cluster_runtime = runtime
@@ -73,11 +63,7 @@ class ClusterMixIn:
         self._cluster_closing = False
         self._cluster_serving = False
         self._cluster_closed = threading.Event()
-        token = getattr(listener, "registry_token", None)
-        if token is not None:
-            taken = runtime.servers.replace(token, self._cluster_close)
-        else:
-            taken = listener.fileno() != -1  # the token is gone once the listener closed
+        taken = net.replace_closer(net.listener_of(self.socket), self._cluster_close)
         if not taken:
             # A disconnect came while binding and closed the listener itself: there
             # is nothing to serve (serve_forever() returns at once).
@@ -111,16 +97,26 @@ class ClusterMixIn:
             self._cluster_closed.wait()
 
     def get_request(self) -> Any:
-        if getattr(self, "_cluster_cond", None) is None or self.socket_type != _socket.SOCK_DGRAM:
+        cond = getattr(self, "_cluster_cond", None)
+        if cond is None:
             return super().get_request()  # type: ignore[misc]
-        # Every worker wakes for a datagram on the shared socket but only one gets it:
-        # a blocking read would leave the others stuck where disconnect cannot end them.
-        # BlockingIOError is an OSError, which the serving loop takes as "no request".
-        data, client_address = self.socket.recvfrom(
-            self.max_packet_size,  # type: ignore[attr-defined]
-            _socket.MSG_DONTWAIT,
-        )
-        return (data, self.socket), client_address
+        if self.socket_type != _socket.SOCK_DGRAM:
+            request = super().get_request()  # type: ignore[misc]
+        else:
+            # Every worker wakes for a datagram on the shared socket but only one gets
+            # it: a blocking read would leave the others stuck where disconnect cannot
+            # end them. BlockingIOError is an OSError: "no request" to the serving loop.
+            data, client_address = self.socket.recvfrom(
+                self.max_packet_size,  # type: ignore[attr-defined]
+                _socket.MSG_DONTWAIT,
+            )
+            request = (data, self.socket), client_address
+        # Counted from here to close_request(): both run whatever mixes in before us
+        # (``class S(ThreadingMixIn, HTTPServer)`` puts ThreadingMixIn's
+        # process_request first), so the count never misses a request.
+        with cond:
+            self._cluster_active += 1
+        return request
 
     def service_actions(self) -> None:
         runtime = getattr(self, "_cluster_runtime", None)
@@ -129,35 +125,23 @@ class ClusterMixIn:
         super().service_actions()  # type: ignore[misc]
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        cond = getattr(self, "_cluster_cond", None)
-        if cond is None:
+        runtime = getattr(self, "_cluster_runtime", None)
+        status = runtime.status if runtime is not None else None
+        threaded = isinstance(self, (_socketserver.ForkingMixIn, _socketserver.ThreadingMixIn))
+        if status is None or threaded:
             super().process_request(request, client_address)  # type: ignore[misc]
             return
-        with cond:
-            self._cluster_active += 1
-        runtime = self._cluster_runtime
-        forking = isinstance(self, _socketserver.ForkingMixIn)
-        synchronous = not forking and not isinstance(self, _socketserver.ThreadingMixIn)
-        if synchronous and runtime.status is not None:
-            runtime.status.set_busy(True)
+        # A single-threaded serving loop is occupied: round robin passes it over.
+        status.set_busy(True)
         try:
             super().process_request(request, client_address)  # type: ignore[misc]
-        except BaseException:
-            self._cluster_done()
-            raise
-        else:
-            if forking:
-                # Only the child returns from here never: in the parent the request is
-                # handed over, and server_close() waits for the children at disconnect.
-                self._cluster_done()
         finally:
-            if synchronous and runtime.status is not None:
-                runtime.status.set_busy(False)
-                runtime.status.beat()
+            status.set_busy(False)
+            status.beat()
 
-    def shutdown_request(self, request: Any) -> None:
+    def close_request(self, request: Any) -> None:
         try:
-            super().shutdown_request(request)  # type: ignore[misc]
+            super().close_request(request)  # type: ignore[misc]
         finally:
             if getattr(self, "_cluster_cond", None) is not None:
                 self._cluster_done()
@@ -173,6 +157,7 @@ class ClusterMixIn:
             self._cluster_closing = True
             serving = self._cluster_serving
         try:
+            net.wake_waiters(self.socket)
             self.socket.close()
             if serving:
                 self.shutdown()  # type: ignore[attr-defined]

@@ -187,10 +187,12 @@ class TestPolicies:
         assert len(ids) == 40 and set(ids) <= {1, 2}
         kinds = [k for _, k in report["kinds"]]
         if policy == cluster.SCHED_RR:
-            # The primary accepts and alternates between free workers.
+            # The primary accepts and alternates between free workers; each worker's
+            # socket still looks like the listening socket it asked for.
             assert set(ids) == {1, 2}
-            assert all(not k["real"] for k in kinds), kinds
+            assert all(k["real"] and k["accepting"] and not k["reuseport"] for k in kinds)
             assert all(k["name"] == ["127.0.0.1", port] for k in kinds), kinds
+            assert kinds[0]["inode"] != kinds[1]["inode"], kinds  # a hand-off socket each
         elif policy == cluster.SCHED_NONE:
             # One listening socket, the primary's, accepted on in each worker.
             assert all(k["real"] and k["accepting"] and not k["reuseport"] for k in kinds)
@@ -665,10 +667,11 @@ else:
         c.sendto(b"hello", ("127.0.0.1", int(env["PORT"])))
     u.settimeout(5)
     emit(udp=u.type == socket.SOCK_DGRAM, got=u.recv(64).decode())
-    # A Unix-socket descriptor reports its path.
-    cluster.create_server(None, fd=int(env["UNIX"]))
+    # A Unix-socket descriptor reports its path. (Kept referenced: a socket object
+    # that is dropped is closed by the garbage collector, as any socket is.)
+    given = cluster.create_server(None, fd=int(env["UNIX"]))
     # A relative path is the worker's (cwd=sub), not the primary's.
-    cluster.create_server("rel.sock")
+    rel = cluster.create_server("rel.sock")
     # A descriptor that is no socket: a clear error naming it, and no leak.
     errors = set()
     for i in range(20):

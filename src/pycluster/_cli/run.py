@@ -8,13 +8,23 @@ servers, at the few places every Python server goes through:
 * asyncio's ``loop.create_server`` / ``create_unix_server`` (and uvloop's) with an
   address go through ``pycluster.aio``;
 * any other stream socket that the program binds (a plain ``bind()`` +
-  ``listen()`` + ``accept()`` loop, tornado, twisted, ...) gets the cluster's
-  listener behind its own descriptor (see :mod:`pycluster._cli.sockets`).
+  ``listen()`` + ``accept()`` loop, tornado, werkzeug, waitress, ...) is bound the
+  cluster's way (see :mod:`pycluster._cli.sockets`).
 
 uvloop accepts in C, where a round-robin hand-off cannot reach: a server it runs is
-shared (policy ``none``) instead, with a warning. ``--bind`` addresses replace the
-addresses of the program's first servers, in order. A program still running a moment
-after a disconnect has closed its servers is interrupted (SIGINT), as Ctrl-C would.
+shared (policy ``none``) instead, logged once.
+
+When the worker is disconnected (``pycluster stop``, a reload, SIGTERM to the
+primary), its listeners stop taking connections at once, and then the program is
+stopped the way it expects to be:
+
+* a program with its own SIGINT or SIGTERM handler (uvicorn, aiohttp, ...) gets that
+  signal right away and runs its own graceful shutdown (in-flight requests, open
+  WebSockets, lifespan hooks);
+* any other program gets :data:`GRACE` seconds for its open connections to end and
+  its serving loop to return (pycluster's ``socketserver`` and asyncio servers return
+  by themselves once drained); if it still runs then, it is interrupted with SIGINT,
+  as Ctrl-C would.
 """
 
 from __future__ import annotations
@@ -35,32 +45,14 @@ from pycluster import _child as child
 from pycluster import _ports as net
 from pycluster._cli import binds, sockets
 
-log = logging.getLogger("pycluster._cli")
+log = logging.getLogger("pycluster.cli")
 
-#: Seconds a disconnected worker's program gets to end by itself, then after SIGINT.
+#: Seconds a disconnected program without a graceful stop of its own gets to finish.
 GRACE = 1.0
 
-_overrides: list[binds.Bind] = []
-_override_lock = threading.Lock()
 _interrupted = threading.Event()
-
-
-# -- one choke point for every cluster listener: --bind overrides ---------------------------
-_net_create_server = net.create_server
-
-
-def _create_server(address: Any, **kwargs: Any) -> Any:
-    """``net.create_server``, listening on the next ``--bind`` address if one is left."""
-    stream = kwargs.get("type") in (None, socket.SOCK_STREAM)
-    if stream and not kwargs.get("exclusive") and kwargs.get("fd") is None:
-        with _override_lock:
-            override = _overrides.pop(0) if _overrides else None
-        if override is not None:
-            address, extra = binds.create_args(override)
-            kwargs.pop("family", None)
-            kwargs.pop("dualstack_ipv6", None)
-            kwargs.update(extra)
-    return _net_create_server(address, **kwargs)
+#: The program stops itself (it has its own signal handler): no watchdog.
+_stops_itself = threading.Event()
 
 
 # -- asyncio and uvloop -------------------------------------------------------------------------
@@ -86,9 +78,16 @@ def _wrap_create_server(orig: Creator, uvloop: bool) -> Creator:
             return await orig(self, protocol_factory, host, port, **kwargs)
         from pycluster import aio
 
-        family, address = await aio._resolve(
-            self, host, port or 0, kwargs.pop("family", socket.AF_UNSPEC)
-        )
+        family = kwargs.pop("family", socket.AF_UNSPEC)
+        override = sockets.next_override()
+        if override is not None:
+            where, extra = binds.create_args(override)
+            if "fd" in extra:
+                return await _serve_fd(self, protocol_factory, extra["fd"], uvloop, kwargs)
+            if extra.get("family") == socket.AF_UNIX:
+                return await self.create_unix_server(protocol_factory, where, **kwargs)
+            host, port, family = where[0], where[1], extra["family"]
+        family, address = await aio._resolve(self, host, port or 0, family)
         backlog = kwargs.pop("backlog", 100)
         for ignored in ("flags", "reuse_address", "reuse_port"):
             kwargs.pop(ignored, None)
@@ -99,6 +98,28 @@ def _wrap_create_server(orig: Creator, uvloop: bool) -> Creator:
         return await aio._serve(self, runtime, listener, protocol_factory, backlog, kwargs)
 
     return create_server
+
+
+async def _serve_fd(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    fd: int,
+    uvloop: bool,
+    kwargs: dict[str, Any],
+) -> Any:
+    """An asyncio server on ``--bind fd://N``."""
+    from pycluster import aio
+
+    runtime = child.runtime()
+    assert runtime is not None
+    backlog = kwargs.pop("backlog", 100)
+    for ignored in ("flags", "reuse_address", "reuse_port"):
+        kwargs.pop(ignored, None)
+    policy = sockets.shared_for_uvloop(f"fd://{fd}") if uvloop else None
+    listener = await asyncio.to_thread(
+        net.create_server, None, fd=fd, backlog=backlog, policy=policy
+    )
+    return await aio._serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
 
 
 def _wrap_create_unix_server(orig: Creator, uvloop: bool) -> Creator:
@@ -169,23 +190,64 @@ def _patch_socketserver() -> None:
 
 def install(bind_list: list[binds.Bind], round_robin: bool) -> None:
     """Make the standard library's servers cluster-aware in this worker."""
-    _overrides[:] = bind_list
     _patch_socketserver()  # imports pycluster's integrations before anything is replaced
-    net.create_server = _create_server
-    sockets.install(round_robin)
+    sockets.install(bind_list, round_robin)
     _patch_asyncio()
 
 
+def _own_stop_signal() -> int | None:
+    """SIGINT or SIGTERM if the program handles it itself (its graceful stop), else None.
+
+    asyncio.run()'s own SIGINT handler only cancels the main task: that is Ctrl-C,
+    not a graceful stop, so it does not count.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler in (signal.SIG_DFL, signal.SIG_IGN, None, signal.default_int_handler):
+            continue
+        runner = getattr(asyncio, "Runner", None)  # Python >= 3.11
+        bound = getattr(handler, "func", handler)  # Runner installs a functools.partial
+        if runner is not None and isinstance(getattr(bound, "__self__", None), runner):
+            continue
+        return signum
+    return None
+
+
+def _interrupt(signum: int) -> None:
+    _interrupted.set()
+    signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
+
+def _stop_program() -> None:
+    """At ``worker.disconnect()``, beside the listeners' own closing: end the program."""
+    own = _own_stop_signal()
+    if own is not None:
+        _stops_itself.set()
+        log.debug("stopping the program with its own %s handler", signal.Signals(own).name)
+        _interrupt(own)
+        return
+    deadline = threading.Event()
+    net.wait_drained(net.history(), GRACE)
+    for _ in range(int(GRACE / net.DRAIN_POLL)):
+        if not threading.main_thread().is_alive():
+            return  # its serving loop returned by itself
+        deadline.wait(net.DRAIN_POLL)
+    if threading.main_thread().is_alive():
+        log.info("the program still runs after its servers closed: interrupting it")
+        _interrupt(signal.SIGINT)
+
+
 def _end_after_disconnect() -> None:
-    """The servers have drained and the channel is closed: the program should end now."""
+    """The channel is closed: a program that neither ended nor stops itself is ended."""
+    if _stops_itself.is_set():
+        return  # it runs its own graceful stop; the primary's shutdown_timeout bounds it
 
     def watch() -> None:
         if threading.Event().wait(GRACE):
             return
-        log.info("the program still runs after disconnecting: interrupting it")
-        _interrupted.set()
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-        threading.Event().wait(GRACE)
+        if not _interrupted.is_set():
+            _interrupt(signal.SIGINT)
+            threading.Event().wait(GRACE)
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -201,7 +263,9 @@ def main(spec: dict[str, Any]) -> int:
     """Run the program the spec names, cluster-aware; returns its exit status."""
     install(spec["binds"], spec.get("policy", "rr") == "rr")
     worker = cluster.worker
-    assert worker is not None
+    runtime = child.runtime()
+    assert worker is not None and runtime is not None
+    runtime.servers.add(_stop_program)
     worker.on("disconnect", _end_after_disconnect)
     args: list[str] = spec["args"]
     try:

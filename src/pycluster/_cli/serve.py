@@ -24,6 +24,7 @@ import importlib
 import inspect
 import itertools
 import logging
+import socket
 import sys
 import threading
 import time
@@ -240,7 +241,7 @@ class HandoffServer:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        listener: net.RoundRobinListener,
+        listener: socket.socket,
         factory: Callable[[], asyncio.Protocol],
     ) -> None:
         self._loop = loop
@@ -303,11 +304,8 @@ def _server_class() -> type:
             self.backlog = backlog
             self.finished = threading.Event()
             self._beat: asyncio.Task[None] | None = None
-            runtime = child.runtime()
             for listener in listeners:
-                token = listener.registry_token
-                if runtime is not None and token is not None:
-                    runtime.servers.replace(token, self.close_for_disconnect)
+                net.replace_closer(net.listener_of(listener), self.close_for_disconnect)
 
         async def startup(self, sockets: list[Any] | None = None) -> None:
             await super().startup(sockets=[])
@@ -334,7 +332,7 @@ def _server_class() -> type:
 
             runtime = child.runtime()
             for listener in self.listeners:
-                if isinstance(listener, net.RoundRobinListener):
+                if net.is_round_robin(listener):
                     handoff: Any = HandoffServer(loop, listener, create_protocol)
                     self.servers.append(handoff)
                 else:
