@@ -113,7 +113,7 @@ def line_request(port: int, line: bytes, timeout: float = 10) -> bytes:
 
 def pid_of(answer: bytes) -> int:
     """The pid a line server put first in its answer (``PID rest``)."""
-    first = answer.split(b" ", 1)[0]
+    first = (answer.split() or [b""])[0]
     assert first.isdigit(), f"not an answer of a line server: {answer!r}"
     return int(first)
 

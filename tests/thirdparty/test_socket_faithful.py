@@ -11,13 +11,14 @@ connections ``accept()`` returns). Run in plain Python and as the only worker of
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any
 
 import pytest
 
 from tests.conftest import Commands, free_port
-from tests.thirdparty.harness import POLICIES, program
+from tests.thirdparty.harness import POLICIES, line_request, pid_of, program, start
 
 
 def observations(output: str) -> dict[str, Any]:
@@ -53,11 +54,16 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     observed = observations(result.stdout)
     # The probe itself works: it saw what Python documents.
-    assert observed["nonblocking_before_bind.accept_nothing_waiting"] == "raised BlockingIOError"
+    assert (
+        observed["nonblocking_before_bind.accept_nothing_waiting"]
+        == "raised BlockingIOError EAGAIN"
+    )
     assert observed["nonblocking_before_bind.accept_with_timeout"] == "raised TimeoutError"
     assert observed["nonblocking_before_bind.accept_blocking_nothing_waiting"] == "blocked"
     assert observed["timeout_before_bind.accept_nothing_waiting"] == "raised TimeoutError"
     assert observed["nonblocking_before_bind.dup.accepted.peer_is_client"] is True
+    assert observed["nonblocking_before_bind.accepted_blocking.conn_TCP_NODELAY"] is True
+    assert observed["nonblocking_before_bind.accept_after_shutdown"] == "raised OSError EINVAL"
     return observed
 
 
@@ -80,4 +86,20 @@ def test_worker_sees_what_plain_python_sees(
         f"policy {policy}: a worker's listening socket differs from plain Python's:\n"
         + "\n".join(differences)
     )
+    assert code == 0, output
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_workers_shutdown_leaves_the_others_serving(commands: Commands, policy: str) -> None:
+    """``shutdown(SHUT_RDWR)`` on a worker's listening socket ends that worker's accept()
+    only: the port stays open, and the other worker serves every connection after it."""
+    port = free_port()
+    run = start(commands, policy, port, program("shutdown_listener.py"), str(port))
+    stopped = pid_of(line_request(port, b"shutdown\n"))
+    run.command.wait_line(f"{stopped} stopped accepting")
+    (other,) = run.workers - {stopped}
+    answers = [pid_of(line_request(port, b"hello\n")) for _ in range(6)]
+    assert answers == [other] * 6, f"answers {answers}, shut down {stopped}; {run.describe()}"
+    run.command.proc.send_signal(signal.SIGTERM)
+    code, output = run.command.finish()
     assert code == 0, output

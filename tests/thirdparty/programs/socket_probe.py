@@ -6,6 +6,7 @@ one the program asked for. Every observation is a value, or the name of the exce
 that the step raised (``blocked`` when a call that must not block did).
 """
 
+import errno
 import json
 import os
 import select
@@ -45,7 +46,13 @@ def attempt(step: Callable[[], Any], limit: float = 3.0) -> Any:
     except Blocked:
         return "blocked"
     except Exception as exc:
-        return f"raised {type(exc).__name__}"
+        return raised(exc)
+
+
+def raised(exc: Exception) -> str:
+    """An exception's type, and its errno's name when it has one."""
+    code = getattr(exc, "errno", None)
+    return f"raised {type(exc).__name__}" + (f" {errno.errorcode[code]}" if code else "")
 
 
 def mode(sock: socket.socket) -> list[Any]:
@@ -83,6 +90,9 @@ def accept_from_client(listener: socket.socket, port: int) -> dict[str, Any]:
             seen["conn_sockname_is_server"] = conn.getsockname() == client.getpeername()
             seen["conn_peername_is_client"] = conn.getpeername() == client.getsockname()
             seen["conn_timeout"] = [conn.gettimeout(), conn.getblocking()]
+            # Linux copies these from the listening socket to the connections it accepts.
+            seen["conn_TCP_NODELAY"] = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            seen["conn_SO_KEEPALIVE"] = conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
             client.sendall(b"ping")
             seen["conn_recv"] = conn.recv(16).decode()
             conn.sendall(b"pong")
@@ -90,7 +100,7 @@ def accept_from_client(listener: socket.socket, port: int) -> dict[str, Any]:
     except Blocked:
         seen["accept"] = "blocked"
     except Exception as exc:
-        seen["accept"] = f"raised {type(exc).__name__}"
+        seen["accept"] = raised(exc)
     finally:
         client.close()
     return seen
@@ -124,6 +134,9 @@ def probe_nonblocking_before_bind(port: int) -> dict[str, Any]:
     obs["set_SO_REUSEADDR_after_listen"] = attempt(
         lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     )
+    obs["set_SO_KEEPALIVE_after_listen"] = attempt(
+        lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    )
     obs["inheritable_default"] = attempt(sock.get_inheritable)
     obs["set_inheritable"] = attempt(lambda: sock.set_inheritable(True))
     obs["inheritable_after_set"] = [attempt(sock.get_inheritable), os.get_inheritable(fds[0])]
@@ -146,6 +159,7 @@ def probe_nonblocking_before_bind(port: int) -> dict[str, Any]:
     obs["dup"] = {
         "isinstance_socket": isinstance(dup, socket.socket),
         "other_fd": dup.fileno() != sock.fileno(),
+        "family_type": [int(dup.family), int(dup.type)],
         "getsockname": attempt(lambda: address(dup.getsockname(), port)),
         "options": options(dup),
         "accepted": accept_from_client(dup, port),
@@ -155,11 +169,16 @@ def probe_nonblocking_before_bind(port: int) -> dict[str, Any]:
     obs["detach"] = [dup.fileno(), fd >= 0]
     again = socket.socket(fileno=fd)
     obs["reopened"] = {
+        "family_type": [int(again.family), int(again.type)],
         "getsockname": attempt(lambda: address(again.getsockname(), port)),
         "options": options(again),
         "accepted": accept_from_client(again, port),
     }
     again.close()
+    # shutdown() on a listening socket ends its accept() (servers use it to stop an
+    # accept thread).
+    obs["shutdown"] = attempt(lambda: sock.shutdown(socket.SHUT_RDWR))
+    obs["accept_after_shutdown"] = attempt(sock.accept, limit=1.0)
     sock.close()
     obs["fileno_after_close"] = sock.fileno()
     return obs
