@@ -29,6 +29,7 @@ from pycluster._ipc.framing import Codec, Frame, Kind, ProtocolError, close_fds
 from pycluster._ipc.messages import Act, Message, decode_internal, encode_internal
 from pycluster._process import WorkerProcess, spawn
 from pycluster._reactor import Completion, Reactor
+from pycluster._scheduling.round_robin import DEFAULT_WINDOW
 from pycluster._signals import signal_number
 from pycluster._status import StatusPage
 from pycluster._worker import Address, Worker
@@ -163,7 +164,12 @@ class Primary:
         if self._servers is None:
             from pycluster._servers import ServerTable
 
-            self._servers = ServerTable(self.reactor, self.freeze_policy, self._may_restart)
+            self._servers = ServerTable(
+                self.reactor,
+                self.freeze_policy,
+                self._may_restart,
+                lambda: int(self._settings.get("handoff_window", DEFAULT_WINDOW)),
+            )
         return self._servers
 
     def _may_restart(self) -> bool:

@@ -32,7 +32,7 @@ from typing import Any
 from pycluster._ipc.framing import Codec, Kind, close_fds
 from pycluster._ipc.messages import Act, Message, encode_internal
 from pycluster._reactor import Reactor
-from pycluster._scheduling.round_robin import RoundRobinHandle
+from pycluster._scheduling.round_robin import DEFAULT_WINDOW, RoundRobinHandle
 from pycluster._scheduling.shared import SharedHandle
 from pycluster._worker import Worker
 
@@ -40,6 +40,8 @@ log = logging.getLogger("pycluster")
 
 SCHED_NONE, SCHED_RR, SCHED_REUSEPORT = 1, 2, 3
 ACCEPT_BATCH = 128
+#: Acknowledgements read from one worker per wake-up of the primary's loop.
+ACK_BATCH = 64
 _HANDOFF = [b"C"]
 _fd_bytes = struct.Struct("i").pack
 Key = tuple[Any, Any, int, int, Any]
@@ -196,7 +198,9 @@ class RoundRobinServer(_Served):
     def __init__(self, table: ServerTable, handle_id: int, key: Key, sock: socket.socket) -> None:
         super().__init__(table, handle_id, key, sock)
         sock.setblocking(False)
-        self.handle: RoundRobinHandle[Worker, int] = RoundRobinHandle(self._busy)
+        self.handle: RoundRobinHandle[Worker, int] = RoundRobinHandle(
+            self._busy, window=table.window()
+        )
         self.handoffs: dict[Worker, socket.socket] = {}
         self.reactor = table.reactor
         self.reactor.add_reader(sock.fileno(), self._accept)
@@ -256,26 +260,33 @@ class RoundRobinServer(_Served):
         sock = self.handoffs.get(worker)
         if sock is None:
             return
-        # One read per wake-up: with one hand-off in flight there is at most one
-        # answer waiting, and the loop calls again (level-triggered) if there is more.
-        try:
-            data = sock.recv(64)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._send(self._worker_gone(worker))
-            return
-        self._took(worker)
+        # One byte per connection the worker took, in the order they were sent: read
+        # every answer waiting, then hand out what the freed window allows at once.
+        handoffs: list[tuple[Worker, int]] = []
+        for _ in range(ACK_BATCH):
+            try:
+                data = sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._send(handoffs)
+                self._send(self._worker_gone(worker))
+                return
+            handoffs.extend(self._settle(worker))
+        self._send(handoffs)
 
-    def _took(self, worker: Worker) -> None:
+    def _settle(self, worker: Worker) -> list[tuple[Worker, int]]:
+        """``worker`` took its oldest hand-off: close our copy; what may go out now."""
         conn, more = self.handle.accepted(worker)
         if conn is not None:
             os.close(conn)
             self.table.counted(worker)
-        if more:
-            self._send(more)
+        return more
+
+    def _took(self, worker: Worker) -> None:
+        self._send(self._settle(worker))
 
     def _retire_handoff(self, worker: Worker) -> None:
         sock = self.handoffs[worker]
@@ -328,10 +339,7 @@ class RoundRobinServer(_Served):
             sock = self.handoffs.pop(worker)
             self.reactor.remove_reader(sock.fileno())
             sock.close()
-            conn = self.handle.inflight(worker)
-            self.handle.refused(worker)
-            if conn is not None:
-                os.close(conn)
+            self.handle.refused(worker)  # back to the queue, which is closed below
         close_fds(self.handle.drain())
 
 
@@ -339,13 +347,11 @@ class _Closing(RoundRobinHandle[Worker, int]):
     """A round-robin handle whose port is closed: refused connections are closed."""
 
     def __init__(self, old: RoundRobinHandle[Worker, int]) -> None:
-        super().__init__()
+        super().__init__(window=old.window)
         self._inflight = old._inflight
 
     def refused(self, worker: Worker) -> list[tuple[Worker, int]]:
-        entry = self._inflight.pop(worker, None)
-        if entry is not None:
-            os.close(entry[1])
+        close_fds([conn for _, conn in self._inflight.pop(worker, ())])
         return []
 
 
@@ -360,8 +366,11 @@ class ServerTable:
         reactor: Reactor,
         policy: Callable[[], int],
         may_restart: Callable[[], bool],
+        window: Callable[[], int] = lambda: DEFAULT_WINDOW,
     ) -> None:
         self.reactor = reactor
+        #: Hand-offs a worker may hold before taking one (the ``handoff_window`` setting).
+        self.window = window
         #: The cluster's scheduling policy (frozen by the first server).
         self._policy = policy
         #: Whether a worker that leaves now may be replaced (its ports then stay open).

@@ -360,6 +360,13 @@ OPTIONS: tuple[Option, ...] = (
         "seconds a graceful disconnect may take",
         metavar="S",
     ),
+    Option(
+        "handoff_window",
+        lambda: 8,
+        _number(1, integer=True),
+        "round robin: connections a worker may be handed before it takes one",
+        metavar="N",
+    ),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 

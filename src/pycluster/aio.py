@@ -153,6 +153,95 @@ class Server:
             pass  # the loop is closed, or the program ended it: nothing is served any more
 
 
+class _HandoffServer(asyncio.AbstractServer):
+    """Round robin on a loop that accepts in C (uvloop): pycluster takes the hand-offs.
+
+    The loop's own accept cannot read a hand-off socket, so this server watches it,
+    takes each connection with ``accept()`` and gives it to the loop's
+    ``connect_accepted_socket``, which makes the same transport its own accept would.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.BaseProtocol],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = factory
+        self._options = {k: v for k, v in kwargs.items() if k in _ACCEPTED_SOCKET_OPTIONS}
+        self._serving = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening socket, while open."""
+        return () if self._sock.fileno() == -1 else (self._sock,)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this server runs on."""
+        return self._loop
+
+    def is_serving(self) -> bool:
+        """Whether connections are taken."""
+        return self._serving
+
+    async def start_serving(self) -> None:
+        """Take connections from now on."""
+        if self._serving or self._sock.fileno() == -1:
+            return
+        self._serving = True
+        self._sock.setblocking(False)
+        self._sock.listen()
+        self._loop.add_reader(self._sock.fileno(), self._take)
+
+    def _take(self) -> None:
+        for _ in range(HANDOFF_BATCH):
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()  # the primary stopped handing connections to us
+                return
+            conn.setblocking(False)
+            start = self._loop.connect_accepted_socket(self._factory, conn, **self._options)
+            task = self._loop.create_task(start)
+            self._tasks.add(task)
+            task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            import logging
+
+            logging.getLogger("pycluster").warning(
+                "a handed-over connection failed to start: %s", task.exception()
+            )
+
+    def close(self) -> None:
+        """Stop taking connections; those already taken go on."""
+        if self._serving:
+            self._serving = False
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        """Connections are waited for by :class:`Server` (from the kernel's tables)."""
+
+    async def serve_forever(self) -> None:
+        """Not used: :class:`Server` serves."""
+        raise NotImplementedError
+
+
+#: What ``create_server`` takes that ``connect_accepted_socket`` takes too.
+_ACCEPTED_SOCKET_OPTIONS = ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")
+#: Connections taken per wake-up of the loop.
+HANDOFF_BATCH = 64
+
+
 def _counting(
     factory: Callable[[], asyncio.BaseProtocol], runtime: child.ChildRuntime
 ) -> Callable[[], asyncio.BaseProtocol]:
@@ -200,7 +289,6 @@ async def create_server(
         address[1],
         family=address[0],
         backlog=backlog,
-        policy=_policy_for(loop, address[1]),
     )
     return await _serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
 
@@ -225,26 +313,8 @@ async def create_unix_server(
         path,
         family=socket.AF_UNIX,
         backlog=backlog,
-        policy=_policy_for(loop, path),
     )
     return await _serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
-
-
-def _policy_for(loop: asyncio.AbstractEventLoop, address: Any) -> int | None:
-    """Shared policy for loops that accept in C (uvloop): they need a real socket."""
-    from asyncio.selector_events import BaseSelectorEventLoop
-
-    if isinstance(loop, BaseSelectorEventLoop):
-        return None
-    import logging
-
-    logging.getLogger("pycluster").warning(
-        "%s accepts connections in C, where round-robin cannot reach: "
-        "sharing the listening socket of %r instead (SCHED_NONE)",
-        type(loop).__name__,
-        address,
-    )
-    return 1  # SCHED_NONE
 
 
 async def _serve(
@@ -262,12 +332,21 @@ async def _serve(
         return Server(None, runtime, None)
     found = net.listener_of(listener)
     factory = protocol_factory
-    if not isinstance(loop, BaseSelectorEventLoop):
-        factory = _counting(protocol_factory, runtime)
     start = kwargs.pop("start_serving", True)
-    inner = await loop.create_server(
-        factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
-    )
+    inner: asyncio.AbstractServer
+    if isinstance(loop, BaseSelectorEventLoop):
+        inner = await loop.create_server(
+            factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
+        )
+    elif net.is_round_robin(listener):
+        inner = _HandoffServer(loop, listener, factory, kwargs)  # counted by its accept()
+        if start:
+            await inner.start_serving()
+    else:
+        factory = _counting(protocol_factory, runtime)  # the loop accepts in C, unseen
+        inner = await loop.create_server(
+            factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
+        )
     server = Server(inner, runtime, found)
     if start:
         server._listening()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -23,14 +24,14 @@ Handle = RoundRobinHandle[str, int]
 
 
 def handle_with(*workers: str) -> Handle:
-    h: Handle = RoundRobinHandle()
+    h: Handle = RoundRobinHandle(window=1)
     for w in workers:
         assert h.add(w) == []
     return h
 
 
 class TestHandOff:
-    """One connection in flight per worker; the longest-free worker goes first."""
+    """A window of one: one connection in flight per worker; the longest-free goes first."""
 
     def test_one_in_flight_per_worker(self) -> None:
         h = handle_with("a", "b")
@@ -50,13 +51,14 @@ class TestHandOff:
         assert more == [("a", 2)]
         assert h.inflight("a") == 2 and h.queued == 0
 
-    def test_free_workers_are_a_fifo(self) -> None:
+    def test_free_workers_take_turns(self) -> None:
         h = handle_with("a", "b", "c")
         assert [h.push(i)[0][0] for i in range(3)] == ["a", "b", "c"]
-        # Freed in the order c, a, b: that is the order of the next hand-offs.
+        # Whatever order they answer in, the turns go on: the worker handed a
+        # connection longest ago is next.
         for w in ("c", "a", "b"):
             h.accepted(w)
-        assert [h.push(i)[0][0] for i in range(3, 6)] == ["c", "a", "b"]
+        assert [h.push(i)[0][0] for i in range(3, 6)] == ["a", "b", "c"]
 
     def test_even_spread(self) -> None:
         h = handle_with("a", "b", "c", "d")
@@ -88,7 +90,7 @@ class TestNoMembers:
     """Connections wait while no worker serves the port."""
 
     def test_queue_grows_then_drains_to_the_first_worker(self) -> None:
-        h: Handle = RoundRobinHandle()
+        h: Handle = RoundRobinHandle(window=1)
         for conn in range(5):
             assert h.push(conn) == []
         assert h.queued == 5
@@ -184,7 +186,7 @@ class TestBusyPredicate:
 
     def test_busy_worker_is_skipped(self) -> None:
         busy = {"a"}
-        h: Handle = RoundRobinHandle(lambda w: w in busy)
+        h: Handle = RoundRobinHandle(lambda w: w in busy, window=1)
         h.add("a")
         h.add("b")
         assert h.push(1) == [("b", 1)]
@@ -194,7 +196,7 @@ class TestBusyPredicate:
 
     def test_busy_worker_used_when_no_other_will_be_free(self) -> None:
         busy = {"a", "b"}
-        h: Handle = RoundRobinHandle(lambda w: w in busy)
+        h: Handle = RoundRobinHandle(lambda w: w in busy, window=1)
         h.add("a")
         h.add("b")
         assert h.push(1) == [("a", 1)]
@@ -202,7 +204,7 @@ class TestBusyPredicate:
         assert h.push(2) == [("b", 2)]
 
     def test_all_free_workers_busy_uses_the_longest_free(self) -> None:
-        h: Handle = RoundRobinHandle(lambda w: True)
+        h: Handle = RoundRobinHandle(lambda w: True, window=1)
         h.add("a")
         h.add("b")
         assert h.push(1) == [("a", 1)]
@@ -210,13 +212,75 @@ class TestBusyPredicate:
 
     def test_skipped_worker_keeps_its_place(self) -> None:
         busy = {"a"}
-        h: Handle = RoundRobinHandle(lambda w: w in busy)
+        h: Handle = RoundRobinHandle(lambda w: w in busy, window=1)
         for w in ("a", "b", "c"):
             h.add(w)
         assert h.push(1) == [("b", 1)]
         busy.clear()
         assert h.push(2) == [("a", 2)]  # still first in line once it is not busy
         assert h.push(3) == [("c", 3)]
+
+
+class TestWindow:
+    """Several hand-offs in flight per worker: no round trip between connections."""
+
+    def test_a_worker_holds_up_to_its_window(self) -> None:
+        h: Handle = RoundRobinHandle(window=3)
+        h.add("a")
+        assert [h.push(i) for i in range(4)] == [[("a", 0)], [("a", 1)], [("a", 2)], []]
+        assert h.outstanding("a") == [0, 1, 2] and h.queued == 1
+        # Each answer settles the oldest hand-off and makes room for one more.
+        assert h.accepted("a") == (0, [("a", 3)])
+        assert h.outstanding("a") == [1, 2, 3]
+
+    def test_least_loaded_worker_first_then_turns(self) -> None:
+        h: Handle = RoundRobinHandle(window=4)
+        for w in ("a", "b"):
+            h.add(w)
+        assert [h.push(i)[0][0] for i in range(6)] == ["a", "b", "a", "b", "a", "b"]
+        h.accepted("b")
+        h.accepted("b")
+        # "b" has two fewer in flight now: it gets the next two.
+        assert [h.push(i)[0][0] for i in range(6, 9)] == ["b", "b", "a"]
+
+    def test_a_dead_worker_gives_back_its_whole_window_in_order(self) -> None:
+        h: Handle = RoundRobinHandle(window=3)
+        h.add("a")
+        for i in range(5):
+            h.push(i)
+        h.add("b")  # takes 3 and 4
+        assert h.outstanding("b") == [3, 4]
+        assert h.refused("a") == [("b", 0)]  # b has room for one more: the oldest
+        assert h.outstanding("b") == [3, 4, 0]
+        assert h.drain() == [1, 2]
+
+    def test_busy_worker_is_passed_over_while_another_has_room(self) -> None:
+        busy = {"a"}
+        h: Handle = RoundRobinHandle(lambda w: w in busy, window=2)
+        h.add("a")
+        h.add("b")
+        assert [h.push(i) for i in range(3)] == [[("b", 0)], [("b", 1)], []]
+        busy.clear()
+        assert h.redistribute() == [("a", 2)]
+
+    def test_fresh_connections_split_evenly(self) -> None:
+        h: Handle = RoundRobinHandle(window=8)
+        for w in ("a", "b"):
+            h.add(w)
+        counts: Counter[str] = Counter()
+        for conn in range(2000):
+            for worker, _ in h.push(conn):
+                counts[worker] += 1
+            if conn % 3 == 0:  # the workers answer at different moments
+                for worker in ("a", "b"):
+                    while h.inflight(worker) is not None:
+                        _, more = h.accepted(worker)
+                        counts.update(w for w, _ in more)
+        assert abs(counts["a"] - counts["b"]) <= 0.02 * 2000, counts
+
+    def test_window_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="at least 1"):
+            RoundRobinHandle(window=0)
 
 
 WORKERS = ["w0", "w1", "w2", "w3"]
@@ -229,19 +293,24 @@ class RoundRobinMachine(RuleBasedStateMachine):
     was told to send, what came back), never a copy of the handle's algorithm.
     """
 
+    WINDOW = 1
+
     def __init__(self) -> None:
         super().__init__()
         self.busy: set[str] = set()
-        self.handle: Handle = RoundRobinHandle(lambda w: w in self.busy)
+        self.handle: Handle = RoundRobinHandle(lambda w: w in self.busy, window=self.WINDOW)
         self.next_conn = 0
         self.pushed: list[int] = []
         self.done: list[int] = []  # returned by accepted() or drain(): the caller's again
-        self.sent: dict[str, int] = {}  # hand-offs not yet answered
+        self.sent: dict[str, list[int]] = {}  # hand-offs not yet answered, oldest first
         self.members: set[str] = set()
+
+    def in_flight(self) -> list[int]:
+        return [c for conns in self.sent.values() for c in conns]
 
     def waiting(self) -> list[int]:
         """Connections neither in flight nor given back, in the order they were pushed."""
-        gone = set(self.done) | set(self.sent.values())
+        gone = set(self.done) | set(self.in_flight())
         return [c for c in self.pushed if c not in gone]
 
     def take(self, handoffs: list[tuple[str, int]]) -> None:
@@ -252,9 +321,10 @@ class RoundRobinMachine(RuleBasedStateMachine):
         for worker, conn in handoffs:
             assert worker in self.handle.members, f"{conn} handed to non-member {worker}"
             assert worker in self.members
-            assert worker not in self.sent, f"{worker} got a second connection in flight"
+            sent = self.sent.setdefault(worker, [])
+            assert len(sent) < self.WINDOW, f"{worker} got more than its window"
             assert conn in self.pushed
-            self.sent[worker] = conn
+            sent.append(conn)
 
     @rule(worker=st.sampled_from(WORKERS))
     def add(self, worker: str) -> None:
@@ -264,9 +334,9 @@ class RoundRobinMachine(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(WORKERS))
     def remove(self, worker: str) -> None:
         self.members.discard(worker)
-        in_flight = self.sent.get(worker)
+        in_flight = list(self.sent.get(worker, []))
         more = self.handle.remove(worker)
-        assert self.handle.inflight(worker) == in_flight
+        assert self.handle.outstanding(worker) == in_flight
         assert all(w != worker for w, _ in more)
         self.take(more)
 
@@ -280,20 +350,20 @@ class RoundRobinMachine(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(WORKERS))
     def accepted(self, worker: str) -> None:
         conn, more = self.handle.accepted(worker)
-        assert conn == self.sent.pop(worker, None)
+        sent = self.sent.get(worker)
+        assert conn == (sent.pop(0) if sent else None), "acknowledged out of order"
         if conn is not None:
             self.done.append(conn)
         self.take(more)
 
     @rule(worker=st.sampled_from(WORKERS))
     def refused(self, worker: str) -> None:
-        conn = self.sent.pop(worker, None)
+        conns = self.sent.pop(worker, [])
         queued_before = self.handle.queued
         self.members.discard(worker)
         more = self.handle.refused(worker)
-        if conn is not None:
-            # Not lost: it is back in the queue, which may at once hand out its head.
-            assert self.handle.queued == queued_before + 1 - len(more)
+        # Not lost: each is back in the queue, which may at once hand out its head.
+        assert self.handle.queued == queued_before + len(conns) - len(more)
         self.take(more)
 
     @rule(worker=st.sampled_from(WORKERS))
@@ -312,7 +382,7 @@ class RoundRobinMachine(RuleBasedStateMachine):
 
     @invariant()
     def nothing_lost_or_duplicated(self) -> None:
-        in_flight = list(self.sent.values())
+        in_flight = self.in_flight()
         waiting = len(self.pushed) - len(self.done) - len(in_flight)
         accounted = Counter(self.done) + Counter(in_flight)
         assert all(n == 1 for n in accounted.values()), "a connection was duplicated"
@@ -322,21 +392,31 @@ class RoundRobinMachine(RuleBasedStateMachine):
     @invariant()
     def handle_agrees_on_what_is_in_flight(self) -> None:
         for worker in WORKERS:
-            assert self.handle.inflight(worker) == self.sent.get(worker)
+            assert self.handle.outstanding(worker) == self.sent.get(worker, [])
         assert self.handle.members == self.members
 
     @invariant()
-    def no_idle_worker_while_connections_wait(self) -> None:
+    def no_worker_with_room_idles_while_connections_wait(self) -> None:
         if self.handle.queued:
-            free = [w for w in self.members if w not in self.sent]
-            # A free member waits only if it is busy and a member that is not busy
-            # has a hand-off in flight (it will be free in a moment).
-            assert all(w in self.busy for w in free), "a free member sits idle"
-            if free:
-                assert any(w in self.members and w not in self.busy for w in self.sent)
+            room = [w for w in self.members if len(self.sent.get(w, [])) < self.WINDOW]
+            # A member with room waits only if it is busy and a member that is not
+            # busy has a full window (it will have room in a moment).
+            assert all(w in self.busy for w in room), "a member with room sits idle"
+            if room:
+                assert any(
+                    w in self.members and w not in self.busy and len(c) >= self.WINDOW
+                    for w, c in self.sent.items()
+                )
 
 
-RoundRobinMachine.TestCase.settings = settings(
-    max_examples=120, stateful_step_count=40, deadline=None
-)
+class WindowedMachine(RoundRobinMachine):
+    """The same invariants with three hand-offs in flight per worker."""
+
+    WINDOW = 3
+
+
+_SETTINGS = settings(max_examples=120, stateful_step_count=40, deadline=None)
+RoundRobinMachine.TestCase.settings = _SETTINGS
+WindowedMachine.TestCase.settings = _SETTINGS
 TestRoundRobinProperties = RoundRobinMachine.TestCase
+TestWindowedProperties = WindowedMachine.TestCase

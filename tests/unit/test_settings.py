@@ -63,6 +63,7 @@ def test_unknown_key_is_type_error_naming_it() -> None:
         ("max_requests_jitter", None),
         ("max_memory", "1G"),
         ("shutdown_timeout", None),
+        ("handoff_window", 2.5),
     ],
 )
 def test_wrong_type_is_type_error_naming_the_key(key: str, value: Any) -> None:
@@ -90,6 +91,7 @@ def test_wrong_type_is_type_error_naming_the_key(key: str, value: Any) -> None:
         ("max_requests_jitter", -1),
         ("max_memory", 0),
         ("shutdown_timeout", -1.0),
+        ("handoff_window", 0),
     ],
 )
 def test_wrong_value_is_value_error_naming_the_key(key: str, value: Any) -> None:
@@ -147,6 +149,7 @@ def test_defaults() -> None:
         "max_memory": None,
         "start_timeout": None,
         "shutdown_timeout": 30.0,
+        "handoff_window": 8,
     }
     # Every default passes its own validation.
     assert _settings.validate(d) == d

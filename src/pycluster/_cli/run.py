@@ -11,8 +11,8 @@ servers, at the few places every Python server goes through:
   ``listen()`` + ``accept()`` loop, tornado, werkzeug, waitress, ...) is bound the
   cluster's way (see :mod:`pycluster._cli.sockets`).
 
-uvloop accepts in C, where a round-robin hand-off cannot reach: a server it runs is
-shared (policy ``none``) instead, logged once.
+uvloop accepts in C, where a round-robin hand-off cannot reach: on uvloop, pycluster
+takes the hand-offs itself and gives each connection to ``connect_accepted_socket``.
 
 When the worker is disconnected (``pycluster stop``, a reload, SIGTERM to the
 primary), its listeners stop taking connections at once, and then the program is
@@ -59,7 +59,36 @@ _stops_itself = threading.Event()
 Creator = Callable[..., Any]
 
 
-def _wrap_create_server(orig: Creator, uvloop: bool) -> Creator:
+_NOT_FOR_A_LISTENER = ("flags", "reuse_address", "reuse_port", "cleanup_socket")
+
+
+async def _serve(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    kwargs: dict[str, Any],
+    listen: Callable[[int], socket.socket],
+) -> Any:
+    """Serve on the cluster listener ``listen(backlog)`` makes (in a thread: it waits)."""
+    from pycluster import aio
+
+    runtime = child.runtime()
+    assert runtime is not None
+    backlog = kwargs.pop("backlog", 100)
+    for ignored in _NOT_FOR_A_LISTENER:
+        kwargs.pop(ignored, None)
+    listener = await asyncio.to_thread(listen, backlog)
+    return await aio._serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
+
+
+def _own_loop_accepts_it(loop: asyncio.AbstractEventLoop, sock: Any) -> bool:
+    """Whether the loop's own create_server can serve ``sock`` (not so: a hand-off
+    socket on a loop that accepts in C, such as uvloop)."""
+    from asyncio.selector_events import BaseSelectorEventLoop
+
+    return isinstance(loop, BaseSelectorEventLoop) or not net.is_round_robin(sock)
+
+
+def _wrap_create_server(orig: Creator) -> Creator:
     async def create_server(
         self: asyncio.AbstractEventLoop,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
@@ -67,14 +96,15 @@ def _wrap_create_server(orig: Creator, uvloop: bool) -> Creator:
         port: Any = None,
         **kwargs: Any,
     ) -> Any:
-        runtime = child.runtime()
-        if (
-            runtime is None
-            or kwargs.get("sock") is not None
-            or kwargs.get("reuse_port")
-            or not (host is None or isinstance(host, str))
-            or sockets.called_by_pycluster()
-        ):
+        sock = kwargs.get("sock")
+        if child.runtime() is None or sockets.called_by_pycluster():
+            return await orig(self, protocol_factory, host, port, **kwargs)
+        if sock is not None:
+            if _own_loop_accepts_it(self, sock):
+                return await orig(self, protocol_factory, host, port, **kwargs)
+            kwargs.pop("sock")
+            return await _serve(self, protocol_factory, kwargs, lambda backlog: sock)
+        if kwargs.get("reuse_port") or not (host is None or isinstance(host, str)):
             return await orig(self, protocol_factory, host, port, **kwargs)
         from pycluster import aio
 
@@ -83,64 +113,48 @@ def _wrap_create_server(orig: Creator, uvloop: bool) -> Creator:
         if override is not None:
             where, extra = binds.create_args(override)
             if "fd" in extra:
-                return await _serve_fd(self, protocol_factory, extra["fd"], uvloop, kwargs)
+                fd = extra["fd"]
+                return await _serve(
+                    self,
+                    protocol_factory,
+                    kwargs,
+                    lambda backlog: net.create_server(None, fd=fd, backlog=backlog),
+                )
             if extra.get("family") == socket.AF_UNIX:
                 return await self.create_unix_server(protocol_factory, where, **kwargs)
             host, port, family = where[0], where[1], extra["family"]
         family, address = await aio._resolve(self, host, port or 0, family)
-        backlog = kwargs.pop("backlog", 100)
-        for ignored in ("flags", "reuse_address", "reuse_port"):
-            kwargs.pop(ignored, None)
-        policy = sockets.shared_for_uvloop(address) if uvloop else None
-        listener = await asyncio.to_thread(
-            net.create_server, address, family=family, backlog=backlog, policy=policy
+        return await _serve(
+            self,
+            protocol_factory,
+            kwargs,
+            lambda backlog: net.create_server(address, family=family, backlog=backlog),
         )
-        return await aio._serve(self, runtime, listener, protocol_factory, backlog, kwargs)
 
     return create_server
 
 
-async def _serve_fd(
-    loop: asyncio.AbstractEventLoop,
-    protocol_factory: Callable[[], asyncio.BaseProtocol],
-    fd: int,
-    uvloop: bool,
-    kwargs: dict[str, Any],
-) -> Any:
-    """An asyncio server on ``--bind fd://N``."""
-    from pycluster import aio
-
-    runtime = child.runtime()
-    assert runtime is not None
-    backlog = kwargs.pop("backlog", 100)
-    for ignored in ("flags", "reuse_address", "reuse_port"):
-        kwargs.pop(ignored, None)
-    policy = sockets.shared_for_uvloop(f"fd://{fd}") if uvloop else None
-    listener = await asyncio.to_thread(
-        net.create_server, None, fd=fd, backlog=backlog, policy=policy
-    )
-    return await aio._serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
-
-
-def _wrap_create_unix_server(orig: Creator, uvloop: bool) -> Creator:
+def _wrap_create_unix_server(orig: Creator) -> Creator:
     async def create_unix_server(
         self: asyncio.AbstractEventLoop,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         path: Any = None,
         **kwargs: Any,
     ) -> Any:
-        runtime = child.runtime()
-        if runtime is None or kwargs.get("sock") is not None or sockets.called_by_pycluster():
+        sock = kwargs.get("sock")
+        if child.runtime() is None or sockets.called_by_pycluster():
             return await orig(self, protocol_factory, path, **kwargs)
-        from pycluster import aio
-
-        backlog = kwargs.pop("backlog", 100)
-        kwargs.pop("cleanup_socket", None)
-        policy = sockets.shared_for_uvloop(path) if uvloop else None
-        listener = await asyncio.to_thread(
-            net.create_server, path, family=socket.AF_UNIX, backlog=backlog, policy=policy
+        if sock is not None:
+            if _own_loop_accepts_it(self, sock):
+                return await orig(self, protocol_factory, path, **kwargs)
+            kwargs.pop("sock")
+            return await _serve(self, protocol_factory, kwargs, lambda backlog: sock)
+        return await _serve(
+            self,
+            protocol_factory,
+            kwargs,
+            lambda backlog: net.create_server(path, family=socket.AF_UNIX, backlog=backlog),
         )
-        return await aio._serve(self, runtime, listener, protocol_factory, backlog, kwargs)
 
     return create_unix_server
 
@@ -151,17 +165,17 @@ def _patch_asyncio() -> None:
     import importlib.util
 
     base.BaseEventLoop.create_server = _wrap_create_server(  # type: ignore[method-assign]
-        base.BaseEventLoop.create_server, False
+        base.BaseEventLoop.create_server
     )
     unix._UnixSelectorEventLoop.create_unix_server = _wrap_create_unix_server(  # type: ignore[method-assign]
-        unix._UnixSelectorEventLoop.create_unix_server, False
+        unix._UnixSelectorEventLoop.create_unix_server
     )
     if importlib.util.find_spec("uvloop") is not None:
         import uvloop
 
-        uvloop.Loop.create_server = _wrap_create_server(uvloop.Loop.create_server, True)  # type: ignore[method-assign]
+        uvloop.Loop.create_server = _wrap_create_server(uvloop.Loop.create_server)  # type: ignore[method-assign]
         uvloop.Loop.create_unix_server = _wrap_create_unix_server(  # type: ignore[method-assign]
-            uvloop.Loop.create_unix_server, True
+            uvloop.Loop.create_unix_server
         )
 
 
@@ -188,10 +202,10 @@ def _patch_socketserver() -> None:
     http.server.ThreadingHTTPServer = cluster_http.ThreadingHTTPServer  # type: ignore[misc]
 
 
-def install(bind_list: list[binds.Bind], round_robin: bool) -> None:
+def install(bind_list: list[binds.Bind]) -> None:
     """Make the standard library's servers cluster-aware in this worker."""
     _patch_socketserver()  # imports pycluster's integrations before anything is replaced
-    sockets.install(bind_list, round_robin)
+    sockets.install(bind_list)
     _patch_asyncio()
 
 
@@ -261,7 +275,7 @@ def _end_after_disconnect() -> None:
 
 def main(spec: dict[str, Any]) -> int:
     """Run the program the spec names, cluster-aware; returns its exit status."""
-    install(spec["binds"], spec.get("policy", "rr") == "rr")
+    install(spec["binds"])
     worker = cluster.worker
     runtime = child.runtime()
     assert worker is not None and runtime is not None

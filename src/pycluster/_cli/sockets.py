@@ -15,7 +15,6 @@ removing "its stale socket" would otherwise cut the cluster off.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -24,7 +23,6 @@ import sys
 import threading
 from typing import Any
 
-import pycluster as cluster
 from pycluster import _ports as net
 from pycluster._cli import binds
 
@@ -33,7 +31,6 @@ log = logging.getLogger("pycluster.cli")
 STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
 _orig_unlink = os.unlink
-_round_robin = True
 _overrides: list[binds.Bind] = []
 _override_lock = threading.Lock()
 
@@ -49,38 +46,6 @@ def called_by_pycluster() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
-
-
-def uvloop_running() -> bool:
-    """Whether this thread's event loop (running, or the policy's next one) is uvloop's."""
-    if "uvloop" not in sys.modules:
-        return False
-    try:
-        loop: Any = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is not None:
-        return type(loop).__module__.startswith("uvloop")
-    return type(asyncio.get_event_loop_policy()).__module__.startswith("uvloop")
-
-
-_warned: set[str] = set()
-
-
-def shared_for_uvloop(where: Any) -> int | None:
-    """The policy to ask for a server that uvloop will accept on (logged once)."""
-    if not _round_robin:
-        return None
-    worker = cluster.worker
-    first = worker is not None and worker.slot in (0, None) and "uvloop" not in _warned
-    _warned.add("uvloop")
-    log.log(
-        logging.WARNING if first else logging.DEBUG,
-        "uvloop accepts connections in C, out of reach of round-robin hand-offs: "
-        "the workers share the listening socket of %s instead (policy none)",
-        where,
-    )
-    return cluster.SCHED_NONE
 
 
 def next_override() -> binds.Bind | None:
@@ -108,8 +73,6 @@ def _bind_filter(sock: socket.socket, address: Any) -> dict[str, Any] | None:
                 socket.AddressFamily(sock.family).name,
                 address,
             )
-    if uvloop_running():
-        options["policy"] = shared_for_uvloop(options.get("address", address))
     return options
 
 
@@ -138,11 +101,8 @@ def _listening_unix_socket(path: Any) -> bool:
     return False
 
 
-def install(bind_list: list[binds.Bind], round_robin: bool) -> None:
+def install(bind_list: list[binds.Bind]) -> None:
     """Share the stream sockets this worker's program binds; keep listening Unix sockets."""
-    global _round_robin
-    _round_robin = round_robin
     _overrides[:] = bind_list
-    net.bind_filter = _bind_filter
-    net.install()
+    net.set_bind_filter(_bind_filter)
     os.unlink = os.remove = _unlink

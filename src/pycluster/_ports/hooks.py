@@ -1,0 +1,218 @@
+"""The hooks on ``socket.socket`` in a worker process, for the descriptors of listeners.
+
+Each hook is the C method for every other socket, after one dictionary look-up.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pycluster._ports.listener import (
+    OWN,
+    RR,
+    SHARED,
+    C,
+    by_fd,
+    by_ino,
+    c_accept,
+    discover,
+    forget,
+    lookup,
+    register,
+)
+from pycluster._ports.query import share
+
+_py_dup = socket.socket.dup
+_py_real_close = socket.socket._real_close  # type: ignore[attr-defined]
+#: Set by ``pycluster run``: whether to share a socket the program binds, and how.
+BindFilter = Callable[[socket.socket, Any], "dict[str, Any] | None"]
+_bind_filter: BindFilter | None = None
+_marked: dict[int, dict[str, Any]] = {}
+_installed = False
+_local = threading.local()
+
+
+@contextmanager
+def binding_privately() -> Iterator[None]:
+    """pycluster binds a socket of its own here (exclusive, SO_REUSEPORT): not shared."""
+    _local.private = True
+    try:
+        yield
+    finally:
+        _local.private = False
+
+
+def _accept_hook(self: socket.socket) -> tuple[int, Any]:
+    listener = lookup(self) if by_fd else None
+    if listener is None:
+        try:
+            return c_accept(self)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or (listener := discover(self)) is None:
+                raise
+    return listener.accept(self)
+
+
+def _getsockname_hook(self: socket.socket) -> Any:
+    listener = lookup(self) if by_fd else None
+    if listener is not None and listener.mode == RR:
+        return listener.sockname
+    name = C.getsockname(self)
+    if name == "" and by_ino and (listener := discover(self)) is not None:
+        return listener.sockname if listener.mode == RR else C.getsockname(self)
+    return name
+
+
+def _getpeername_hook(self: socket.socket) -> Any:
+    if by_fd and (listener := lookup(self)) is not None and listener.mode == RR:
+        raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+    return C.getpeername(self)
+
+
+def _getsockopt_hook(self: socket.socket, *args: Any) -> Any:
+    if by_fd and (listener := lookup(self)) is not None and listener.mode == RR:
+        return listener.getsockopt(args)
+    return C.getsockopt(self, *args)
+
+
+def _setsockopt_hook(self: socket.socket, *args: Any) -> None:
+    if by_fd and (listener := lookup(self)) is not None and listener.mode == RR:
+        assert listener.shadow is not None
+        C.setsockopt(listener.shadow, *args)
+        return
+    C.setsockopt(self, *args)
+
+
+def _listen_hook(self: socket.socket, *backlog: int) -> None:
+    listener = lookup(self) if by_fd else None
+    if listener is None or listener.mode == OWN:
+        C.listen(self, *backlog)
+    if listener is not None:
+        listener.listen()  # shared: the primary listens, with the backlog it needs
+
+
+def _keep_shared_nonblocking(sock: socket.socket) -> None:
+    listener = lookup(sock)
+    if listener is not None and listener.mode == SHARED and listener.type == socket.SOCK_STREAM:
+        os.set_blocking(C.fileno(sock), False)
+
+
+def _setblocking_hook(self: socket.socket, flag: bool) -> None:
+    C.setblocking(self, flag)
+    if flag and by_fd:
+        _keep_shared_nonblocking(self)
+
+
+def _settimeout_hook(self: socket.socket, value: float | None) -> None:
+    C.settimeout(self, value)
+    if value is None and by_fd:
+        _keep_shared_nonblocking(self)
+
+
+def _dup_hook(self: socket.socket) -> socket.socket:
+    copy = _py_dup(self)
+    if by_fd and (listener := lookup(self)) is not None:
+        register(copy.fileno(), listener)
+        _keep_shared_nonblocking(copy)  # dup() set the copy's timeout, which may clear it
+    return copy
+
+
+def _real_close_hook(self: socket.socket, _ss: Any = C) -> None:
+    if by_fd:
+        fd = C.fileno(self)
+        listener = by_fd.get(fd)
+        if listener is not None:
+            forget(fd)
+            _py_real_close(self, _ss)
+            if not listener.fds:
+                listener.finish()
+            return
+    _py_real_close(self, _ss)
+
+
+def _bind_hook(self: socket.socket, address: Any, /) -> None:
+    fd = C.fileno(self)
+    if by_fd and lookup(self) is not None:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))  # bound already
+    options = _marked.pop(fd, None)
+    if _bind_filter is not None and not getattr(_local, "private", False):
+        extra = _bind_filter(self, address)  # pycluster run: every stream socket is shared
+        if extra is not None:
+            options = {**(options or {}), **extra}
+    if options is None:
+        C.bind(self, address)
+        return
+    share(self, options.pop("address", address), **options)
+
+
+def _connect_hook(self: socket.socket, address: Any, /) -> None:
+    if by_fd:
+        _unshare_client(self)
+    C.connect(self, address)
+
+
+def _connect_ex_hook(self: socket.socket, address: Any, /) -> int:
+    if by_fd:
+        _unshare_client(self)
+    return int(C.connect_ex(self, address))
+
+
+def _unshare_client(sock: socket.socket) -> None:
+    """A shared socket that connects was a client choosing its source address after all."""
+    listener = lookup(sock)
+    if listener is None or listener.listening or listener.shadow is None:
+        return
+    fd = C.fileno(sock)
+    os.dup2(listener.shadow.fileno(), fd, inheritable=False)
+    forget(fd)
+    address = listener.sockname
+    listener.finish()
+    C.settimeout(sock, sock.gettimeout())
+    C.bind(sock, address)
+
+
+def set_bind_filter(chooser: BindFilter) -> None:
+    """``pycluster run``: share the stream sockets ``chooser`` says how to share."""
+    global _bind_filter
+    _bind_filter = chooser
+    install()
+
+
+def install() -> None:
+    """Hook ``socket.socket`` in this worker process (once)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    cls: Any = socket.socket
+    cls._accept = _accept_hook
+    cls.getsockname = _getsockname_hook
+    cls.getpeername = _getpeername_hook
+    cls.getsockopt = _getsockopt_hook
+    cls.setsockopt = _setsockopt_hook
+    cls.listen = _listen_hook
+    cls.setblocking = _setblocking_hook
+    cls.settimeout = _settimeout_hook
+    cls.dup = _dup_hook
+    cls._real_close = _real_close_hook
+    cls.bind = _bind_hook
+    cls.connect = _connect_hook
+    cls.connect_ex = _connect_ex_hook
+
+
+@contextmanager
+def sharing(sock: socket.socket, **options: Any) -> Iterator[None]:
+    """The next ``bind()`` of ``sock`` (inside the block) shares the address instead."""
+    install()
+    fd = sock.fileno()
+    _marked[fd] = options
+    try:
+        yield
+    finally:
+        _marked.pop(fd, None)

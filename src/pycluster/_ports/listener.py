@@ -1,0 +1,437 @@
+"""One listener of a worker: its descriptors, its accept, how it ends, and their registry.
+
+The registry maps each descriptor a program holds for a cluster listener (its own
+socket's, and any ``dup()``) to its :class:`Listener`, checked against the
+descriptor's inode on every use, so a descriptor number reused after a close behind
+Python's back is never mistaken for one.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import os
+import select
+import socket
+import struct
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from pycluster import _child as child
+from pycluster._ipc.messages import Act
+from pycluster._ports.drain import connections_on
+
+RR, SHARED, OWN = "rr", "shared", "own"
+SCHED_NONE = 1
+#: Seconds an ``accept()`` woken by a retirement waits for the quiet socket to arrive.
+RETIRE_WAIT = 1.0
+#: Connections a worker takes from a shared socket per wake-up of its event loop.
+SHARED_BURST = 2
+#: How often draining checks whether connections are still open.
+DRAIN_POLL = 0.05
+
+_RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_ANCILLARY = socket.CMSG_SPACE(4 * 4)
+_ACK = b"A"
+C = _socket.socket
+c_accept: Callable[[socket.socket], tuple[int, Any]] = C._accept  # type: ignore[attr-defined]
+_STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+_ZERO_PEER: dict[int, Any] = {
+    socket.AF_INET: ("0.0.0.0", 0),
+    socket.AF_INET6: ("::", 0, 0, 0),
+    socket.AF_UNIX: "",
+}
+
+
+#: Every listener this worker has had, for draining at disconnect.
+HISTORY: list[Listener] = []
+
+
+def address_type(family: int, type_: int) -> int | str:
+    """Node's ``addressType`` for a socket family and type."""
+    if family == socket.AF_UNIX:
+        return -1
+    if type_ == socket.SOCK_DGRAM:
+        return "udp6" if family == socket.AF_INET6 else "udp4"
+    return 6 if family == socket.AF_INET6 else 4
+
+
+class Listener:
+    """One server this worker listens with: what its descriptors are, and how it ends."""
+
+    def __init__(
+        self,
+        mode: str,
+        sock: socket.socket,
+        sockname: Any,
+        shadow: socket.socket | None,
+        runtime: child.ChildRuntime,
+        handle_id: int | None,
+        report: tuple[Any, Any, int | str] | None,
+        created: bool,
+    ) -> None:
+        self.mode = mode
+        self.family = int(sock.family)
+        self.type = int(sock.type)
+        self.sockname = sockname
+        #: Round robin: a socket of the program's own kind, holding its options.
+        self.shadow = shadow
+        self.runtime = runtime
+        self.handle_id = handle_id
+        #: What to tell the primary (``listening``) when the program starts listening.
+        self.report = report
+        #: ``create_server`` made the socket: a disconnect closes it (else retires it).
+        self.created = created
+        self.owner: weakref.ref[socket.socket] = weakref.ref(sock)
+        self.ino = os.fstat(sock.fileno()).st_ino
+        self.fds: set[int] = set()
+        self.listening = False
+        self.retired = False
+        self.closing = False
+        self.swapped = threading.Event()
+        self._wake: tuple[int, int] | None = None
+        self._burst = 0
+        self.token: int | None = None
+        self.closer: Callable[[], None] = self.close_for_disconnect
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.mode} {self.sockname!r} fds={sorted(self.fds)}>"
+
+    # -- accept --------------------------------------------------------------------------
+    def accept(self, sock: socket.socket) -> tuple[int, Any]:
+        """``socket._accept()`` for a descriptor of this listener."""
+        if not self.listening and self.type == socket.SOCK_STREAM:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if self.mode == RR:
+            return self._take(sock)
+        if self.mode == SHARED and sock.gettimeout() is None:
+            return self._blocking_accept(sock)
+        if self.mode == SHARED and sock.gettimeout() == 0.0:
+            return self._fair_accept(sock)
+        fd, addr = c_accept(sock)
+        self._count()
+        return fd, addr
+
+    def _fair_accept(self, sock: socket.socket) -> tuple[int, Any]:
+        # An event loop accepts until EAGAIN (asyncio up to `backlog` at a time), so one
+        # worker would drain the shared queue and the others get nothing. As libuv does
+        # in a cluster worker, take a few and then say "nothing more" for this wake-up:
+        # the descriptor stays readable, and every worker gets its turn.
+        if self._burst >= SHARED_BURST:
+            self._burst = 0
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        try:
+            fd, addr = c_accept(sock)
+        except BlockingIOError:
+            self._burst = 0
+            raise
+        self._burst += 1
+        self._count()
+        return fd, addr
+
+    def _take(self, sock: socket.socket) -> tuple[int, Any]:
+        while True:
+            # The object's own recvmsg: its timeout and blocking mode apply as to accept().
+            msg, ancillary, _flags, _addr = C.recvmsg(sock, 1, _ANCILLARY, _RECV_FLAGS)
+            fds = fds_of(ancillary)
+            if not msg and not fds:
+                return self._ended(sock)
+            for extra in fds[1:]:
+                os.close(extra)
+            if not fds:
+                continue
+            fd = fds[0]
+            try:
+                os.write(sock.fileno(), _ACK)
+            except OSError:
+                # Not acknowledged (a disconnect shut the hand-off, or the primary is
+                # gone): the primary gives this connection to another worker.
+                os.close(fd)
+                continue
+            self._count()
+            return fd, peer(fd, self.family)
+
+    def _ended(self, sock: socket.socket) -> tuple[int, Any]:
+        """The hand-off socket reached its end: retired, closed, or the primary stopped."""
+        if self.retired:
+            self.swapped.wait(RETIRE_WAIT)
+            if sock.fileno() == -1 or lookup(sock) is not None:
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+            return c_accept(sock)  # the quiet socket: blocks, or EAGAIN
+        if self.closing or sock.fileno() == -1:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        # The primary stopped serving this port: end the server the way a disconnect
+        # would (its serving loop then stops), rather than spin on the closed socket.
+        self._close_in_background()
+        raise OSError(errno.ECONNABORTED, "the primary stopped handing over connections")
+
+    def _blocking_accept(self, sock: socket.socket) -> tuple[int, Any]:
+        # Every worker shares the descriptor's flags, so it stays non-blocking and a
+        # blocking accept() waits here, where a retirement can wake it.
+        while True:
+            try:
+                fd, addr = c_accept(sock)
+            except (BlockingIOError, InterruptedError):
+                pass
+            else:
+                self._count()
+                return fd, addr
+            wake = self._wake_pipe()
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            poller.register(wake[0], select.POLLIN)
+            ready = [fd for fd, _ in poller.poll()]
+            if wake[0] in ready or self.retired or self.closing:
+                self.swapped.wait(RETIRE_WAIT)
+                if sock.fileno() == -1 or lookup(sock) is not None:
+                    raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+                return c_accept(sock)
+
+    def _wake_pipe(self) -> tuple[int, int]:
+        if self._wake is None:
+            self._wake = os.pipe2(os.O_CLOEXEC)
+        return self._wake
+
+    def _count(self) -> None:
+        status = self.runtime.status
+        if status is not None:
+            status.count_connection()
+
+    # -- listening -------------------------------------------------------------------------
+    def listen(self) -> None:
+        """The program listens: the primary's socket already does; tell it we serve."""
+        if self.listening:
+            return
+        self.listening = True
+        if self.report is not None:
+            address, port, kind = self.report
+            try:
+                self.runtime.send_internal(
+                    Act.LISTENING, address=address, port=port, addressType=kind
+                )
+            except OSError:
+                pass  # the channel is closing: the worker is going away
+
+    def getsockopt(self, args: tuple[Any, ...]) -> Any:
+        """An option of the program's socket (its own kind, its own options)."""
+        level, name = args[0], args[1]
+        if level == socket.SOL_SOCKET and name == socket.SO_ACCEPTCONN:
+            value = int(self.listening)
+            return value if len(args) == 2 else struct.pack("i", value)[: args[2]]
+        assert self.shadow is not None
+        return C.getsockopt(self.shadow, *args)
+
+    # -- ending -----------------------------------------------------------------------------
+    def close_for_disconnect(self) -> None:
+        """``worker.disconnect()``: stop taking connections, the way the program expects."""
+        if not self.created:
+            self.retire()
+            return
+        sock = self.owner()
+        self.closing = True
+        self._wake_blocked()
+        if sock is not None:
+            sock.close()
+        else:
+            self.finish()
+
+    def _close_in_background(self) -> None:
+        self.closing = True
+        if self.token is not None:
+            self.runtime.servers.close_one(self.token)
+
+    def _wake_blocked(self) -> None:
+        """Wake threads blocked in ``accept()`` on this listener."""
+        if self.mode in (RR, OWN) and self.fds:
+            on_fd(next(iter(self.fds)), lambda s: s.shutdown(socket.SHUT_RDWR))
+        elif self._wake is not None:
+            os.write(self._wake[1], b"x")
+
+    def retire(self) -> None:
+        """Give the program's descriptors a quiet socket that never gets a connection."""
+        if self.retired:
+            return
+        self.retired = True
+        self._wake_blocked()
+        quiet = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        C.bind(quiet, "")  # an unnamed abstract address: nobody can connect to it
+        C.listen(quiet, 1)
+        owner = self.owner()
+        blocking = owner is None or owner.gettimeout() is None
+        quiet.setblocking(blocking)
+        for fd in list(self.fds):
+            os.dup2(quiet.fileno(), fd, inheritable=False)
+            forget(fd)
+        quiet.close()
+        self.finish()
+        self.swapped.set()
+
+    def finish(self) -> None:
+        """No descriptor of this listener is left: release what it held."""
+        for fd in list(self.fds):
+            forget(fd)
+        if self.token is not None:
+            self.runtime.servers.discard(self.token)
+            self.token = None
+            if self.handle_id is not None:
+                try:
+                    self.runtime.send_internal(Act.CLOSE, handle=self.handle_id)
+                except OSError:
+                    pass
+        if self.shadow is not None:
+            self.shadow.close()
+            self.shadow = None
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
+        self.swapped.set()
+
+    # -- draining ------------------------------------------------------------------------------
+    def open_connections(self) -> int:
+        """Connections of this process on this listener's address that are still open."""
+        return connections_on(self.family, self.sockname)
+
+    def wait_drained(self, timeout: float | None = None) -> bool:
+        """Wait until no connection on this listener's address is open."""
+        return wait_drained([self], timeout)
+
+
+# -- the registry of listening descriptors -----------------------------------------------------
+by_fd: dict[int, Listener] = {}
+by_ino: dict[int, Listener] = {}
+_registry_lock = threading.Lock()
+
+
+def register(fd: int, listener: Listener) -> None:
+    with _registry_lock:
+        listener.fds.add(fd)
+        by_fd[fd] = listener
+        by_ino[listener.ino] = listener
+
+
+def forget(fd: int) -> Listener | None:
+    with _registry_lock:
+        listener = by_fd.pop(fd, None)
+        if listener is not None:
+            listener.fds.discard(fd)
+            if not listener.fds and by_ino.get(listener.ino) is listener:
+                del by_ino[listener.ino]
+        return listener
+
+
+def lookup(sock: socket.socket) -> Listener | None:
+    """The listener behind ``sock``'s descriptor, if it is one (checked, not assumed)."""
+    fd = C.fileno(sock)
+    listener = by_fd.get(fd)
+    if listener is None:
+        return None
+    try:
+        same = os.fstat(fd).st_ino == listener.ino
+    except OSError:
+        same = False
+    if not same:  # the descriptor was closed behind Python's back and reused
+        forget(fd)
+        return None
+    return listener
+
+
+def discover(sock: socket.socket) -> Listener | None:
+    """A copy of a listener's descriptor made outside Python's socket object (fromfd)."""
+    if not by_ino:
+        return None
+    fd = C.fileno(sock)
+    try:
+        listener = by_ino.get(os.fstat(fd).st_ino)
+    except OSError:
+        return None
+    if listener is not None:
+        register(fd, listener)
+    return listener
+
+
+def listener_of(sock: Any) -> Listener | None:
+    """The cluster listener behind ``sock``, if any (for pycluster's integrations)."""
+    if not isinstance(sock, socket.socket) or sock.fileno() == -1:
+        return None
+    return lookup(sock) or discover(sock)
+
+
+def wake_waiters(sock: Any) -> None:
+    """Wake whatever waits to accept on ``sock`` (before closing it from another thread).
+
+    A poll on a descriptor does not end when another thread closes it; shutting a
+    hand-off socket down does (a shared socket is everyone's, so only its own blocking
+    ``accept()`` is woken).
+    """
+    listener = listener_of(sock)
+    if listener is not None:
+        listener.closing = True
+        listener._wake_blocked()
+
+
+def is_round_robin(sock: Any) -> bool:
+    """Whether ``sock`` takes connections handed over by the primary."""
+    listener = listener_of(sock)
+    return listener is not None and listener.mode == RR
+
+
+def on_fd(fd: int, action: Callable[[socket.socket], object]) -> None:
+    """Run ``action`` on a throw-away socket object for ``fd`` (the descriptor stays)."""
+    temp = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fd)
+    try:
+        action(temp)
+    except OSError:
+        pass
+    finally:
+        temp.detach()
+
+
+def fds_of(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(int.from_bytes(data[i : i + 4], "little") for i in range(0, usable, 4))
+    return fds
+
+
+def peer(fd: int, family: int) -> Any:
+    temp = C(family, socket.SOCK_STREAM, 0, fd)
+    try:
+        return temp.getpeername()
+    except OSError:
+        return _ZERO_PEER.get(family)  # the client is already gone: as accept() would say
+    finally:
+        temp.detach()
+
+
+def history() -> list[Listener]:
+    """Every listener this worker has had (closed and retired ones included)."""
+    return list(HISTORY)
+
+
+def replace_closer(listener: Listener | None, closer: Callable[[], None]) -> bool:
+    """An integration (asyncio, socketserver) takes over ending a listener at disconnect.
+
+    ``False`` if a disconnect already ended it: the integration must not serve.
+    """
+    if listener is None or listener.token is None or listener.retired or listener.closing:
+        return False
+    listener.closer = closer
+    return True
+
+
+def wait_drained(listeners: list[Listener], timeout: float | None = None) -> bool:
+    """Wait until none of ``listeners`` has an open connection; ``False`` on time-out."""
+    wait = threading.Event()
+    remaining = timeout
+    while any(listener.open_connections() for listener in listeners):
+        if remaining is not None:
+            if remaining <= 0:
+                return False
+            remaining -= DRAIN_POLL
+        wait.wait(DRAIN_POLL)
+    return True

@@ -1,0 +1,169 @@
+"""Asking the primary for a listener, and putting its descriptor behind a program's socket."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+from pycluster import _child as child
+from pycluster._ipc.channel import ChannelClosedError
+from pycluster._ipc.messages import Act
+from pycluster._ports.listener import (
+    HISTORY,
+    OWN,
+    RR,
+    SHARED,
+    C,
+    Listener,
+    address_type,
+    register,
+)
+
+
+def share(
+    sock: socket.socket,
+    address: Any,
+    *,
+    backlog: int | None = None,
+    fd: int | None = None,
+    policy: int | None = None,
+    created: bool = False,
+) -> None:
+    """Bind ``sock`` the cluster's way: its descriptor becomes the shared listener.
+
+    Raises ``OSError`` where ``bind()`` would (the primary's ``EADDRINUSE``,
+    ``EACCES``, ...). Outside a worker, ``sock`` is simply bound.
+    """
+    runtime = child.runtime()
+    if runtime is None:
+        C.bind(sock, address)
+        return
+    dualstack = False
+    if sock.family == socket.AF_INET6:
+        dualstack = not C.getsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    reply = query(
+        runtime, int(sock.family), int(sock.type), address, backlog, fd, policy, dualstack
+    )
+    adopt(runtime, sock, reply, address, fd, created)
+
+
+def query(
+    runtime: child.ChildRuntime,
+    family: int,
+    type_: int,
+    address: Any,
+    backlog: int | None,
+    fd: int | None,
+    policy: int | None,
+    dualstack: bool,
+) -> dict[str, Any]:
+    """Ask the primary for the listener at ``address``; raises ``OSError`` as bind would."""
+    host: Any = None
+    port: int | None = None
+    if fd is not None:
+        pass  # the primary's descriptor decides what it is
+    elif family == socket.AF_UNIX:
+        path = os.fsdecode(address) if isinstance(address, (bytes, os.PathLike)) else address
+        # Relative to this worker's directory, not the primary's (as Node resolves it).
+        host = os.path.abspath(path) if path and not path.startswith("\0") else path
+    else:
+        host, port = address[0] or "", int(address[1])
+    try:
+        reply = runtime.request(
+            Act.QUERY_SERVER,
+            address=host,
+            port=port,
+            family=family,
+            type=type_,
+            backlog=backlog,
+            fd=fd,
+            dualstack=dualstack,
+            policy=policy,
+        )
+    except ChannelClosedError:
+        if not runtime.worker.exited_after_disconnect:
+            raise
+        reply = {"errno": errno.ECONNABORTED}
+    if "errno" in reply:
+        for extra in reply.get("_fds", []):
+            os.close(extra)
+        err = int(reply["errno"])
+        if err != errno.ECONNABORTED or not runtime.worker.exited_after_disconnect:
+            where = f"fd={fd}" if fd is not None else address
+            raise OSError(err, str(reply.get("error") or os.strerror(err)), where)
+    return reply
+
+
+def adopt(
+    runtime: child.ChildRuntime,
+    sock: socket.socket,
+    reply: dict[str, Any],
+    address: Any,
+    fd: int | None,
+    created: bool,
+) -> None:
+    """Put the descriptor the primary answered with behind ``sock``, and register it."""
+    if "errno" in reply:
+        # The worker is being disconnected: the server is born closed (a socket of
+        # ours) or retired (the program's), so serving ends as a disconnect ends it.
+        if created:
+            sock.close()
+        else:
+            _go_quiet(sock)
+        return
+    fds: list[int] = reply.get("_fds", [])
+    mode = str(reply.get("mode"))
+    family, type_ = int(sock.family), int(sock.type)
+    real_family, real_type = int(reply.get("family", family)), int(reply.get("type", type_))
+    rhost, rport = reply.get("host"), reply.get("port")
+    sockname: Any = rhost if real_family == socket.AF_UNIX else (rhost, rport)
+    if real_family == socket.AF_INET6 and isinstance(sockname, tuple):
+        sockname = (rhost, rport, 0, 0)
+    shown = address if real_family == socket.AF_UNIX and fd is None else rhost
+    port = None if real_family == socket.AF_UNIX else rport
+    report = (shown, port, address_type(real_family, real_type))
+    own_fd = sock.fileno()
+    shadow: socket.socket | None = None
+    if mode == "reuseport":
+        C.setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        C.setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        C.bind(sock, (address[0] or "", rport))
+        mode = OWN
+    elif mode in (RR, SHARED) and fds:
+        if mode == RR:
+            # The program's own socket stays, unbound, to answer for its options.
+            shadow = socket.socket(family, type_, sock.proto, fileno=os.dup(own_fd))
+            os.set_inheritable(shadow.fileno(), False)
+        os.dup2(fds[0], own_fd, inheritable=os.get_inheritable(own_fd))
+        os.close(fds.pop(0))
+        if mode == SHARED and real_type == socket.SOCK_STREAM:
+            os.set_blocking(own_fd, False)  # flags shared by every worker: see _blocking_accept
+        else:
+            C.settimeout(sock, sock.gettimeout())  # the program's mode, on the new descriptor
+    else:
+        raise OSError(errno.EPROTO, f"the primary answered with an unknown mode {mode!r}")
+    for extra in fds:
+        os.close(extra)
+    fds.clear()
+    if mode != RR:
+        sockname = C.getsockname(sock)
+    listener = Listener(
+        mode, sock, sockname, shadow, runtime, int(reply["handle"]), report, created
+    )
+    register(own_fd, listener)
+    HISTORY[:] = [old for old in HISTORY if old.fds or old.retired]
+    HISTORY.append(listener)
+    listener.token = runtime.servers.add(lambda: listener.closer())
+    if real_type != socket.SOCK_STREAM:
+        listener.listen()  # a datagram socket serves once bound
+
+
+def _go_quiet(sock: socket.socket) -> None:
+    quiet = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    C.bind(quiet, "")
+    C.listen(quiet, 1)
+    os.dup2(quiet.fileno(), sock.fileno(), inheritable=False)
+    quiet.close()
+    C.settimeout(sock, sock.gettimeout())
