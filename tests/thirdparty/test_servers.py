@@ -55,7 +55,7 @@ HTTP_PROGRAMS = [
     HttpProgram("tornado-ioloop", "tornado_ioloop.py", ws=True),
     HttpProgram("aiohttp-run_app", "aiohttp_app.py", ws=True),
     HttpProgram("flask-app.run", "flask_app.py"),
-    # uvicorn.run picks uvloop (installed with the test extra): the shared policy, always.
+    # uvicorn.run picks uvloop (installed with the test extra), which accepts in C.
     HttpProgram("uvicorn-uvloop", "uvicorn_app.py", ws=True),
     HttpProgram("uvicorn-asyncio", "uvicorn_app.py", ("asyncio",), ws=True),
     HttpProgram("websockets-serve", "websockets_app.py", ws=True, echo=False),
