@@ -60,9 +60,12 @@ def mode(sock: socket.socket) -> list[Any]:
     return [sock.getblocking(), sock.gettimeout()]
 
 
-def address(sock_address: Any, port: int) -> list[Any]:
-    host, got = sock_address[:2]
-    return [host, "PORT" if got == port else ("EPHEMERAL" if port == 0 else got)]
+def address(sock_address: Any, port: int) -> Any:
+    """An address with the port the test chose (or the kernel's, for 0) made comparable."""
+    if isinstance(sock_address, str):
+        return sock_address  # a Unix socket's path
+    host, got, *rest = sock_address
+    return [host, "PORT" if got == port else ("EPHEMERAL" if port == 0 else got), *rest]
 
 
 def options(sock: socket.socket) -> dict[str, Any]:
@@ -75,9 +78,13 @@ def options(sock: socket.socket) -> dict[str, Any]:
     }
 
 
-def accept_from_client(listener: socket.socket, port: int) -> dict[str, Any]:
-    """Connect a client, accept it, and look at the connection both ends see."""
-    client = socket.create_connection((HOST, port), timeout=5)
+def accept_from_client(
+    listener: socket.socket, target: Any, family: int = socket.AF_INET
+) -> dict[str, Any]:
+    """Connect a client to ``target``, accept it, and look at what both ends see."""
+    client = socket.socket(family, socket.SOCK_STREAM)
+    client.settimeout(5)
+    client.connect(target)
     seen: dict[str, Any] = {}
     try:
         seen["select_readable"] = attempt(lambda: bool(select.select([listener], [], [], 5)[0]))
@@ -86,13 +93,17 @@ def accept_from_client(listener: socket.socket, port: int) -> dict[str, Any]:
         with conn:
             seen["conn_type_is_socket"] = type(conn) is socket.socket
             seen["conn_family_type"] = [int(conn.family), int(conn.type)]
-            seen["peer_is_client"] = tuple(peer) == client.getsockname()
+            seen["peer_is_client"] = peer == client.getsockname()
             seen["conn_sockname_is_server"] = conn.getsockname() == client.getpeername()
             seen["conn_peername_is_client"] = conn.getpeername() == client.getsockname()
             seen["conn_timeout"] = [conn.gettimeout(), conn.getblocking()]
             # Linux copies these from the listening socket to the connections it accepts.
-            seen["conn_TCP_NODELAY"] = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-            seen["conn_SO_KEEPALIVE"] = conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
+            seen["conn_TCP_NODELAY"] = attempt(
+                lambda: conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            )
+            seen["conn_SO_KEEPALIVE"] = attempt(
+                lambda: conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
+            )
             client.sendall(b"ping")
             seen["conn_recv"] = conn.recv(16).decode()
             conn.sendall(b"pong")
@@ -142,7 +153,7 @@ def probe_nonblocking_before_bind(port: int) -> dict[str, Any]:
     obs["inheritable_after_set"] = [attempt(sock.get_inheritable), os.get_inheritable(fds[0])]
     attempt(lambda: sock.set_inheritable(False))
     obs["inheritable_after_unset"] = attempt(sock.get_inheritable)
-    obs["accepted_nonblocking"] = accept_from_client(sock, port)
+    obs["accepted_nonblocking"] = accept_from_client(sock, (HOST, port))
 
     # Blocking mode changed after listen: a timeout, then blocking again.
     obs["settimeout_after_listen"] = attempt(lambda: sock.settimeout(0.3))
@@ -152,7 +163,7 @@ def probe_nonblocking_before_bind(port: int) -> dict[str, Any]:
     obs["blocking_after_listen"] = attempt(lambda: mode(sock))
     # Blocking: with nothing waiting, accept() waits (here: until the probe gives up).
     obs["accept_blocking_nothing_waiting"] = attempt(sock.accept, limit=0.5)
-    obs["accepted_blocking"] = accept_from_client(sock, port)
+    obs["accepted_blocking"] = accept_from_client(sock, (HOST, port))
 
     # dup(): another working listening socket on the same port.
     dup = sock.dup()
@@ -162,7 +173,7 @@ def probe_nonblocking_before_bind(port: int) -> dict[str, Any]:
         "family_type": [int(dup.family), int(dup.type)],
         "getsockname": attempt(lambda: address(dup.getsockname(), port)),
         "options": options(dup),
-        "accepted": accept_from_client(dup, port),
+        "accepted": accept_from_client(dup, (HOST, port)),
     }
     # detach(): the descriptor outlives the object, and a new socket object takes it.
     fd = dup.detach()
@@ -172,7 +183,7 @@ def probe_nonblocking_before_bind(port: int) -> dict[str, Any]:
         "family_type": [int(again.family), int(again.type)],
         "getsockname": attempt(lambda: address(again.getsockname(), port)),
         "options": options(again),
-        "accepted": accept_from_client(again, port),
+        "accepted": accept_from_client(again, (HOST, port)),
     }
     again.close()
     # shutdown() on a listening socket ends its accept() (servers use it to stop an
@@ -195,8 +206,41 @@ def probe_timeout_before_bind() -> dict[str, Any]:
     obs["getsockname"] = attempt(lambda: address(sock.getsockname(), 0))
     obs["accept_nothing_waiting"] = attempt(sock.accept)
     port = sock.getsockname()[1]
-    obs["accepted"] = accept_from_client(sock, port)
+    obs["accepted"] = accept_from_client(sock, (HOST, port))
     sock.close()
+    return obs
+
+
+def probe_family(family: int, bind_to: Any) -> dict[str, Any]:
+    """The main observations for another address family (IPv6 on port 0, a Unix path)."""
+    obs: dict[str, Any] = {}
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    obs["bind"] = attempt(lambda: sock.bind(bind_to))
+    obs["listen"] = attempt(lambda: sock.listen(16))
+    obs["isinstance_socket"] = isinstance(sock, socket.socket)
+    obs["family_type"] = [int(sock.family), int(sock.type)]
+    obs["blocking_timeout"] = attempt(lambda: mode(sock))
+    obs["getsockname"] = attempt(lambda: address(sock.getsockname(), 0))
+    obs["options"] = options(sock)
+    obs["accept_nothing_waiting"] = attempt(sock.accept)
+    target = bind_to if family == socket.AF_UNIX else sock.getsockname()
+    obs["accepted"] = accept_from_client(sock, target, family)
+    dup = sock.dup()
+    obs["dup"] = {
+        "getsockname": attempt(lambda: address(dup.getsockname(), 0)),
+        "accepted": accept_from_client(dup, target, family),
+    }
+    again = socket.socket(fileno=dup.detach())
+    obs["reopened"] = {
+        "family_type": [int(again.family), int(again.type)],
+        "getsockname": attempt(lambda: address(again.getsockname(), 0)),
+        "accepted": accept_from_client(again, target, family),
+    }
+    again.close()
+    sock.close()
+    # Not compared: whether a Unix socket's file outlives close(). The cluster's
+    # primary owns the file, and removes it once no worker listens there.
     return obs
 
 
@@ -204,5 +248,7 @@ if __name__ == "__main__":
     observed = {
         "nonblocking_before_bind": probe_nonblocking_before_bind(int(sys.argv[1])),
         "timeout_before_bind": probe_timeout_before_bind(),
+        "ipv6": probe_family(socket.AF_INET6, ("::1", 0)),
+        "unix": probe_family(socket.AF_UNIX, "probe.sock"),
     }
     print("PROBE " + json.dumps(observed, sort_keys=True), flush=True)
