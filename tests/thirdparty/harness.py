@@ -69,11 +69,12 @@ def start(
     *program: str,
     workers: int = 2,
     options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Running:
     """``pycluster run -w N --policy POLICY [OPTIONS] PROGRAM...``, once every worker listens."""
     command = commands.start(
         "run", "-w", str(workers), "--policy", policy,
-        "--shutdown-timeout", SHUTDOWN_TIMEOUT, "--no-control", *options, *program,
+        "--shutdown-timeout", SHUTDOWN_TIMEOUT, "--no-control", *options, *program, env=env,
     )  # fmt: skip
     command.wait_line(f"ready: {workers} worker(s)", timeout=30)
     # ") listening on": pycluster's line, not a server library's own "listening on".
