@@ -311,6 +311,8 @@ class Primary:
 
     def _on_listening(self, worker: Worker, msg: Message, fds: list[int]) -> None:
         address = Address(msg.get("address"), msg.get("port"), msg.get("addressType", 4))
+        if self._servers is not None and msg.get("handle") is not None:
+            self._servers.listening(worker, msg)
         worker.state = "listening"
         worker.emit("listening", address)
         self.emitter.emit("listening", worker, address)

@@ -47,6 +47,16 @@ _fd_bytes = struct.Struct("i").pack
 Key = tuple[Any, Any, int, int, Any]
 
 
+def _closed(sock: socket.socket) -> bool:
+    """Whether the other end of a hand-off socket is gone (its end read, not yet seen)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
 def address_type(family: int, type_: int) -> int | str:
     """Node's ``addressType`` for a socket family and type."""
     if family == socket.AF_UNIX:
@@ -211,8 +221,9 @@ class RoundRobinServer(_Served):
         return status is not None and bool(status.busy)
 
     def add(self, worker: Worker, seq: int) -> None:
+        """A worker binds: its hand-off socket now; connections once it listens."""
         if worker in self.handoffs:
-            if worker in self.handle.members:
+            if worker in self.handle.members or not _closed(self.handoffs[worker]):
                 self.table.reply_error(
                     worker, seq, errno.EADDRINUSE, "this worker already listens here"
                 )
@@ -228,7 +239,11 @@ class RoundRobinServer(_Served):
             self.table.reply(worker, seq, self.reply_fields(), [theirs.fileno()])
         finally:
             theirs.close()
-        self._send(self.handle.add(worker))
+
+    def listening(self, worker: Worker) -> None:
+        """The worker's program listens: connections go to it from now on."""
+        if worker in self.handoffs and worker not in self.handle.members:
+            self._send(self.handle.add(worker))
 
     def _accept(self) -> None:
         # Drain the backlog in one wake-up: far fewer loop iterations under load.
@@ -458,6 +473,12 @@ class ServerTable:
     def queued(self) -> int:
         """Connections accepted by the primary and waiting for a free worker."""
         return sum(h.handle.queued for h in self._by_id.values() if isinstance(h, RoundRobinServer))
+
+    def listening(self, worker: Worker, msg: Message) -> None:
+        """A worker's program listens on one of its servers."""
+        handle = self._by_id.get(msg.get("handle", -1))
+        if isinstance(handle, RoundRobinServer):
+            handle.listening(worker)
 
     def worker_closed(self, worker: Worker, msg: Message) -> None:
         """A worker closed one of its servers."""

@@ -102,10 +102,12 @@ def test_max_requests_with_jitter(live: Live) -> None:
     deadline = time.monotonic() + 15
     # Every request must succeed, through two recyclings. Paced so the primary's
     # periodic check sees each worker's count while it serves.
-    while not [e for e in program.events() if e.get("ev") == "exit" and e["id"] == 2]:
+    while not [e for e in program.events() if e.get("ev") == "restart" and e["old"] == 2]:
         assert time.monotonic() < deadline, program.stdout
         served.append(get(port))
         time.sleep(0.02)
+    # Nothing more is sent, so worker 3 cannot be recycled in turn while 2 drains.
+    program.wait_for(ev="exit", id=2)
     events = stop(program)
     restarts = [(e["old"], e["new"], e["slot"]) for e in events if e["ev"] == "restart"]
     assert restarts[:2] == [(1, 2, 0), (2, 3, 0)]

@@ -55,7 +55,12 @@ _FIELDS: dict[Act, dict[str, tuple[type, ...]]] = {
         "dualstack": (bool, type(None)),
         "policy": _OPT_INT,
     },
-    Act.LISTENING: {"address": _ADDRESS, "port": _OPT_INT, "addressType": (int, str)},
+    Act.LISTENING: {
+        "address": _ADDRESS,
+        "port": _OPT_INT,
+        "addressType": (int, str),
+        "handle": _OPT_INT,
+    },
     Act.CLOSE: {"handle": _INT},
 }
 

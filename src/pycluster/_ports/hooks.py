@@ -29,6 +29,7 @@ from pycluster._ports.listener import (
 from pycluster._ports.query import share
 
 _py_dup = socket.socket.dup
+_py_init = socket.socket.__init__
 _py_real_close = socket.socket._real_close  # type: ignore[attr-defined]
 #: Set by ``pycluster run``: whether to share a socket the program binds, and how.
 BindFilter = Callable[[socket.socket, Any], "dict[str, Any] | None"]
@@ -83,10 +84,33 @@ def _getsockopt_hook(self: socket.socket, *args: Any) -> Any:
 
 def _setsockopt_hook(self: socket.socket, *args: Any) -> None:
     if by_fd and (listener := lookup(self)) is not None and listener.mode == RR:
-        assert listener.shadow is not None
-        C.setsockopt(listener.shadow, *args)
+        listener.setsockopt(args)
         return
     C.setsockopt(self, *args)
+
+
+def _shutdown_hook(self: socket.socket, how: int, /) -> None:
+    if by_fd and (listener := lookup(self)) is not None and listener.mode in (RR, SHARED):
+        # A shared socket is every worker's: only this worker's descriptors end, and
+        # they then behave as a shut-down listener does.
+        listener.retire(shut=True)
+        return
+    C.shutdown(self, how)
+
+
+def _init_hook(
+    self: socket.socket, family: Any = -1, type: Any = -1, proto: Any = -1, fileno: Any = None
+) -> None:
+    if fileno is not None and family in (-1, None) and by_ino:
+        # socket.socket(fileno=fd) reads the kind from the descriptor: a listener's
+        # descriptor is of the kind the program's socket is.
+        try:
+            listener = by_ino.get(os.fstat(fileno).st_ino)
+        except (OSError, TypeError):
+            listener = None
+        if listener is not None:
+            family, type, proto = listener.family, listener.type, listener.proto
+    _py_init(self, family, type, proto, fileno)
 
 
 def _listen_hook(self: socket.socket, *backlog: int) -> None:
@@ -204,6 +228,8 @@ def install() -> None:
     cls.bind = _bind_hook
     cls.connect = _connect_hook
     cls.connect_ex = _connect_ex_hook
+    cls.shutdown = _shutdown_hook
+    cls.__init__ = _init_hook
 
 
 @contextmanager

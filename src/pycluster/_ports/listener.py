@@ -27,6 +27,14 @@ RR, SHARED, OWN = "rr", "shared", "own"
 SCHED_NONE = 1
 #: Seconds an ``accept()`` woken by a retirement waits for the quiet socket to arrive.
 RETIRE_WAIT = 1.0
+#: Options that Linux copies from a listening TCP socket to the sockets it accepts.
+INHERITED_OPTIONS = (
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+)
 #: Connections a worker takes from a shared socket per wake-up of its event loop.
 SHARED_BURST = 2
 #: How often draining checks whether connections are still open.
@@ -84,7 +92,12 @@ class Listener:
         self.report = report
         #: ``create_server`` made the socket: a disconnect closes it (else retires it).
         self.created = created
+        self.proto = int(sock.proto)
         self.owner: weakref.ref[socket.socket] = weakref.ref(sock)
+        #: Options a connection accepted on the program's socket would have inherited.
+        self.inherited: dict[tuple[int, int], int] = {}
+        if shadow is not None:
+            self._read_inherited(shadow)
         self.ino = os.fstat(sock.fileno()).st_ino
         self.fds: set[int] = set()
         self.listening = False
@@ -151,6 +164,8 @@ class Listener:
                 os.close(fd)
                 continue
             self._count()
+            if self.inherited:
+                self._inherit(fd)
             return fd, peer(fd, self.family)
 
     def _ended(self, sock: socket.socket) -> tuple[int, Any]:
@@ -209,10 +224,50 @@ class Listener:
             address, port, kind = self.report
             try:
                 self.runtime.send_internal(
-                    Act.LISTENING, address=address, port=port, addressType=kind
+                    Act.LISTENING,
+                    address=address,
+                    port=port,
+                    addressType=kind,
+                    handle=self.handle_id,
                 )
             except OSError:
                 pass  # the channel is closing: the worker is going away
+
+    def _read_inherited(self, shadow: socket.socket) -> None:
+        """Options the program set before binding that accepted sockets inherit."""
+        if self.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        fresh = socket.socket(self.family, self.type)
+        try:
+            for option in INHERITED_OPTIONS:
+                try:
+                    value = C.getsockopt(shadow, *option)
+                    if value != C.getsockopt(fresh, *option):
+                        self.inherited[option] = value
+                except OSError:
+                    continue
+        finally:
+            fresh.close()
+
+    def setsockopt(self, args: tuple[Any, ...]) -> None:
+        """``setsockopt`` on the program's socket: its own kind keeps it; connections
+        handed over from now on get it as they would have inherited it."""
+        assert self.shadow is not None
+        C.setsockopt(self.shadow, *args)
+        option = (args[0], args[1])
+        if option in INHERITED_OPTIONS and isinstance(args[2], int):
+            self.inherited[option] = args[2]
+
+    def _inherit(self, fd: int) -> None:
+        temp = C(self.family, socket.SOCK_STREAM, 0, fd)
+        try:
+            for (level, name), value in self.inherited.items():
+                try:
+                    temp.setsockopt(level, name, value)
+                except OSError:
+                    pass
+        finally:
+            temp.detach()
 
     def getsockopt(self, args: tuple[Any, ...]) -> Any:
         """An option of the program's socket (its own kind, its own options)."""
@@ -249,8 +304,13 @@ class Listener:
         elif self._wake is not None:
             os.write(self._wake[1], b"x")
 
-    def retire(self) -> None:
-        """Give the program's descriptors a quiet socket that never gets a connection."""
+    def retire(self, shut: bool = False) -> None:
+        """Give the program's descriptors a quiet socket that never gets a connection.
+
+        ``shut``: the program shut its listening socket down; the quiet socket is shut
+        down too, so it behaves as a shut-down listener does (``accept()`` fails with
+        ``EINVAL``), while the shared socket itself stays up for the other workers.
+        """
         if self.retired:
             return
         self.retired = True
@@ -258,11 +318,13 @@ class Listener:
         quiet = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         C.bind(quiet, "")  # an unnamed abstract address: nobody can connect to it
         C.listen(quiet, 1)
+        if shut:
+            C.shutdown(quiet, socket.SHUT_RDWR)
         owner = self.owner()
         blocking = owner is None or owner.gettimeout() is None
-        quiet.setblocking(blocking)
+        C.setblocking(quiet, blocking)
         for fd in list(self.fds):
-            os.dup2(quiet.fileno(), fd, inheritable=False)
+            os.dup2(quiet.fileno(), fd, inheritable=os.get_inheritable(fd))
             forget(fd)
         quiet.close()
         self.finish()
