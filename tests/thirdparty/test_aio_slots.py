@@ -141,4 +141,4 @@ def test_cli_max_requests_recycles_the_same_program(commands: Commands, policy: 
         assert old in run.workers and served[old] >= limit, context
     run.command.proc.send_signal(signal.SIGTERM)
     code, output = run.command.finish()
-    assert code == 0 and "Traceback" not in output, context
+    assert code == 0 and "Traceback" not in output, f"served {dict(served)}; output:\n{output}"

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,12 +23,11 @@ from tests.conftest import Commands, free_port
 from tests.thirdparty.harness import POLICIES, line_request, pid_of, program, start
 
 
-def observations(output: str) -> dict[str, Any]:
-    """The probe's line, flattened to ``section.key: value``."""
-    for line in output.splitlines():
-        if line.startswith("PROBE "):
-            return flatten(json.loads(line[len("PROBE ") :]))
-    pytest.fail(f"the probe printed no observations; output:\n{output}")
+def observations(path: Path, output: str) -> dict[str, Any]:
+    """The probe's record, flattened to ``section.key: value``."""
+    if not path.exists():
+        pytest.fail(f"the probe wrote no observations; output:\n{output}")
+    return flatten(json.loads(path.read_text()))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -42,17 +43,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """What the probe observes without pycluster."""
-    import subprocess
-
+    where = tmp_path_factory.mktemp("plain")
     result = subprocess.run(
-        [sys.executable, program("socket_probe.py"), str(free_port())],
-        cwd=tmp_path_factory.mktemp("plain"),
+        [sys.executable, program("socket_probe.py"), str(free_port()), "probe.json"],
+        cwd=where,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    observed = observations(result.stdout)
+    observed = observations(where / "probe.json", result.stdout + result.stderr)
     # The probe itself works: it saw what Python documents.
     assert (
         observed["nonblocking_before_bind.accept_nothing_waiting"]
@@ -74,9 +74,9 @@ def test_worker_sees_what_plain_python_sees(
     port = str(free_port())
     code, output = commands.run(
         "run", "-w", "1", "--policy", policy, "--no-control", "--restart", "never",
-        program("socket_probe.py"), port, timeout=60,
+        program("socket_probe.py"), port, "probe.json", timeout=60,
     )  # fmt: skip
-    observed = observations(output)
+    observed = observations(commands.cluster.tmp / "probe.json", output)
     differences = [
         f"  {key}: plain {plain.get(key, '<missing>')!r}, worker {observed.get(key, '<missing>')!r}"
         for key in sorted(set(plain) | set(observed))

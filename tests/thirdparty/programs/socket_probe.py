@@ -1,7 +1,7 @@
-"""What a program observes of the listening sockets it makes, printed as one JSON line.
+"""What a program observes of the listening sockets it makes, written as JSON.
 
-Usage: ``socket_probe.py PORT``. Run plainly and as a ``pycluster run`` worker, the two
-lines must be equal: a worker's listening socket is a real socket that behaves as the
+Usage: ``socket_probe.py PORT OUTPUT``. Run plainly and as a ``pycluster run`` worker, the two
+records must be equal: a worker's listening socket is a real socket that behaves as the
 one the program asked for. Every observation is a value, or the name of the exception
 that the step raised (``blocked`` when a call that must not block did).
 """
@@ -251,4 +251,6 @@ if __name__ == "__main__":
         "ipv6": probe_family(socket.AF_INET6, ("::1", 0)),
         "unix": probe_family(socket.AF_UNIX, "probe.sock"),
     }
-    print("PROBE " + json.dumps(observed, sort_keys=True), flush=True)
+    # A file, not stdout: a line this long may interleave with the cluster's log lines.
+    with open(sys.argv[2], "w") as out:
+        json.dump(observed, out, sort_keys=True)
