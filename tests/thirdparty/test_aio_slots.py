@@ -8,6 +8,7 @@ worker after that many connections.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import socket
@@ -87,6 +88,44 @@ def test_served_and_drained_on_disconnect(live: Live, policy: str) -> None:
     assert result.returncode == 0 and "Traceback" not in result.stderr, context
     for pid in workers:
         assert (live.cluster.tmp / f"cleanup-{pid}").exists(), context
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_worker_disconnect_drains_its_connections(live: Live, policy: str) -> None:
+    """``cluster.worker.disconnect()`` in one worker: it takes no new connection, still
+    serves the ones it has, and exits once they are closed; the other worker serves on."""
+    port = free_port()
+    primary, workers = start(live, policy, port, max_requests=0)
+    with contextlib.ExitStack() as stack:
+        idle = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+        leaving = pid_of(ask(idle, b"hello"))
+        (staying,) = workers - {leaving}
+        for _ in range(50):  # a second connection to the same worker, to ask it to leave
+            other = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            if pid_of(ask(other, b"hello")) == leaving:
+                break
+        else:
+            pytest.fail(f"no second connection reached worker {leaving}")
+        assert ask(other, b"disconnect") == b"%d disconnect\n" % leaving
+        # The close goes on in the background: once the other worker has answered a new
+        # connection, every new connection is the other worker's.
+        deadline = time.monotonic() + 5
+        while pid_of(line_request(port, b"pid\n")) != staying and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answers = {pid_of(line_request(port, b"pid\n")) for _ in range(6)}
+        assert answers == {staying}, f"after the disconnect, answered by {answers}"
+        assert ask(idle, b"still served") == b"%d still served\n" % leaving
+        assert pid_alive(leaving), "the worker exited with connections still open"
+        closed = time.monotonic()
+    (exit_event,) = primary.wait_for(1, timeout=15, event="exit", pid=leaving)
+    took = time.monotonic() - closed
+    context = f"policy {policy}; exit {took:.1f} s after the last connection closed\n{primary.stdout}\n{primary.stderr}"
+    assert (exit_event["code"], exit_event["signal"]) == (0, None), context
+    assert took < STOP_WITHIN, context
+    assert (live.cluster.tmp / f"cleanup-{leaving}").exists(), context
+    assert pid_of(line_request(port, b"pid\n")) == staying
+    primary.proc.send_signal(signal.SIGTERM)
+    assert primary.finish(timeout=20).returncode == 0, context
 
 
 @pytest.mark.parametrize("policy", POLICIES)

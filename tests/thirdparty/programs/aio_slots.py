@@ -3,7 +3,8 @@
 Usage: ``aio_slots.py PORT MAX_REQUESTS`` (``0``: no recycling); the policy comes from
 ``PYCLUSTER_SCHED_POLICY``. The primary forks two workers and prints one JSON line per
 event (``listening``, ``restart``, ``exit``). A worker answers each line with its pid
-and the line (``slow``: half a second later, after touching ``slow-PID``) and writes
+and the line (``slow``: half a second later, after touching ``slow-PID``;
+``disconnect``: after calling ``cluster.worker.disconnect()``) and writes
 ``cleanup-PID`` once its server has closed.
 """
 
@@ -43,6 +44,8 @@ class LineAnswer(asyncio.Protocol):
                 mark("slow")
                 asyncio.get_running_loop().call_later(0.5, self.answer, line)
             else:
+                if line == b"disconnect" and cluster.worker is not None:
+                    cluster.worker.disconnect()
                 self.answer(line)
 
     def answer(self, line: bytes) -> None:
@@ -73,6 +76,10 @@ if __name__ == "__main__":
         @cluster.on("restart")
         def restart(old: cluster.Worker, new: cluster.Worker) -> None:
             emit(event="restart", old=old.process.pid, new=new.process.pid)
+
+        @cluster.on("disconnect")
+        def disconnected(worker: cluster.Worker) -> None:
+            emit(event="disconnect", pid=worker.process.pid)
 
         @cluster.on("exit")
         def exited(worker: cluster.Worker, code: int | None, signal: str | None) -> None:
