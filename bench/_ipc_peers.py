@@ -72,6 +72,20 @@ def read_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def move_to_cpu(cpu: int | None) -> None:
+    """Pin every thread of this process to *cpu* (the "split" runs); no-op for None.
+
+    The job starts pinned to the other CPU, so the child it started (and its threads)
+    stay there: primary and worker then run on one CPU each, every round trip crossing
+    between them.
+    """
+    if cpu is None:
+        return
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), {cpu})
+
+
 def cpu_ticks(pids: list[int]) -> int:
     """CPU time (user + system, in clock ticks) used so far by the processes *pids*."""
     total = 0
@@ -207,6 +221,7 @@ def mp_rtt(opts: argparse.Namespace) -> dict[str, Any]:
         if not conn.poll(ONLINE_TIMEOUT_S):
             raise TimeoutError("multiprocessing child did not start")
         conn.recv()
+        move_to_cpu(opts.primary_cpu)
         time.sleep(opts.settle)
         rss = read_rss_bytes(proc.pid)
         pids = [os.getpid(), proc.pid]
@@ -367,6 +382,7 @@ async def pyc_rtt(opts: argparse.Namespace) -> dict[str, Any]:
     worker = cluster.fork()
     try:
         await _pyc_online(cluster, [worker])
+        move_to_cpu(opts.primary_cpu)
         await asyncio.sleep(opts.settle)
         rss = read_rss_bytes(worker.process.pid)
         pids = [os.getpid(), worker.process.pid]
@@ -469,6 +485,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=5, help="repetitions per worker count")
     parser.add_argument("--settle", type=float, default=0.5, help="seconds before reading RSS")
     parser.add_argument("--serialization", default="json", choices=["json", "advanced"])
+    parser.add_argument(
+        "--primary-cpu", type=int, default=None, help="move the primary to this CPU once up"
+    )
     opts = parser.parse_args(argv)
     opts.counts = [int(n) for n in opts.counts.split(",")]
     return opts

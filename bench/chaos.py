@@ -35,6 +35,10 @@ Phase 3, for comparison: the same under a PM2-style "start new, kill old" reload
 one listens). Both reloads are also run under the Python load generator, which says
 where each failed request was lost.
 
+Phases 4 and 5 (``bench/_hostile.py``): bursts of 2,000 simultaneous connections to an
+unchanged ``ThreadingHTTPServer`` program, and a hostile worker (``fd=N`` scan of the
+primary's descriptors, a 4 GiB frame announced on its channel) beside serving ones.
+
 Results: a table on stdout, ``bench/results/chaos.json`` and ``bench/results/chaos.png``.
 
 Usage::
@@ -68,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _hostile
 from _common import (
     RESULTS_DIR,
     format_table,
@@ -744,6 +749,7 @@ def report(results: dict[str, Any]) -> str:
     out = chaos_report(results) if "chaos" in results else []
     if results["reloads"]:
         out += reload_report(results)
+    out += _hostile.report_lines(results)
     return "\n".join(out)
 
 
@@ -967,8 +973,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--phases",
-        default="chaos,reload,naive",
-        help="which of chaos,reload,naive to run (default: all)",
+        default="chaos,reload,naive,burst,hostile",
+        help="which of chaos,reload,naive,burst,hostile to run (default: all)",
     )
     parser.add_argument(
         "--clients", default="wrk,python", help="load for the reload runs: wrk,python"
@@ -1027,6 +1033,14 @@ def main() -> None:
                     continue
                 print(f"reload: {mode} under {client} load", flush=True)
                 results["reloads"].append(run_reload(args, work, mode, client, wrk))
+        if "burst" in phases:
+            print(
+                f"phase 4: {_hostile.BURSTS} bursts of {_hostile.CLIENTS} connections", flush=True
+            )
+            results["burst"] = _hostile.run_burst(work)
+        if "hostile" in phases:
+            print("phase 5: a hostile worker under load", flush=True)
+            results["hostile"] = _hostile.run_hostile(work)
     print()
     print(report(results))
     if not args.no_save:

@@ -12,6 +12,7 @@
 
 const cluster = require('node:cluster');
 const fs = require('node:fs');
+const { execFileSync } = require('node:child_process');
 const { performance } = require('node:perf_hooks');
 
 const ONLINE_TIMEOUT_MS = 30000;
@@ -26,6 +27,7 @@ function parseArgs(argv) {
     reps: 5,
     settle: 0.5,
     payloadBytes: 1 << 20,
+    primaryCpu: null,
   };
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i];
@@ -40,6 +42,7 @@ function parseArgs(argv) {
       case '--reps': opts.reps = Number(value); break;
       case '--settle': opts.settle = Number(value); break;
       case '--payload-bytes': opts.payloadBytes = Number(value); break;
+      case '--primary-cpu': opts.primaryCpu = Number(value); break;
       default: throw new Error(`unknown option ${key}`);
     }
   }
@@ -64,6 +67,14 @@ function cpuTicks(pids) {
     total += Number(fields[11]) + Number(fields[12]);
   }
   return total;
+}
+
+// The "split" runs: the job starts pinned to one CPU (so the worker stays there), and
+// the primary moves every thread of its own to another once the worker is up. Node has
+// no affinity API: util-linux's taskset does it (-a: all threads).
+function moveToCpu(cpu) {
+  if (cpu === null) return;
+  execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(process.pid)], { stdio: 'ignore' });
 }
 
 function sleep(ms) {
@@ -144,6 +155,7 @@ async function taskRtt(opts) {
   const worker = cluster.fork();
   try {
     await waitOnline(worker);
+    moveToCpu(opts.primaryCpu);
     // Let the worker finish loading its script before its memory is read.
     await sleep(opts.settle * 1000);
     const rss = readRssBytes(worker.process.pid);

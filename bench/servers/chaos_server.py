@@ -31,7 +31,6 @@ benchmark follows them to pick live victims and to time recoveries. Modes:
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
 import json
 import os
@@ -76,45 +75,33 @@ class HelloHandler(BaseHTTPRequestHandler):
         """No per-request log line on stderr."""
 
 
-class TappedHandoff:
-    """The worker's end of a round-robin hand-off socket, recording each connection.
+def tap_handoffs() -> None:
+    """Record each round-robin hand-off as it arrives and as it is acknowledged.
 
-    Benchmark instrumentation, reaching into ``RoundRobinListener._handoff``. The
-    primary keeps its own copy of a handed-off connection until the worker
-    acknowledges it (one byte back on this socket), and re-routes it if the worker
-    dies first. This records ``T <client port>`` the moment a descriptor arrives, and
-    ``K <client port>`` just *before* the acknowledgement is sent. So:
+    Benchmark instrumentation, wrapping the worker's acknowledgement
+    (``pycluster._ports.listener.Listener.acknowledge``). The primary keeps its own
+    copy of a handed-off connection until the worker acknowledges it (one byte back on
+    the hand-off socket), and re-routes it if the worker dies first. This records
+    ``T <client port>`` the moment a descriptor has arrived, and ``K <client port>``
+    just *before* the acknowledgement is sent. So:
 
     * no worker recorded T: the connection never got past the primary;
     * T without K in a worker that died: the primary still held the connection and
       had to give it to another worker;
     * K: the worker (possibly) acknowledged it; from then on it was the worker's.
     """
+    from pycluster._ports.listener import Listener
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._last_port = -1
+    original = Listener.acknowledge
 
-    def recvmsg(self, *args: Any) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
-        """``socket.recvmsg``, logging the peer port of every descriptor received."""
-        msg, ancdata, flags, addr = self._sock.recvmsg(*args)
+    def acknowledge(sock: socket.socket, fd: int) -> bool:
+        port = peer_port(fd)
         now = time.time()
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                for fd in fds:
-                    self._last_port = peer_port(fd)
-                    record(f"T {self._last_port} {now:.6f}\n")
-        return msg, ancdata, flags, addr
+        record(f"T {port} {now:.6f}\n")
+        record(f"K {port} {time.time():.6f}\n")
+        return original(sock, fd)
 
-    def send(self, data: bytes, *args: Any) -> int:
-        """``socket.send``: the acknowledgement of the last connection, recorded first."""
-        record(f"K {self._last_port} {time.time():.6f}\n")
-        return self._sock.send(data, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+    Listener.acknowledge = staticmethod(acknowledge)  # type: ignore[method-assign]
 
 
 def peer_port(fd: int) -> int:
@@ -129,17 +116,10 @@ def peer_port(fd: int) -> int:
 
 
 class HelloServer(cluster.http.ThreadingHTTPServer):
-    """ThreadingHTTPServer whose hand-off is tapped, with a real listen backlog."""
+    """ThreadingHTTPServer with a real listen backlog (see ``tap_handoffs``)."""
 
     request_queue_size = 511  # socketserver's 5 would drop handshakes under load
     daemon_threads = True
-
-    def server_bind(self) -> None:
-        """Bind through pycluster, then tap the round-robin hand-off socket."""
-        super().server_bind()
-        handoff = getattr(self.socket, "_handoff", None)
-        if handoff is not None:
-            self.socket._handoff = TappedHandoff(handoff)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Called by the serving loop right after ``accept()``: log the connection."""
@@ -241,6 +221,7 @@ def worker_main(args: argparse.Namespace) -> None:
         os.O_WRONLY | os.O_CREAT | os.O_APPEND,
         0o644,
     )
+    tap_handoffs()
     with HelloServer(("127.0.0.1", args.port), HelloHandler) as server:
         server.serve_forever()
 

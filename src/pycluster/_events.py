@@ -26,26 +26,29 @@ class EventEmitter(_PyeeEmitter):
         """Remove ``listener`` from ``event`` (Node's ``off``)."""
         self.remove_listener(event, listener)
 
-    def _call_handlers(self, event: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        # pyee's version builds an empty OrderedDict for every event nobody listens
-        # to; on the message path that is a measurable share of a round trip.
+    def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
+        """Call every listener of ``event`` with the arguments; ``True`` if there was one.
+
+        pyee's own ``emit`` goes through three more method calls per event; this runs
+        once per message on both ends of the channel, so it is done here in one.
+        """
         handlers = self._events.get(event)
         if not handlers:
+            if event == "error":
+                self._emit_handle_potential_error(event, args[0] if args else None)
             return False
         with self._lock:
             funcs = list(handlers.values())
         for f in funcs:
-            self._emit_run(f, args, kwargs)
+            result = f(*args, **kwargs)
+            if result is not None and isinstance(result, Coroutine):
+                self._run_coroutine(f, result)
         return True
 
-    def _emit_run(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        result = f(*args, **kwargs)
-        if isinstance(result, Coroutine):
-            if self._coroutine_runner is None:
-                result.close()
-                raise RuntimeError(
-                    f"listener {f!r} is a coroutine function, but no event loop runs listeners here"
-                )
-            self._coroutine_runner(result)
+    def _run_coroutine(self, f: Callable[..., Any], coro: Coroutine[Any, Any, Any]) -> None:
+        if self._coroutine_runner is None:
+            coro.close()
+            raise RuntimeError(
+                f"listener {f!r} is a coroutine function, but no event loop runs listeners here"
+            )
+        self._coroutine_runner(coro)

@@ -25,13 +25,14 @@ import errno
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Callable
 from typing import Any
 
 from pycluster._ipc.framing import Codec, Kind, close_fds
 from pycluster._ipc.messages import Act, Message, encode_internal
-from pycluster._reactor import Reactor
+from pycluster._reactor import Reactor, Timer
 from pycluster._scheduling.round_robin import DEFAULT_WINDOW, RoundRobinHandle
 from pycluster._scheduling.shared import SharedHandle
 from pycluster._worker import Worker
@@ -42,6 +43,9 @@ SCHED_NONE, SCHED_RR, SCHED_REUSEPORT = 1, 2, 3
 ACCEPT_BATCH = 128
 #: Acknowledgements read from one worker per wake-up of the primary's loop.
 ACK_BATCH = 64
+#: How long a port with no live worker keeps connections waiting for a replacement.
+ORPHAN_GRACE = 1.0
+_LINGER_RESET = struct.pack("ii", 1, 0)
 _HANDOFF = [b"C"]
 _fd_bytes = struct.Struct("i").pack
 Key = tuple[Any, Any, int, int, Any]
@@ -57,33 +61,116 @@ def _closed(sock: socket.socket) -> bool:
         return True
 
 
-def address_type(family: int, type_: int) -> int | str:
-    """Node's ``addressType`` for a socket family and type."""
-    if family == socket.AF_UNIX:
-        return -1
-    if type_ == socket.SOCK_DGRAM:
-        return "udp6" if family == socket.AF_INET6 else "udp4"
-    return 6 if family == socket.AF_INET6 else 4
+#: Node's listen backlog, whatever the program asks for.
+MIN_BACKLOG = 511
+
+
+def somaxconn() -> int:
+    """The kernel's cap on a listen backlog (``net.core.somaxconn``)."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
+def effective_backlog(requested: int | None) -> int:
+    """The backlog the primary listens with: at least Node's 511, at most ``somaxconn``.
+
+    The primary accepts for every worker, so a program's own small backlog (the
+    stdlib's ``request_queue_size`` is 5) would drop a burst of connections that
+    its workers could serve.
+    """
+    return min(max(requested or 0, MIN_BACKLOG), somaxconn())
+
+
+Identity = tuple[int, int]  # (st_dev, st_ino) of a socket: the same for every dup of it
+
+
+def identity(fd: int) -> Identity:
+    """What tells one open socket from another, whatever descriptor refers to it."""
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+def _bound(name: Any) -> bool:
+    if isinstance(name, tuple):
+        return len(name) >= 2 and bool(name[1])
+    return bool(name)
+
+
+def given_socket(fd: int, internal: Callable[[Identity], bool]) -> socket.socket:
+    """A copy of the primary's descriptor ``fd`` for ``fd=N``, if it may be served.
+
+    Only a socket the primary was given to serve qualifies: inherited at start
+    (systemd's ``LISTEN_FDS``) or made by the program, an inet or Unix socket that
+    is listening (stream) or bound (datagram). Every other descriptor, and every
+    socket pycluster opened itself (channels, hand-off sockets, the ports it serves,
+    the control socket), is refused with ``EBADF``: a worker must never obtain the
+    primary's own plumbing, nor another program's connection.
+    """
+
+    def refuse(why: str) -> OSError:
+        return OSError(errno.EBADF, f"descriptor {fd} is not a socket the primary serves: {why}")
+
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        raise refuse("not open in the primary") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise refuse("not a socket")
+    if internal((st.st_dev, st.st_ino)):
+        raise refuse("pycluster's own")
+    dup = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        raise refuse("not a usable socket") from None
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            raise refuse("not an inet or Unix socket")
+        if sock.type == socket.SOCK_STREAM:
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise refuse("a stream socket that is not listening")
+            # Its backlog is its giver's (systemd's Backlog=): a worker's small
+            # request_queue_size must not shrink it, so it is left alone.
+        elif sock.type == socket.SOCK_DGRAM:
+            if not _bound(sock.getsockname()):
+                raise refuse("a datagram socket that is not bound")
+        else:
+            raise refuse("neither a stream nor a datagram socket")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def shortest_path(path: Any) -> Any:
+    """The shorter of an absolute Unix socket path and the same path from our directory.
+
+    A worker resolves a relative name against its own directory; that absolute
+    path may not fit ``sun_path`` (108 bytes) while the path relative to the
+    primary's directory does. Node's primary binds the shorter one too.
+    """
+    if not isinstance(path, str) or not path.startswith("/"):
+        return path  # abstract names and anything unusual are bound as given
+    try:
+        relative = os.path.relpath(path)
+    except (OSError, ValueError):
+        return path
+    return relative if len(os.fsencode(relative)) < len(os.fsencode(path)) else path
 
 
 def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
     """Create and bind (and for streams, listen on) the socket a query describes."""
     family, type_ = int(msg["family"]), int(msg["type"])
-    backlog = msg.get("backlog")
-    if msg.get("fd") is not None:
-        dup = os.dup(int(msg["fd"]))
-        try:
-            sock = socket.socket(fileno=dup)
-        except OSError:
-            os.close(dup)
-            raise
-        if sock.type == socket.SOCK_STREAM:
-            sock.listen(*(() if backlog is None else (backlog,)))
-        return sock
+    requested = msg.get("backlog")
+    backlog = effective_backlog(None if requested is None else int(requested))
     if family == socket.AF_UNIX:
         sock = socket.socket(socket.AF_UNIX, type_)
         try:
-            sock.bind(msg["address"])
+            sock.bind(shortest_path(msg["address"]))
             if type_ == socket.SOCK_STREAM:
                 sock.listen(*(() if backlog is None else (backlog,)))
         except OSError:
@@ -100,8 +187,11 @@ def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
         )
     sock = socket.socket(family, type_)
     try:
-        if family == socket.AF_INET6 and msg.get("dualstack"):
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if family == socket.AF_INET6:
+            # As socket.create_server does for TCP, and for UDP too: an IPv6 socket
+            # leaves IPv4 to another socket on the same port unless asked for both.
+            dual = bool(msg.get("dualstack"))
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
         if reuse_port and address[1]:
             # SO_REUSEPORT would silently share the port with any other program of
             # this user (another cluster): a plain bind must succeed first.
@@ -121,10 +211,34 @@ def bind_socket(msg: Message, *, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
+def reset_close(fd: int) -> None:
+    """Close an accepted connection at once; a TCP client sees a reset, not a wait."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        return
+    with contextlib.suppress(OSError):
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
+
+
 class _Served:
-    """What every kind of handle shares: identity, key, address, members."""
+    """What every kind of handle shares: identity, key, address, members.
+
+    *Refusing*: while no live worker serves the port for longer than
+    ``ORPHAN_GRACE`` (every worker died, replacements pending), the primary keeps
+    the listening socket, so the port number stays the same for the replacement
+    (port 0 included), but accepts and closes every connection at once instead of
+    letting clients wait for a restart that may be many seconds away. Closing or
+    shutting down the listener instead would give an auto-assigned port back to the
+    kernel.
+    """
 
     mode = ""
+    refusing = False
 
     def __init__(self, table: ServerTable, handle_id: int, key: Key, sock: socket.socket) -> None:
         self.table = table
@@ -134,6 +248,28 @@ class _Served:
         self.sockname: Any = sock.getsockname()
         #: A Unix socket file this primary created, removed on close as Node does.
         self.owned_path: tuple[str, int] | None = None
+        #: Runs out ORPHAN_GRACE after the last worker left, if none came back.
+        self.grace: Timer | None = None
+
+    def serving(self) -> bool:
+        """Whether a worker serves the port (or has bound it and is about to listen)."""
+        return bool(self.handle.members)  # type: ignore[attr-defined]
+
+    def start_refusing(self) -> None:
+        """No worker came back in time: close what waits and whatever comes next."""
+        self.refusing = True
+
+    def stop_refusing(self) -> None:
+        """A worker serves the port again."""
+        self.refusing = False
+
+    def _refuse_backlog(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _addr = self.sock._accept()  # type: ignore[attr-defined]
+            except OSError:
+                return
+            reset_close(fd)
 
     def reply_fields(self) -> dict[str, Any]:
         sockname = self.sockname
@@ -142,7 +278,7 @@ class _Served:
         else:
             host, port = (os.fsdecode(sockname) if sockname else None), None
         # The real kind of socket: for fd=N the worker could only guess it.
-        return {
+        fields = {
             "handle": self.id,
             "mode": self.mode,
             "host": host,
@@ -150,8 +286,19 @@ class _Served:
             "family": int(self.sock.family),
             "type": int(self.sock.type),
         }
+        if self.sock.family == socket.AF_UNIX:
+            # The name the kernel shows for the socket and its connections (perhaps a
+            # path relative to the primary's directory): what draining looks for.
+            bound = self.sock.getsockname()
+            fields["bound"] = os.fsdecode(bound) if isinstance(bound, (str, bytes)) else None
+        return fields
 
     def close(self) -> None:
+        if self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
+        if self.refusing:
+            self.stop_refusing()
         self.sock.close()
         if self.owned_path is not None:
             path, inode = self.owned_path
@@ -185,6 +332,18 @@ class SharedServer(_Served):
         if worker in self.handle.members and self.handle.remove(worker):
             self.table.unused(self)
 
+    def start_refusing(self) -> None:
+        if self.sock.type != socket.SOCK_STREAM or self.mode != "shared" or self.refusing:
+            return  # datagrams are not held; a reserved port has no listener
+        super().start_refusing()
+        self.sock.setblocking(False)  # shared flag, but no worker holds it now
+        self.table.reactor.add_reader(self.sock.fileno(), self._refuse_backlog)
+
+    def stop_refusing(self) -> None:
+        if self.refusing:
+            self.table.reactor.remove_reader(self.sock.fileno())
+        super().stop_refusing()
+
 
 class ReusePortServer(SharedServer):
     """A reserved port: workers bind their own SO_REUSEPORT sockets on it."""
@@ -212,6 +371,8 @@ class RoundRobinServer(_Served):
             self._busy, window=table.window()
         )
         self.handoffs: dict[Worker, socket.socket] = {}
+        #: Workers that bound the port and have not listened yet (no hand-offs so far).
+        self.pending: set[Worker] = set()
         self.reactor = table.reactor
         self.reactor.add_reader(sock.fileno(), self._accept)
 
@@ -235,17 +396,25 @@ class RoundRobinServer(_Served):
         try:
             ours.setblocking(False)
             self.handoffs[worker] = ours
+            self.pending.add(worker)
             self.reactor.add_reader(ours.fileno(), lambda: self._answer(worker))
             self.table.reply(worker, seq, self.reply_fields(), [theirs.fileno()])
         finally:
             theirs.close()
 
+    def serving(self) -> bool:
+        return bool(self.handle.members or self.pending)
+
     def listening(self, worker: Worker) -> None:
         """The worker's program listens: connections go to it from now on."""
-        if worker in self.handoffs and worker not in self.handle.members:
+        if worker in self.pending:
+            self.pending.discard(worker)
             self._send(self.handle.add(worker))
 
     def _accept(self) -> None:
+        if self.refusing:
+            self._refuse_backlog()
+            return
         # Drain the backlog in one wake-up: far fewer loop iterations under load.
         handoffs = []
         for _ in range(ACCEPT_BATCH):
@@ -315,6 +484,7 @@ class RoundRobinServer(_Served):
         self._send(self._worker_gone(worker))
 
     def _worker_gone(self, worker: Worker) -> list[tuple[Worker, int]]:
+        self.pending.discard(worker)
         sock = self.handoffs.pop(worker, None)
         if sock is not None:
             self.reactor.remove_reader(sock.fileno())
@@ -327,13 +497,14 @@ class RoundRobinServer(_Served):
 
     def remove(self, worker: Worker) -> None:
         """Route nothing new to ``worker``; its hand-off socket stays until it answers."""
+        self.pending.discard(worker)
         self._send(self.handle.remove(worker))
         if worker in self.handoffs and not worker.is_connected():
             self._send(self._worker_gone(worker))
         self._maybe_discard()
 
     def _maybe_discard(self) -> None:
-        if not self.handle.members and self.table.owns(self):
+        if not self.serving() and self.table.owns(self):
             # The last worker left: stop listening now (new connections are refused),
             # while workers still disconnecting keep their hand-off sockets until
             # they close them, so a connection in flight is never cut off.
@@ -356,6 +527,11 @@ class RoundRobinServer(_Served):
             sock.close()
             self.handle.refused(worker)  # back to the queue, which is closed below
         close_fds(self.handle.drain())
+
+    def start_refusing(self) -> None:
+        super().start_refusing()
+        for fd in self.handle.drain():
+            reset_close(fd)
 
 
 class _Closing(RoundRobinHandle[Worker, int]):
@@ -382,10 +558,13 @@ class ServerTable:
         policy: Callable[[], int],
         may_restart: Callable[[], bool],
         window: Callable[[], int] = lambda: DEFAULT_WINDOW,
+        internal: Callable[[Identity], bool] = lambda _: False,
     ) -> None:
         self.reactor = reactor
         #: Hand-offs a worker may hold before taking one (the ``handoff_window`` setting).
         self.window = window
+        #: Whether a socket is one the primary opened for itself (channels, control).
+        self._internal = internal
         #: The cluster's scheduling policy (frozen by the first server).
         self._policy = policy
         #: Whether a worker that leaves now may be replaced (its ports then stay open).
@@ -411,9 +590,14 @@ class ServerTable:
                 int(msg["type"]),
                 msg.get("fd"),
             )
+            if key[4] is not None:
+                # A descriptor is one server whatever the worker guessed it to be.
+                key = (None, None, 0, 0, int(key[4]))
             handle = self._by_key.get(key)
             if handle is None:
                 handle = self._create(key, msg)
+            else:
+                self._revive(handle)
         except OSError as exc:
             self.reply_error(worker, seq, exc.errno or errno.EINVAL, exc.strerror or str(exc))
             return
@@ -432,7 +616,7 @@ class ServerTable:
         handle_id = self._next_id
         given = None
         if msg.get("fd") is not None:
-            given = bind_socket(msg)
+            given = given_socket(int(msg["fd"]), self.is_internal)
             type_ = given.type  # what the descriptor is, not what the worker guessed
         if policy == SCHED_REUSEPORT and type_ == socket.SOCK_STREAM and given is None:
             handle = ReusePortServer(self, handle_id, key, bind_socket(msg, reuse_port=True))
@@ -443,8 +627,11 @@ class ServerTable:
         address = str(msg.get("address") or "")
         # A path this primary bound (not a given descriptor, not an abstract name).
         if given is None and handle.sock.family == socket.AF_UNIX and address[:1] not in ("", "\0"):
+            path = os.path.abspath(address)
+            # Bound perhaps by a shorter relative path: the worker's answer names the
+            # path it asked for, which is right from any directory.
+            handle.sockname = path
             with contextlib.suppress(OSError):
-                path = os.path.abspath(address)
                 handle.owned_path = (path, os.stat(path).st_ino)
         self._next_id += 1
         self._by_key[key] = handle
@@ -491,6 +678,20 @@ class ServerTable:
         for handle in [*self._by_id.values(), *self._draining]:
             handle.remove(worker)
 
+    def is_internal(self, ident: Identity) -> bool:
+        """Whether ``ident`` is a socket pycluster opened: never handed out by ``fd=N``."""
+        if self._internal(ident):
+            return True
+        for handle in [*self._by_id.values(), *self._draining]:
+            socks = [handle.sock]
+            if isinstance(handle, RoundRobinServer):
+                socks += handle.handoffs.values()
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    if sock.fileno() != -1 and identity(sock.fileno()) == ident:
+                        return True
+        return False
+
     def owns(self, handle: Handle) -> bool:
         """Whether ``handle`` is still listening."""
         return self._by_id.get(handle.id) is handle
@@ -499,16 +700,38 @@ class ServerTable:
         """The last worker left ``handle``: stop listening, unless a restart is on its way.
 
         With a restart pending, the port stays open and connections wait (in the
-        queue or the kernel's backlog) for the replacement, instead of being refused.
+        queue or the kernel's backlog) for the replacement, for ``ORPHAN_GRACE`` at
+        most: then they are refused until a worker listens again (see ``_Served``).
         """
         if self._may_restart():
-            return  # decided once the worker's exit is known (see prune())
+            # Whether a restart really comes is decided once the worker's exit is
+            # known (see prune()); meanwhile clients wait a second at most.
+            if handle.grace is None and not handle.refusing:
+                handle.grace = self.reactor.call_later(ORPHAN_GRACE, self._orphaned, handle)
+            return
         self.discard(handle)
+
+    def _orphaned(self, handle: Handle) -> None:
+        handle.grace = None
+        if self.owns(handle) and not handle.serving():
+            log.warning(
+                "no worker serves %s: refusing connections until one listens again",
+                handle.sockname,
+            )
+            handle.start_refusing()
+
+    def _revive(self, handle: Handle) -> None:
+        if handle.grace is not None:
+            handle.grace.cancel()
+            handle.grace = None
+        if handle.refusing:
+            log.info("a worker serves %s again: accepting connections", handle.sockname)
+            handle.stop_refusing()
 
     def prune(self) -> None:
         """Stop listening on every port no worker serves (no restart is pending any more)."""
         for handle in list(self._by_id.values()):
-            if not handle.handle.members:
+            if not handle.serving():
                 self.discard(handle)
 
     def discard(self, handle: Handle) -> None:

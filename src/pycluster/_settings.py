@@ -354,6 +354,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="S",
     ),
     Option(
+        "max_message_size",
+        lambda: 64 << 20,
+        _number(1, integer=True),
+        "largest IPC message, either way, in bytes (or 512K, 64M); a worker announcing "
+        "more is cut off, a larger send() raises ValueError",
+        metavar="SIZE",
+        parse=parse_size,
+    ),
+    Option(
         "shutdown_timeout",
         lambda: 30.0,
         _number(0.0),

@@ -158,9 +158,8 @@ class Supervisor:
             if policy == "never" or (policy == "on-failure" and not failed):
                 return
         slot = worker.slot or 0
-        now = time.monotonic()
         decision = self.history.setdefault(slot, SlotHistory()).decide(
-            self.rules(), now, now - started
+            self.rules(), time.monotonic() - started
         )
         if not decision.restart:
             log.error("worker slot %d: giving up restarting: %s", slot, decision.reason)
@@ -236,7 +235,13 @@ class Supervisor:
         """Whether a worker that leaves now might be replaced (so keep its ports open)."""
         if self.stopping:
             return False
-        return bool(self.pending_slots) or self.settings.get("restart", "never") != "never"
+        # A worker killed for hanging is always replaced, whatever `restart` says: its
+        # ports stay for the replacement (port 0 included), as after a crash.
+        return (
+            bool(self.pending_slots)
+            or bool(self.hung)
+            or self.settings.get("restart", "never") != "never"
+        )
 
     def _settled(self, slot: int, generation: int | None = None) -> None:
         current = self.pending_slots.get(slot)
@@ -275,12 +280,23 @@ class Supervisor:
             for event, cb in handlers:
                 new.remove_listener(event, cb)
 
+        # A program that says when it is ready (cluster.worker.ready()) is waited
+        # for until it says so, even if it never listens; one that neither listens
+        # nor says so is ready once online, since there is nothing else to wait for.
+        says_ready = bool(getattr(old, "_ready", False))
+
         def ready(*_: Any) -> None:
             if new.is_dead() or done.done or ended is not None:
                 return
-            up = new.state in ("online", "listening") or getattr(new, "_ready", False)
-            listening = self._serving(new) >= need or getattr(new, "_ready", False)
-            if up and listening:
+            if getattr(new, "_ready", False):
+                is_ready = True
+            elif new.state not in ("online", "listening"):
+                is_ready = False
+            elif need:
+                is_ready = self._serving(new) >= need
+            else:
+                is_ready = not says_ready
+            if is_ready:
                 stop_waiting()
                 self._replacing.pop(new.id, None)
                 self._retire(old, done)

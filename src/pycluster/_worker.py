@@ -177,17 +177,17 @@ class Worker(EventEmitter):
                     if item is not None:
                         self.emit("message", *item)
 
-    def _deliver(self, opener: Opener) -> None:
+    def _deliver(self, opener: Callable[[Any], tuple[Any, Any] | None], frame: Any) -> None:
         """Hand a received message to the listeners and iterators, or hold it for them.
 
-        ``opener`` decodes the message (``None`` if it cannot be decoded); it runs
-        only once someone is there to receive the message.
+        ``opener(frame)`` decodes the message (``None`` if it cannot be decoded); it
+        runs only once someone is there to receive the message.
         """
         with self._deliver_lock:
             if not self._iterators and not self._events.get("message"):
-                self._held.append(opener)
+                self._held.append(lambda: opener(frame))
                 return
-            item = opener()
+            item = opener(frame)
             if item is None:
                 return
             for it in self._iterators:

@@ -168,6 +168,8 @@ GARBAGE = {
     "wrong version": _frame(b"{}", version=9),
     "reserved flags": _frame(b'{"act":"online"}', flags=0x80),
     "huge length": _frame(b"", length=2**62),
+    # One byte over the default max_message_size: cut off at the header.
+    "over max_message_size": _frame(b"{}", length=(64 << 20) + 1),
     "descriptors missing": _frame(b'{"act":"online"}', nfds=1),
     "internal not json": _frame(b"{not json"),
     "primary's act": _frame(b'{"act":"disconnect"}'),

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import queue
 import shlex
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -60,27 +62,40 @@ def exec_start(control: str) -> list[str]:
 
 
 class Notifications:
-    """The datagrams the primary sends to systemd."""
+    """The datagrams the primary sends to systemd, read as they come (as systemd does)."""
 
     def __init__(self) -> None:
         self.name = f"pycluster-test-{uuid.uuid4().hex}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind("\0" + self.name)
         self.seen: list[str] = []
+        self._inbox: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                self._inbox.put(self.sock.recv(4096).decode())
+            except OSError:
+                return  # closed at the end of the test
 
     def wait_for(self, state: str, timeout: float = 15) -> str:
         """The next message that contains ``state`` (watchdog pings are skipped)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
-                message = self.sock.recv(4096).decode()
-            except TimeoutError:
+                message = self._inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
                 break
             self.seen.append(message)
             if state in message.split("\n"):
                 return message
         pytest.fail(f"no {state} in {timeout} s; got {self.seen}")
+
+    def close(self) -> None:
+        """Stop reading."""
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
 
 
 def get(port: int) -> tuple[int, bytes]:
@@ -124,7 +139,7 @@ def test_example_unit_with_socket_activation(cluster_env: Cluster, commands: Com
         assert code == 0, output
     finally:
         listener.close()
-        notify.sock.close()
+        notify.close()
 
 
 MANIFEST = Path(__file__).resolve().parents[2] / "docs" / "kubernetes" / "deployment.yaml"

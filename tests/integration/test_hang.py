@@ -77,7 +77,7 @@ def slow_listener(msg, handle):
 
 if cluster.is_primary:
     cluster.setup_primary(args=[KIND], timeout=1.0, shutdown_timeout=2.0, restart_delay=0.05)
-    cluster.on("listening", lambda w, a: emit(ev="listening", id=w.id, slot=w.slot))
+    cluster.on("listening", lambda w, a: emit(ev="listening", id=w.id, slot=w.slot, port=a.port))
     cluster.on("online", lambda w: emit(ev="online", id=w.id, slot=w.slot))
     cluster.on("exit", lambda w, code, sig: emit(
         ev="exit", id=w.id, slot=w.slot, code=code, sig=sig,
@@ -185,6 +185,21 @@ class TestStuckServingLoop:
             ok.sendall(b"hello\n")
             assert ok.makefile("rb").readline() == b"2\n"
         stop(program)
+
+
+def test_hung_workers_replacement_keeps_its_port_zero(live: Live) -> None:
+    # `restart` left at "never": only hang detection replaces the worker, and the
+    # replacement takes over its predecessor's port, as after a crash.
+    program = live.start(PROGRAM, "http", env={"PORT": "0"})
+    (first,) = program.wait_for(ev="listening", id=1)
+    port = int(first["port"])  # type: ignore[call-overload]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stuck:
+        stuck.sendall(b"GET /spin HTTP/1.0\r\n\r\n")
+        assert_replaced(program, "SIGABRT")
+    (second,) = program.wait_for(ev="listening", id=2)
+    assert second["port"] == port
+    assert get(port) == "2"
+    stop(program)
 
 
 def test_manual_heartbeat_then_sigkill_when_abort_is_ignored(live: Live) -> None:

@@ -367,7 +367,8 @@ def describe(msg):
 SERIALIZATION = sys.argv[1]
 
 if cluster.is_primary:
-    cluster.setup_primary(serialization=SERIALIZATION)
+    # A 64 MiB blob plus its envelope is just over the default max_message_size.
+    cluster.setup_primary(serialization=SERIALIZATION, max_message_size=SIZE + (1 << 20))
     blob = make_blob()
     worker = cluster.fork()
     worker.on("online", lambda: worker.send({"blob": blob, "digest": digest(blob)}))

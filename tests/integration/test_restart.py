@@ -123,6 +123,22 @@ class TestCrashLoop:
         assert_gaps([float(e["gap"]) for e in restarts], [0.05, 0.15, 0.05, 0.15])  # type: ignore[arg-type]
         assert [e["id"] for e in of(result, "give_up")] == [5]
 
+    def test_backoff_delays_longer_than_the_window_still_give_up(
+        self, cluster_env: Cluster
+    ) -> None:
+        # Every delay (2.5 s) is longer than the window (2 s): on the wall clock no
+        # two failures ever share a window. The window is the slot's running time,
+        # and a worker that dies at start adds little to it: the crash loop is seen.
+        settings = (
+            '{"restart": "on-failure", "restart_delay": 2.5, "restart_backoff": 1.0,'
+            ' "max_restarts": 2, "restart_window": 2.0}'
+        )
+        result = run_crash_loop(cluster_env, settings)
+        assert [e["id"] for e in of(result, "fork")] == [1, 2, 3]
+        (give_up,) = of(result, "give_up")
+        assert give_up["id"] == 3
+        assert "running time" in str(give_up["reason"])
+
 
 POLICY = (
     EMIT

@@ -1,9 +1,9 @@
 """Restart arithmetic of one worker slot, with a fake clock and no processes.
 
-``SlotHistory.decide(rules, now, uptime)`` is asked, each time a worker of the slot
-failed, whether to start a replacement and after how long. ``now`` is whatever the
-test says the clock reads, so backoff growth, the stable-period reset, the cap and
-the crash-loop window are checked exactly.
+``SlotHistory.decide(rules, uptime)`` is asked, each time a worker of the slot
+failed, whether to start a replacement and after how long. The only clock is the
+uptimes the test passes: the crash-loop window is measured in the slot's running
+time, so backoff delays (time in which nothing runs) never enter it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ RULES = RestartRules(
 
 
 def delays(history: SlotHistory, rules: RestartRules, uptimes: list[float]) -> list[float]:
-    """The delays decided for failures after ``uptimes``, one second of fake clock apart."""
+    """The delays decided for failures after ``uptimes``."""
     out = []
-    for i, uptime in enumerate(uptimes):
-        decision = history.decide(rules, float(i), uptime)
+    for uptime in uptimes:
+        decision = history.decide(rules, uptime)
         assert decision.restart, decision
         out.append(decision.delay)
     return out
@@ -38,7 +38,7 @@ class TestBackoff:
         )
 
     def test_first_failure_waits_the_initial_delay(self) -> None:
-        assert SlotHistory().decide(RULES, now=100.0, uptime=0.01) == Decision(True, 0.05)
+        assert SlotHistory().decide(RULES, uptime=0.01) == Decision(True, 0.05)
 
     def test_delay_grows_by_the_factor(self) -> None:
         rules = RestartRules(delay=0.05, backoff=3.0, delay_max=100.0, max_restarts=100)
@@ -60,13 +60,13 @@ class TestBackoff:
         history = SlotHistory()
         assert delays(history, rules, [0.1, 0.1, 0.1]) == pytest.approx([0.05, 0.1, 0.2])
         # This worker stayed up exactly stable_after: the failure streak starts over.
-        assert history.decide(rules, 3.0, uptime=5.0) == Decision(True, 0.05)
-        assert history.decide(rules, 3.5, uptime=0.2).delay == pytest.approx(0.1)
+        assert history.decide(rules, uptime=5.0) == Decision(True, 0.05)
+        assert history.decide(rules, uptime=0.2).delay == pytest.approx(0.1)
 
     def test_a_run_just_short_of_stable_keeps_growing(self) -> None:
         history = SlotHistory()
         delays(history, RULES, [0.1, 0.1])
-        assert history.decide(RULES, 2.0, uptime=4.99).delay == pytest.approx(0.2)
+        assert history.decide(RULES, uptime=4.99).delay == pytest.approx(0.2)
 
     def test_zero_delay_stays_zero(self) -> None:
         rules = RestartRules(delay=0.0, backoff=2.0, max_restarts=100)
@@ -74,50 +74,60 @@ class TestBackoff:
 
 
 class TestCrashLoop:
-    """More than ``max_restarts`` restarts inside ``restart_window``: give up the slot."""
+    """More than ``max_restarts`` failures inside ``restart_window`` of running time: give up."""
 
     def test_gives_up_after_max_restarts_within_the_window(self) -> None:
         history = SlotHistory()
-        for t in range(4):
-            assert history.decide(RULES, float(t), 0.1).restart
-        decision = history.decide(RULES, 4.0, 0.1)
+        for _ in range(4):
+            assert history.decide(RULES, 0.1).restart
+        decision = history.decide(RULES, 0.1)
         assert not decision.restart
         assert "max_restarts=4" in decision.reason
         assert "crash loop" in decision.reason
-        assert "10 s" in decision.reason
+        assert "10 s of running time" in decision.reason
         assert history.total == 4
 
-    def test_restarts_older_than_the_window_are_forgotten(self) -> None:
+    def test_backoff_delays_never_stretch_a_crash_loop(self) -> None:
+        # The issue's case: delays capped at 30 s, ten restarts allowed in 60 s. On the
+        # wall clock the failures are ~30 s apart and the window never holds eleven;
+        # on the running-time clock they are 0.2 s apart.
+        rules = RestartRules(delay=0.1, backoff=2.0, delay_max=30.0, max_restarts=10, window=60.0)
         history = SlotHistory()
-        for t in (0.0, 1.0, 2.0, 3.0):
-            assert history.decide(RULES, t, 0.1).restart
-        # At t=10.5 the restart at t=0 is more than 10 s old: three remain, room for one.
-        assert history.decide(RULES, 10.5, 0.1).restart
-        # t=11 drops the restart at t=1 (exactly one window old) as well.
-        assert history.decide(RULES, 11.0, 0.1).restart
-        assert not history.decide(RULES, 11.1, 0.1).restart
+        decisions = [history.decide(rules, 0.2) for _ in range(11)]
+        assert [d.restart for d in decisions] == [True] * 10 + [False]
+        assert sum(d.delay for d in decisions) > 60.0  # the wall clock would have forgiven it
+
+    def test_running_time_moves_old_failures_out_of_the_window(self) -> None:
+        history = SlotHistory()
+        for _ in range(4):  # running clock 0.25, 0.5, 0.75, 1.0
+            assert history.decide(RULES, 0.25).restart
+        # A worker that served 9.25 s: clock 10.25, the failure at 0.25 is out; room for one.
+        assert history.decide(RULES, 9.25).restart
+        # Clock 10.5: the failure at 0.5 is out too (exactly one window old).
+        assert history.decide(RULES, 0.25).restart
+        assert not history.decide(RULES, 0.125).restart
         assert history.total == 6
 
     def test_a_stable_run_does_not_forgive_the_window(self) -> None:
         # Stability resets the delay, not the count of recent restarts.
         rules = RestartRules(delay=0.05, stable_after=1.0, max_restarts=2, window=60.0)
         history = SlotHistory()
-        assert history.decide(rules, 0.0, 2.0) == Decision(True, 0.05)
-        assert history.decide(rules, 3.0, 2.0) == Decision(True, 0.05)
-        assert not history.decide(rules, 6.0, 2.0).restart
+        assert history.decide(rules, 2.0) == Decision(True, 0.05)
+        assert history.decide(rules, 2.0) == Decision(True, 0.05)
+        assert not history.decide(rules, 2.0).restart
 
     def test_max_restarts_zero_never_restarts(self) -> None:
-        decision = SlotHistory().decide(RestartRules(max_restarts=0), 0.0, 100.0)
+        decision = SlotHistory().decide(RestartRules(max_restarts=0), 100.0)
         assert not decision.restart
         assert "max_restarts=0" in decision.reason
 
     def test_slots_keep_separate_histories(self) -> None:
         rules = RestartRules(delay=0.1, max_restarts=1, window=60.0)
         a, b = SlotHistory(), SlotHistory()
-        assert a.decide(rules, 0.0, 0.0).restart
-        assert not a.decide(rules, 0.1, 0.0).restart
+        assert a.decide(rules, 0.0).restart
+        assert not a.decide(rules, 0.0).restart
         # Slot b's first failure is judged on its own: restart, initial delay.
-        assert b.decide(rules, 0.2, 0.0) == Decision(True, 0.1)
+        assert b.decide(rules, 0.0) == Decision(True, 0.1)
 
 
 @given(
@@ -135,9 +145,9 @@ def test_delay_matches_the_formula(
     )
     history = SlotHistory()
     streak = 0
-    for i, uptime in enumerate(uptimes):
+    for uptime in uptimes:
         streak = 1 if uptime >= 10.0 else streak + 1
-        decision = history.decide(rules, float(i), uptime)
+        decision = history.decide(rules, uptime)
         assert decision.restart
         assert 0.0 <= decision.delay <= cap
         assert decision.delay == pytest.approx(min(delay * backoff ** (streak - 1), cap))
@@ -145,23 +155,26 @@ def test_delay_matches_the_formula(
 
 @given(
     max_restarts=st.integers(0, 8),
-    gaps=st.lists(st.floats(0.0, 3.0), min_size=1, max_size=40),
+    uptimes=st.lists(st.floats(0.0, 3.0), min_size=1, max_size=40),
+    delay_max=st.floats(0.0, 300.0),
 )
-def test_never_more_restarts_than_allowed_in_any_window(
-    max_restarts: int, gaps: list[float]
+def test_never_more_restarts_than_allowed_in_any_window_of_running_time(
+    max_restarts: int, uptimes: list[float], delay_max: float
 ) -> None:
-    """Whatever the failure times, no window of ``window`` seconds holds more restarts."""
+    """Whatever the uptimes and the backoff cap, no window of running time holds more restarts."""
     window = 5.0
-    rules = RestartRules(delay=0.0, max_restarts=max_restarts, window=window)
+    rules = RestartRules(
+        delay=1.0, backoff=2.0, delay_max=delay_max, max_restarts=max_restarts, window=window
+    )
     history = SlotHistory()
-    now, restarted = 0.0, []
-    for gap in gaps:
-        now += gap
-        if history.decide(rules, now, 0.0).restart:
-            restarted.append(now)
-            recent = [t for t in restarted if t > now - window]
+    running, restarted = 0.0, []
+    for uptime in uptimes:
+        running += uptime
+        if history.decide(rules, uptime).restart:
+            restarted.append(running)
+            recent = [t for t in restarted if t > running - window]
             assert len(recent) <= max_restarts
         else:
             # Giving up is only ever for a full window.
-            assert len([t for t in restarted if t > now - window]) >= max_restarts
+            assert len([t for t in restarted if t > running - window]) >= max_restarts
     assert history.total == len(restarted)

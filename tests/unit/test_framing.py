@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pycluster._ipc.channel import READ_SIZE, ThreadChannel
+from pycluster._ipc.channel import READ_SIZE, LoopChannel, ThreadChannel
 from pycluster._ipc.fds import ChunkReader, recv_chunk
 from pycluster._ipc.framing import (
     HEADER,
@@ -595,6 +595,70 @@ class TestSocketPair:
         finally:
             left.close()
             right.close()
+
+
+class _StepReactor:
+    """Just enough of the primary's reactor to drive a LoopChannel by hand."""
+
+    def __init__(self) -> None:
+        self.writers: dict[int, Callable[[], None]] = {}
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        pass
+
+    def remove_reader(self, fd: int) -> None:
+        pass
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        self.writers[fd] = callback
+
+    def remove_writer(self, fd: int) -> None:
+        self.writers.pop(fd, None)
+
+    def post(self, callback: Callable[..., object], *args: object) -> None:
+        callback(*args)
+
+
+def test_loop_channel_queues_large_frames_and_descriptors_in_order() -> None:
+    # Large frames go out as header and payload views, resumed wherever the socket
+    # stopped taking them; frames queued behind them, with descriptors, keep their order.
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    reactor = _StepReactor()
+    channel = LoopChannel(left, reactor, lambda frame: None, lambda exc: None)
+    r, w = os.pipe()
+    sent = [
+        (os.urandom(3 << 20), []),
+        (b"small", [r]),
+        (os.urandom(1 << 20) + b"end", [r, w]),
+        (b"x" * 70_000, []),
+    ]
+    done: list[BaseException | None] = []
+    for payload, fds in sent:
+        assert channel.send(Kind.USER, Codec.ADVANCED, payload, fds, done.append)
+    dec = Decoder()
+    got: list[Frame] = []
+    right.setblocking(False)
+    try:
+        while len(got) < len(sent):
+            for writer in list(reactor.writers.values()):
+                writer()
+            try:
+                data, fds = recv_chunk(right, READ_SIZE)
+            except BlockingIOError:
+                continue
+            got += dec.feed(data, fds)
+        assert [f.payload for f in got] == [p for p, _ in sent]
+        assert [[inode(fd) for fd in f.fds] for f in got] == [
+            [inode(fd) for fd in fds] for _, fds in sent
+        ]
+        assert done == [None] * len(sent) and not reactor.writers
+    finally:
+        for frame in got:
+            close_all(frame.fds)
+        dec.close()
+        channel.close()
+        right.close()
+        close_all([r, w])
 
 
 def test_header_layout() -> None:

@@ -33,7 +33,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pycluster._ipc.framing import Codec
-from pycluster._ipc.serialization import AllowList, DecodeError, decode, encode
+from pycluster._ipc.messages import Act, decode_internal, encode_internal
+from pycluster._ipc.serialization import AllowList, DecodeError, decode, encode, make_json
 
 PROPERTY = settings(max_examples=150, deadline=None)
 
@@ -147,6 +148,34 @@ class TestJson:
         loop.append(loop)
         with pytest.raises(TypeError, match="(?i)circular"):
             encode(loop, Codec.JSON)
+
+    @PROPERTY
+    @given(value=json_values)
+    def test_fast_path_writes_what_json_writes(self, value: Any) -> None:
+        # The C encoder and scanner built once must agree with the stock codec.
+        fast_encode, fast_decode = make_json()
+        stock_encode, stock_decode = make_json(accelerated=False)
+        payload = fast_encode(value)
+        assert payload == stock_encode(value)
+        assert payload == json.dumps(value, separators=(",", ":")).encode()
+        assert_same(fast_decode(payload.decode()), stock_decode(payload.decode()))
+
+    @pytest.mark.parametrize("text", [" [1, 2] ", '\n{"a": 1}\t', "1 ", " null"])
+    def test_json_with_whitespace_around_decodes(self, text: str) -> None:
+        assert decode(text.encode(), Codec.JSON, None) == json.loads(text)
+
+    @pytest.mark.parametrize("text", ["[1] x", "[1][2]", "  "])
+    def test_trailing_data_is_decode_error(self, text: str) -> None:
+        with pytest.raises(DecodeError):
+            decode(text.encode(), Codec.JSON, None)
+
+    def test_internal_messages_are_json(self) -> None:
+        for act in Act:
+            assert json.loads(encode_internal(act)) == {"act": act.value}
+        assert decode_internal(encode_internal(Act.CLOSE, handle=3)) == (
+            Act.CLOSE,
+            {"handle": 3, "act": "close"},
+        )
 
 
 # -- advanced: the default allow-list ---------------------------------------------------------

@@ -148,6 +148,7 @@ def test_defaults() -> None:
         "max_requests_jitter": 0,
         "max_memory": None,
         "start_timeout": None,
+        "max_message_size": 64 << 20,
         "shutdown_timeout": 30.0,
         "handoff_window": 8,
     }
@@ -391,3 +392,12 @@ def test_policy_variable_and_assignments(cluster_env: Cluster) -> None:
         {"event": "frozen", "policy": 2},
         {"event": "late", "policy": 2},
     ]
+
+
+def test_max_message_size_takes_a_size_on_the_command_line() -> None:
+    from pycluster._settings import BY_NAME
+
+    assert BY_NAME["max_message_size"].from_text("1M") == 1 << 20
+    assert BY_NAME["max_message_size"].cli
+    with pytest.raises(ValueError, match="max_message_size"):
+        BY_NAME["max_message_size"].from_text("0")

@@ -182,6 +182,18 @@ class ClusterApp:
                 if self.control is not None:
                     await self.control.close()
                 raise CliError(f"metrics on {self.ns.metrics}: {exc}") from None
+        self._own_sockets()
+
+    def _own_sockets(self) -> None:
+        """The control and metrics sockets are pycluster's: no worker's ``fd=N`` gets them."""
+        primary = cluster._the_primary("fork")
+        server = getattr(self.control, "_server", None)
+        socks = [s.fileno() for s in server.sockets] if server is not None else []
+        metrics_sock = getattr(self.metrics, "socket", None)
+        if metrics_sock is not None:
+            socks.append(metrics_sock.fileno())
+        for fd in socks:
+            primary.own_socket(fd)
 
     async def _stop_services(self) -> None:
         if self.control is not None:
@@ -214,7 +226,7 @@ class ClusterApp:
     async def _watchdog(self) -> None:
         assert self.notifier.watchdog is not None
         while True:
-            self.notifier.notify("WATCHDOG=1")
+            self.notifier.notify("WATCHDOG=1", wait=0.0)
             await asyncio.sleep(self.notifier.watchdog / 2)
 
     # -- operations (signals and the control socket) ---------------------------------------------

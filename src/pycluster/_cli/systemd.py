@@ -21,6 +21,10 @@ import time
 SD_LISTEN_FDS_START = 3
 
 
+#: Seconds a state change (READY, RELOADING, STOPPING) may wait for room in the queue.
+NOTIFY_WAIT = 0.5
+
+
 class Notifier:
     """Sends state changes to the service manager, if one asked for them."""
 
@@ -42,16 +46,21 @@ class Notifier:
         """Whether a service manager listens."""
         return self.address is not None
 
-    def notify(self, *lines: str) -> None:
-        """Send ``lines`` (``READY=1``, ``STATUS=...``) as one datagram; errors are ignored."""
+    def notify(self, *lines: str, wait: float = NOTIFY_WAIT) -> None:
+        """Send ``lines`` (``READY=1``, ``STATUS=...``) as one datagram; errors are ignored.
+
+        The primary's loop never waits long on the manager: a full queue (a manager
+        that does not read) costs at most ``wait`` seconds, and a watchdog ping none.
+        """
         if self.address is None:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(wait)
                 sock.connect(self.address)
                 sock.sendall("\n".join(lines).encode())
         except OSError:
-            pass  # the manager went away: nothing to tell
+            pass  # the manager went away or does not read: nothing to tell
 
     def ready(self, status: str) -> None:
         """The cluster serves."""

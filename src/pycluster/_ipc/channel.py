@@ -28,6 +28,7 @@ from pycluster._ipc.framing import (
     Frame,
     Kind,
     ProtocolError,
+    check_size,
     close_fds,
     encode_header,
 )
@@ -41,6 +42,10 @@ def _log() -> logging.Logger:
 
 
 READ_SIZE = 256 * 1024
+#: Wake-ups without reading ahead after a read-ahead found nothing.
+_GUESS_PAUSE = 16
+#: Send buffer asked for on both ends of a channel.
+SEND_BUFFER = 1 << 20
 SMALL = 64 * 1024
 #: Reads that draining an exited worker's channel may take: everything it wrote, but not
 #: forever if a grandchild that inherited the channel keeps writing.
@@ -76,15 +81,50 @@ def _dup_all(fds: list[int]) -> list[int]:
     return out
 
 
+def _grow_send_buffer(sock: socket.socket) -> None:
+    """Let the kernel take a large message in one write (fewer wake-ups of both ends).
+
+    A Unix stream socket's send buffer (about 200 KiB by default) bounds what one
+    write passes; a 1 MiB message then costs each end several wake-ups. This only
+    raises the ceiling (the kernel caps it at ``net.core.wmem_max``); nothing is
+    allocated until data is in flight.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    except OSError:
+        pass
+
+
 class _Pending:
-    """A frame, or what is left of it, waiting for the socket to take it."""
+    """A frame, or what is left of it, waiting for the socket to take it.
 
-    __slots__ = ("view", "fds", "callback")
+    Kept as views of the header and the payload, never joined or re-sliced into new
+    bytes: for a large message each copy would cost an allocation the size of it.
+    """
 
-    def __init__(self, data: bytes, fds: list[int], callback: SendCallback | None) -> None:
-        self.view = memoryview(data)
+    __slots__ = ("views", "fds", "callback")
+
+    def __init__(
+        self, parts: list[bytes], sent: int, fds: list[int], callback: SendCallback | None
+    ) -> None:
+        self.views: list[memoryview] = []
         self.fds = fds
         self.callback = callback
+        for part in parts:
+            if sent >= len(part):
+                sent -= len(part)
+            else:
+                self.views.append(memoryview(part)[sent:])
+                sent = 0
+
+    def consume(self, sent: int) -> bool:
+        """Drop ``sent`` bytes from the front; ``True`` once nothing is left."""
+        views = self.views
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if sent:
+            views[0] = views[0][sent:]
+        return not views
 
 
 class LoopChannel:
@@ -100,18 +140,21 @@ class LoopChannel:
         name: str = "peer",
     ) -> None:
         sock.setblocking(False)
+        _grow_send_buffer(sock)
         self._name = name
         self._sock = sock
         self._fd = sock.fileno()
         self._reactor = reactor
         self._on_frame = on_frame
         self._on_close = on_close
+        self._max_payload = max_payload
         self._decoder = Decoder(max_payload)
         self._reader = ChunkReader(READ_SIZE)
         self._out: deque[_Pending] = deque()
         self._lock = threading.Lock()
         self._closed = False
         self._writing = False
+        self._guess_pause = 0
         reactor.add_reader(self._fd, self._readable)
 
     @property
@@ -127,27 +170,37 @@ class LoopChannel:
         fds: list[int] | None = None,
         callback: SendCallback | None = None,
     ) -> bool:
-        """Queue a frame; ``False`` if the channel is closed. Descriptors are duplicated."""
+        """Queue a frame; ``False`` if the channel is closed. Descriptors are duplicated.
+
+        A payload over the channel's limit raises ``ValueError`` and sends nothing.
+        """
+        if len(payload) > self._max_payload:
+            check_size(len(payload), self._max_payload)
         if self._closed:
             if callback is not None:
                 self._reactor.post(callback, ChannelClosedError("the IPC channel is closed"))
             return False
         owned = _dup_all(fds) if fds else []
-        data = encode_header(kind, codec, len(payload), len(owned)) + payload
+        header = encode_header(kind, codec, len(payload), len(owned))
+        # A small frame goes out as one buffer; a large one without joining the two.
+        parts = [header + payload] if len(payload) < SMALL else [header, payload]
+        sent = 0
         with self._lock:
             if not self._out and not owned and callback is None:
                 # The common case: nothing queued, so write straight away.
                 try:
-                    sent = self._sock.send(data)
+                    if len(parts) == 1:
+                        sent = self._sock.send(parts[0])
+                    else:
+                        sent = self._sock.sendmsg(parts)
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError as exc:
                     self._reactor.post(self._fail, exc)
                     return True
-                if sent == len(data):
+                if sent == len(header) + len(payload):
                     return True
-                data = data[sent:]
-            self._out.append(_Pending(data, owned, callback))
+            self._out.append(_Pending(parts, sent, owned, callback))
             if len(self._out) == 1:
                 self._flush_locked()
         return True
@@ -156,7 +209,7 @@ class LoopChannel:
         while self._out and not self._closed:
             item = self._out[0]
             try:
-                sent = self._sock.sendmsg([item.view], ancillary_for(item.fds))
+                sent = self._sock.sendmsg(item.views, ancillary_for(item.fds))
             except (BlockingIOError, InterruptedError):
                 self._wait_writable()
                 return
@@ -166,8 +219,7 @@ class LoopChannel:
             if item.fds:
                 close_fds(item.fds)  # the kernel holds its own references now
                 item.fds = []
-            item.view = item.view[sent:]
-            if item.view:
+            if not item.consume(sent):
                 self._wait_writable()
                 return
             self._out.popleft()
@@ -190,12 +242,17 @@ class LoopChannel:
         # Bounded so one chatty worker cannot starve the others on the loop; unless
         # ``exhaust``: then read until the socket is empty (a read stops at each
         # frame that carries descriptors, so a short read does not mean empty).
+        guessed = False  # whether this read only guesses that a reply came back
         for _ in range(_EXHAUST_READS if exhaust else 64):
             if self._closed:
                 return
             try:
                 data, fds = self._reader.read(self._sock)
             except (BlockingIOError, InterruptedError):
+                if guessed:
+                    # The worker answers from another CPU: stop guessing for a while
+                    # rather than pay for a failed read on every message.
+                    self._guess_pause = _GUESS_PAUSE
                 return
             except ProtocolError as exc:
                 self._protocol_error(exc)
@@ -219,8 +276,19 @@ class LoopChannel:
                         close_fds(rest.fds)
                     return
                 self._on_frame(frame)
+            guessed = False
             if short and not exhaust:
-                return  # most likely drained; the loop calls again if more came
+                if not frames:
+                    return  # drained; the loop calls again when more comes
+                if self._guess_pause:
+                    self._guess_pause -= 1
+                    return
+                # After delivering frames, read once more before going back to the
+                # loop: a listener that answered its worker has often got the reply
+                # already (on one CPU, the worker runs as soon as it is written to),
+                # and taking it now saves a loop iteration and a poll. The bound
+                # above keeps the loop fair to other workers and timers.
+                guessed = True
 
     def drain(self) -> None:
         """Read and deliver whatever the peer already wrote (used when it has exited)."""
@@ -269,9 +337,11 @@ class ThreadChannel:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         sock.setblocking(True)
+        _grow_send_buffer(sock)
         self._sock = sock
         self._on_frame = on_frame
         self._on_close = on_close
+        self._max_payload = max_payload
         self._decoder = Decoder(max_payload)
         self._reader = ChunkReader(READ_SIZE)
         self._wlock = threading.Lock()
@@ -295,7 +365,12 @@ class ThreadChannel:
         return self._thread
 
     def send(self, kind: Kind, codec: Codec, payload: bytes, fds: list[int] | None = None) -> None:
-        """Write one frame, blocking until the kernel has all of it."""
+        """Write one frame, blocking until the kernel has all of it.
+
+        A payload over the channel's limit raises ``ValueError`` and sends nothing.
+        """
+        if len(payload) > self._max_payload:
+            check_size(len(payload), self._max_payload)
         fds = fds or []
         header = encode_header(kind, codec, len(payload), len(fds))
         with self._wlock:
@@ -305,9 +380,12 @@ class ThreadChannel:
                 self._sock.sendall(header + payload)  # one cheap copy, one plain send
                 return
             sent = self._sock.sendmsg([header, payload], ancillary_for(fds))
-            if sent < len(header) + len(payload):
+            if sent < len(header):
                 # The descriptors went with the first call; the rest is plain bytes.
-                self._sock.sendall(memoryview(header + payload)[sent:])
+                self._sock.sendall(header[sent:])
+                sent = len(header)
+            if sent < len(header) + len(payload):
+                self._sock.sendall(memoryview(payload)[sent - len(header) :])
 
     def _read_loop(self) -> None:
         error: BaseException | None = None

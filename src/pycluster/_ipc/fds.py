@@ -38,7 +38,8 @@ class ChunkReader:
         Raises :class:`ProtocolError` when descriptors were truncated.
         """
         nbytes, ancdata, flags, _addr = sock.recvmsg_into([self._view], _ANCILLARY, _RECV_FLAGS)
-        if not ancdata and not flags:
+        # The kernel echoes MSG_CMSG_CLOEXEC in ``flags``: only truncation counts here.
+        if not ancdata and not flags & _CTRUNC:
             return self._view[:nbytes], []
         fds = fds_from_ancillary(ancdata)
         if flags & _CTRUNC:

@@ -11,7 +11,8 @@ fixed 16-byte header followed by the payload. All integers are big-endian::
                              decoded against an allow-list in the primary)
     5       1     flags      reserved, must be 0 in version 1
     6       2     nfds       number of descriptors carried by the frame (0..253)
-    8       8     length     payload length in bytes (unsigned 64-bit)
+    8       8     length     payload length in bytes (unsigned 64-bit; at most
+                             the ``max_message_size`` setting, 64 MiB by default)
     16      ...   payload
 
 Descriptors travel as ``SCM_RIGHTS`` ancillary data. The sender writes a frame that
@@ -41,9 +42,18 @@ HEADER = struct.Struct("!2sBBBBHQ")
 HEADER_SIZE = HEADER.size
 #: The kernel's limit on descriptors in one SCM_RIGHTS message (SCM_MAX_FD).
 MAX_FDS = 253
-#: Default ceiling on a payload; a larger declared length is a protocol error
-#: rather than an attempt to allocate it.
-DEFAULT_MAX_PAYLOAD = 4 << 30
+#: Default ceiling on a payload (the ``max_message_size`` setting): a larger
+#: declared length is a protocol error as soon as the header is read, so a peer
+#: cannot make the reader buffer gigabytes; a sender refuses to build such a frame.
+DEFAULT_MAX_PAYLOAD = 64 << 20
+
+
+def check_size(length: int, limit: int) -> None:
+    """Refuse to build a frame whose payload is over ``limit`` bytes (``ValueError``)."""
+    if length > limit:
+        raise ValueError(
+            f"message of {length} bytes exceeds max_message_size ({limit} bytes); nothing was sent"
+        )
 
 
 class Kind(IntEnum):

@@ -8,12 +8,14 @@ whatever its shape. A request carries a ``seq``; its reply is ``{"act": "reply",
 
 from __future__ import annotations
 
-import json
 import threading
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pycluster._ipc.framing import ProtocolError
+
+if TYPE_CHECKING:
+    import json
 
 
 class Act(str, Enum):
@@ -30,13 +32,22 @@ class Act(str, Enum):
 
 
 Message = dict[str, Any]
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_encoder: json.JSONEncoder | None = None  # built with the first message that needs it
 
 
 def encode_internal(act: Act, **fields: Any) -> bytes:
     """Serialize an internal message."""
+    if not fields:
+        # 'online' and the like: no encoder needed, so a worker comes online without
+        # importing json (the values are plain identifiers).
+        return b'{"act":"%s"}' % act.value.encode()
+    global _encoder
+    if _encoder is None:
+        import json
+
+        _encoder = json.JSONEncoder(separators=(",", ":"))
     fields["act"] = act.value
-    return _ENCODER.encode(fields).encode()
+    return _encoder.encode(fields).encode()
 
 
 _INT = (int,)
@@ -67,6 +78,8 @@ _FIELDS: dict[Act, dict[str, tuple[type, ...]]] = {
 
 def decode_internal(payload: bytes) -> tuple[Act, Message]:
     """Parse an internal message; anything malformed is a protocol error."""
+    import json  # after 'online': a worker's start does not wait for it
+
     try:
         msg = json.loads(payload)
         if not isinstance(msg, dict):

@@ -86,7 +86,7 @@ def _normalize(
         path = os.fsdecode(address) if isinstance(address, (bytes, os.PathLike)) else address
         return family, type_, path, None
     if address is None:
-        address = ("", 0)
+        raise TypeError("create_server() needs an address, not None (as socket.create_server)")
     if not isinstance(address, tuple) or len(address) < 2:
         raise TypeError(f"address must be a (host, port) tuple, not {address!r}")
     host, port = address[0], address[1]
@@ -179,7 +179,8 @@ def create_server(
     asks for a scheduling policy for this server alone (a server whose accept loop
     runs in C cannot take round-robin hand-offs).
     """
-    family, type_, addr, port = _normalize(address, family, type)
+    given = ("", 0) if address is None and fd is not None else address  # fd=N: address ignored
+    family, type_, addr, port = _normalize(given, family, type)
     runtime = child.runtime()
     host_addr: Any = addr if family == socket.AF_UNIX else (addr, port)
     if runtime is None or exclusive:

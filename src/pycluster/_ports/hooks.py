@@ -62,11 +62,11 @@ def _accept_hook(self: socket.socket) -> tuple[int, Any]:
 
 def _getsockname_hook(self: socket.socket) -> Any:
     listener = lookup(self) if by_fd else None
-    if listener is not None and listener.mode == RR:
+    if listener is not None and (listener.mode == RR or listener.family == socket.AF_UNIX):
         return listener.sockname
     name = C.getsockname(self)
     if name == "" and by_ino and (listener := discover(self)) is not None:
-        return listener.sockname if listener.mode == RR else C.getsockname(self)
+        return listener.sockname
     return name
 
 

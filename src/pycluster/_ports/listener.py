@@ -84,6 +84,8 @@ class Listener:
         self.family = int(sock.family)
         self.type = int(sock.type)
         self.sockname = sockname
+        #: The address as the kernel's tables show it (what draining looks for).
+        self.kernel_name: Any = sockname
         #: Round robin: a socket of the program's own kind, holding its options.
         self.shadow = shadow
         self.runtime = runtime
@@ -156,9 +158,7 @@ class Listener:
             if not fds:
                 continue
             fd = fds[0]
-            try:
-                os.write(sock.fileno(), _ACK)
-            except OSError:
+            if not self.acknowledge(sock, fd):
                 # Not acknowledged (a disconnect shut the hand-off, or the primary is
                 # gone): the primary gives this connection to another worker.
                 os.close(fd)
@@ -167,6 +167,15 @@ class Listener:
             if self.inherited:
                 self._inherit(fd)
             return fd, peer(fd, self.family)
+
+    @staticmethod
+    def acknowledge(sock: socket.socket, fd: int) -> bool:
+        """Tell the primary this worker took connection ``fd`` (its copy may go)."""
+        try:
+            os.write(sock.fileno(), _ACK)
+        except OSError:
+            return False
+        return True
 
     def _ended(self, sock: socket.socket) -> tuple[int, Any]:
         """The hand-off socket reached its end: retired, closed, or the primary stopped."""
@@ -354,7 +363,7 @@ class Listener:
     # -- draining ------------------------------------------------------------------------------
     def open_connections(self) -> int:
         """Connections of this process on this listener's address that are still open."""
-        return connections_on(self.family, self.sockname)
+        return connections_on(self.family, self.kernel_name)
 
     def wait_drained(self, timeout: float | None = None) -> bool:
         """Wait until no connection on this listener's address is open."""

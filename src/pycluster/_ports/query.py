@@ -147,11 +147,19 @@ def adopt(
     for extra in fds:
         os.close(extra)
     fds.clear()
+    kernel_name: Any = sockname
     if mode != RR:
-        sockname = C.getsockname(sock)
+        sockname = kernel_name = C.getsockname(sock)
+    if real_family == socket.AF_UNIX:
+        kernel_name = reply.get("bound", kernel_name)
+        if fd is None and isinstance(address, (str, bytes, os.PathLike)):
+            # getsockname() says the name the program bound, as it gave it.
+            given = os.fsdecode(address)
+            sockname = given.encode() if given.startswith("\0") else given
     listener = Listener(
         mode, sock, sockname, shadow, runtime, int(reply["handle"]), report, created
     )
+    listener.kernel_name = kernel_name
     register(own_fd, listener)
     HISTORY[:] = [old for old in HISTORY if old.fds or old.retired]
     HISTORY.append(listener)
