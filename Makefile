@@ -1,5 +1,6 @@
 # One-command set-up for a fresh machine: `make demo` runs the demo cluster,
-# `make test` runs the whole suite (lint, types, tests). Both create .venv first.
+# `make test` runs the whole suite (lint, types, tests, the third-party servers).
+# Both create .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,thirdparty]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,8 +24,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The third-party server suite starts a cluster per test: two at a time keeps it short.
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/thirdparty
+	$(BIN)/python -m pytest -q -n 2 tests/thirdparty
 
 test: lint typecheck pytest
 

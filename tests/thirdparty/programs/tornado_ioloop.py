@@ -1,0 +1,56 @@
+"""tornado started the classic way: ``app.listen``, then ``IOLoop.current().start()``.
+
+Usage: ``tornado_ioloop.py PORT``. Same routes as ``tornado_asyncio.py``; writes
+``cleanup-PID`` when the loop ends.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import tornado.gen
+import tornado.ioloop
+import tornado.web
+import tornado.websocket
+
+
+def mark(what: str) -> None:
+    """Leave ``WHAT-PID`` in the working directory, for the test to find."""
+    Path(f"{what}-{os.getpid()}").touch()
+
+
+class Pid(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.write(str(os.getpid()))
+
+
+class Slow(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        mark("slow")
+        await tornado.gen.sleep(0.5)
+        self.write(f"slow done {os.getpid()}")
+
+
+class Echo(tornado.web.RequestHandler):
+    def post(self) -> None:
+        self.write(self.request.body)
+
+
+class WsEcho(tornado.websocket.WebSocketHandler):
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(f"{os.getpid()}:{message!s}")
+
+
+def make_app() -> tornado.web.Application:
+    return tornado.web.Application(
+        [(r"/", Pid), (r"/slow", Slow), (r"/echo", Echo), (r"/ws", WsEcho)]
+    )
+
+
+if __name__ == "__main__":
+    app = make_app()
+    app.listen(int(sys.argv[1]), "127.0.0.1")
+    try:
+        tornado.ioloop.IOLoop.current().start()
+    finally:
+        mark("cleanup")
