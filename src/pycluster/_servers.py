@@ -47,6 +47,7 @@ ACK_BATCH = 64
 ORPHAN_GRACE = 1.0
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _HANDOFF = [b"C"]
+_DECLINED = b"D"
 _fd_bytes = struct.Struct("i").pack
 Key = tuple[Any, Any, int, int, Any]
 
@@ -251,6 +252,9 @@ class _Served:
         #: Runs out ORPHAN_GRACE after the last worker left, if none came back.
         self.grace: Timer | None = None
 
+    #: Whether any worker ever listened here (a port only bound is not kept waiting).
+    served = False
+
     def serving(self) -> bool:
         """Whether a worker serves the port (or has bound it and is about to listen)."""
         return bool(self.handle.members)  # type: ignore[attr-defined]
@@ -326,6 +330,7 @@ class SharedServer(_Served):
                 worker, seq, errno.EADDRINUSE, "this worker already listens here"
             )
             return
+        self.served = True
         self.table.reply(worker, seq, self.reply_fields(), [self.sock.fileno()])
 
     def remove(self, worker: Worker) -> None:
@@ -409,6 +414,7 @@ class RoundRobinServer(_Served):
         """The worker's program listens: connections go to it from now on."""
         if worker in self.pending:
             self.pending.discard(worker)
+            self.served = True
             self._send(self.handle.add(worker))
 
     def _accept(self) -> None:
@@ -458,7 +464,12 @@ class RoundRobinServer(_Served):
                 self._send(handoffs)
                 self._send(self._worker_gone(worker))
                 return
-            handoffs.extend(self._settle(worker))
+            if data == _DECLINED:
+                # The worker could not take its oldest hand-off (out of descriptors):
+                # the connection goes back to its place in the queue.
+                handoffs.extend(self.handle.returned(worker))
+            else:
+                handoffs.extend(self._settle(worker))
         self._send(handoffs)
 
     def _settle(self, worker: Worker) -> list[tuple[Worker, int]]:
@@ -703,7 +714,7 @@ class ServerTable:
         queue or the kernel's backlog) for the replacement, for ``ORPHAN_GRACE`` at
         most: then they are refused until a worker listens again (see ``_Served``).
         """
-        if self._may_restart():
+        if self._may_restart() and handle.served:
             # Whether a restart really comes is decided once the worker's exit is
             # known (see prune()); meanwhile clients wait a second at most.
             if handle.grace is None and not handle.refusing:

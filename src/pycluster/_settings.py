@@ -168,6 +168,21 @@ def _number(minimum: float, *, optional: bool = False, integer: bool = False) ->
 _STDIO_WORDS = ("inherit", "pipe", "ignore")
 
 
+#: The most hand-offs a worker may hold: far below what a hand-off socket's buffer
+#: takes (about 270 messages), so a hand-off is never refused for want of room.
+MAX_HANDOFF_WINDOW = 64
+
+
+def _window(key: str, value: Any) -> int:
+    number = int(_number(1, integer=True)(key, value))
+    if number > MAX_HANDOFF_WINDOW:
+        raise ValueError(f"setting {key!r} must be at most {MAX_HANDOFF_WINDOW}, not {value}")
+    return number
+
+
+_PARSERS[_window] = _parse_number(True, False)
+
+
 def _stdio(key: str, value: Any) -> tuple[Any, Any, Any] | None:
     if value is None:
         return None
@@ -372,7 +387,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "handoff_window",
         lambda: 8,
-        _number(1, integer=True),
+        _window,
         "round robin: connections a worker may be handed before it takes one",
         metavar="N",
     ),

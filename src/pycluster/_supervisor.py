@@ -278,7 +278,8 @@ class Supervisor:
                 self._deadlines.discard(deadline)
             self._cancels.pop(new.id, None)
             for event, cb in handlers:
-                new.remove_listener(event, cb)
+                if cb in new.listeners(event):  # perhaps removed already (a second end)
+                    new.remove_listener(event, cb)
 
         # A program that says when it is ready (cluster.worker.ready()) is waited
         # for until it says so, even if it never listens; one that neither listens

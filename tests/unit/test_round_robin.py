@@ -278,6 +278,16 @@ class TestWindow:
                         counts.update(w for w, _ in more)
         assert abs(counts["a"] - counts["b"]) <= 0.02 * 2000, counts
 
+    def test_a_returned_hand_off_goes_back_to_its_place(self) -> None:
+        h: Handle = RoundRobinHandle(window=2)
+        h.add("a")
+        for i in range(3):
+            h.push(i)
+        h.add("b")  # takes 2
+        assert h.returned("a") == [("b", 0)]  # a could not take 0: b has room for it
+        assert h.outstanding("a") == [1] and h.outstanding("b") == [2, 0]
+        assert h.returned("stranger") == []
+
     def test_window_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="at least 1"):
             RoundRobinHandle(window=0)
@@ -364,6 +374,16 @@ class RoundRobinMachine(RuleBasedStateMachine):
         more = self.handle.refused(worker)
         # Not lost: each is back in the queue, which may at once hand out its head.
         assert self.handle.queued == queued_before + len(conns) - len(more)
+        self.take(more)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def returned(self, worker: str) -> None:
+        sent = self.sent.get(worker)
+        conn = sent.pop(0) if sent else None
+        queued_before = self.handle.queued
+        more = self.handle.returned(worker)
+        if conn is not None:
+            assert self.handle.queued == queued_before + 1 - len(more)
         self.take(more)
 
     @rule(worker=st.sampled_from(WORKERS))

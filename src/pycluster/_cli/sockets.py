@@ -93,11 +93,18 @@ def _listening_unix_socket(path: Any) -> bool:
     except (OSError, TypeError, ValueError):
         return False
     wanted = os.path.abspath(os.fsdecode(path))
+    # The primary may have bound a path relative to its own directory.
+    try:
+        primary_cwd = os.readlink(f"/proc/{os.getppid()}/cwd")
+    except OSError:
+        primary_cwd = os.getcwd()
     for line in table:
         fields = line.split(None, 7)
         # Flags 00010000 is __SO_ACCEPTCONN: the socket listens.
-        if len(fields) == 8 and int(fields[3], 16) & 0x10000 and fields[7] == wanted:
-            return True
+        if len(fields) == 8 and int(fields[3], 16) & 0x10000:
+            bound = fields[7]
+            if os.path.normpath(os.path.join(primary_cwd, bound)) == wanted:
+                return True
     return False
 
 

@@ -30,6 +30,10 @@ def connections_on(family: int, sockname: Any) -> int:
         return 0
     count = 0
     if family == socket.AF_UNIX:
+        if isinstance(sockname, bytes):
+            sockname = os.fsdecode(sockname)
+        if isinstance(sockname, str) and sockname.startswith("\0"):
+            sockname = "@" + sockname[1:]  # how the table writes an abstract name
         try:
             with open("/proc/net/unix") as f:
                 lines = f.read().splitlines()[1:]

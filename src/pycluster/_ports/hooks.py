@@ -25,6 +25,7 @@ from pycluster._ports.listener import (
     forget,
     lookup,
     register,
+    registry_lock,
 )
 from pycluster._ports.query import share
 
@@ -77,13 +78,15 @@ def _getpeername_hook(self: socket.socket) -> Any:
 
 
 def _getsockopt_hook(self: socket.socket, *args: Any) -> Any:
-    if by_fd and (listener := lookup(self)) is not None and listener.mode == RR:
+    if by_fd and (listener := lookup(self)) is not None and listener.shadow is not None:
         return listener.getsockopt(args)
     return C.getsockopt(self, *args)
 
 
 def _setsockopt_hook(self: socket.socket, *args: Any) -> None:
-    if by_fd and (listener := lookup(self)) is not None and listener.mode == RR:
+    # A shared socket's options are every worker's: the program's own socket keeps
+    # what it sets, and the connections it accepts get what they would inherit.
+    if by_fd and (listener := lookup(self)) is not None and listener.shadow is not None:
         listener.setsockopt(args)
         return
     C.setsockopt(self, *args)
@@ -91,11 +94,20 @@ def _setsockopt_hook(self: socket.socket, *args: Any) -> None:
 
 def _shutdown_hook(self: socket.socket, how: int, /) -> None:
     if by_fd and (listener := lookup(self)) is not None and listener.mode in (RR, SHARED):
+        if how == socket.SHUT_WR:
+            return  # a listening socket has nothing to write: nothing happens
         # A shared socket is every worker's: only this worker's descriptors end, and
         # they then behave as a shut-down listener does.
         listener.retire(shut=True)
         return
     C.shutdown(self, how)
+
+
+def _recv_hook(self: socket.socket, *args: Any) -> bytes:
+    if by_fd and (listener := lookup(self)) is not None and listener.mode == RR:
+        # A listening socket has nothing to read (ssl's wrap_socket checks that).
+        raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+    return C.recv(self, *args)
 
 
 def _init_hook(
@@ -152,8 +164,10 @@ def _real_close_hook(self: socket.socket, _ss: Any = C) -> None:
         fd = C.fileno(self)
         listener = by_fd.get(fd)
         if listener is not None:
-            forget(fd)
-            _py_real_close(self, _ss)
+            # Under the registry's lock: a retirement never swaps a number closed here.
+            with registry_lock:
+                forget(fd)
+                _py_real_close(self, _ss)
             if not listener.fds:
                 listener.finish()
             return
@@ -193,9 +207,10 @@ def _unshare_client(sock: socket.socket) -> None:
     if listener is None or listener.listening or listener.shadow is None:
         return
     fd = C.fileno(sock)
-    os.dup2(listener.shadow.fileno(), fd, inheritable=False)
-    forget(fd)
-    address = listener.sockname
+    with registry_lock:
+        os.dup2(listener.shadow.fileno(), fd, inheritable=os.get_inheritable(fd))
+        forget(fd)
+    address = listener.requested
     listener.finish()
     C.settimeout(sock, sock.gettimeout())
     C.bind(sock, address)
@@ -229,6 +244,7 @@ def install() -> None:
     cls.connect = _connect_hook
     cls.connect_ex = _connect_ex_hook
     cls.shutdown = _shutdown_hook
+    cls.recv = _recv_hook
     cls.__init__ = _init_hook
 
 

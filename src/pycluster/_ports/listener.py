@@ -15,6 +15,7 @@ import select
 import socket
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -37,12 +38,15 @@ INHERITED_OPTIONS = (
 )
 #: Connections a worker takes from a shared socket per wake-up of its event loop.
 SHARED_BURST = 2
+#: Seconds between two accepts that make them two wake-ups, not one burst.
+BURST_GAP = 0.001
 #: How often draining checks whether connections are still open.
 DRAIN_POLL = 0.05
 
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _ANCILLARY = socket.CMSG_SPACE(4 * 4)
 _ACK = b"A"
+_DECLINE = b"D"
 C = _socket.socket
 c_accept: Callable[[socket.socket], tuple[int, Any]] = C._accept  # type: ignore[attr-defined]
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
@@ -84,6 +88,8 @@ class Listener:
         self.family = int(sock.family)
         self.type = int(sock.type)
         self.sockname = sockname
+        #: The address the program bound (a client rebinds to it, see _unshare_client).
+        self.requested: Any = sockname
         #: The address as the kernel's tables show it (what draining looks for).
         self.kernel_name: Any = sockname
         #: Round robin: a socket of the program's own kind, holding its options.
@@ -108,6 +114,7 @@ class Listener:
         self.swapped = threading.Event()
         self._wake: tuple[int, int] | None = None
         self._burst = 0
+        self._burst_at = 0.0
         self.token: int | None = None
         self.closer: Callable[[], None] = self.close_for_disconnect
 
@@ -119,6 +126,12 @@ class Listener:
         """``socket._accept()`` for a descriptor of this listener."""
         if not self.listening and self.type == socket.SOCK_STREAM:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if self.closing and self.mode != RR:
+            # Being closed for a disconnect: take no more (one taken now could be
+            # dropped with the server's transport machinery).
+            if sock.gettimeout() == 0.0:
+                raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         if self.mode == RR:
             return self._take(sock)
         if self.mode == SHARED and sock.gettimeout() is None:
@@ -126,7 +139,7 @@ class Listener:
         if self.mode == SHARED and sock.gettimeout() == 0.0:
             return self._fair_accept(sock)
         fd, addr = c_accept(sock)
-        self._count()
+        self._count(fd)
         return fd, addr
 
     def _fair_accept(self, sock: socket.socket) -> tuple[int, Any]:
@@ -134,6 +147,9 @@ class Listener:
         # worker would drain the shared queue and the others get nothing. As libuv does
         # in a cluster worker, take a few and then say "nothing more" for this wake-up:
         # the descriptor stays readable, and every worker gets its turn.
+        now = time.monotonic()
+        if now - self._burst_at > BURST_GAP:
+            self._burst = 0  # a new wake-up
         if self._burst >= SHARED_BURST:
             self._burst = 0
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
@@ -143,19 +159,33 @@ class Listener:
             self._burst = 0
             raise
         self._burst += 1
-        self._count()
+        self._burst_at = now
+        self._count(fd)
         return fd, addr
 
     def _take(self, sock: socket.socket) -> tuple[int, Any]:
         while True:
             # The object's own recvmsg: its timeout and blocking mode apply as to accept().
-            msg, ancillary, _flags, _addr = C.recvmsg(sock, 1, _ANCILLARY, _RECV_FLAGS)
+            try:
+                msg, ancillary, flags, _addr = C.recvmsg(sock, 1, _ANCILLARY, _RECV_FLAGS)
+            except (BlockingIOError, InterruptedError, TimeoutError):
+                raise
+            except OSError:
+                if self.retired or self.closing:
+                    return self._ended(sock)  # the descriptor was swapped meanwhile
+                raise
             fds = fds_of(ancillary)
             if not msg and not fds:
                 return self._ended(sock)
             for extra in fds[1:]:
                 os.close(extra)
             if not fds:
+                if flags & socket.MSG_CTRUNC:
+                    # This process is out of descriptors: the kernel dropped the
+                    # connection's. The primary still has it and gives it to another
+                    # worker; the program sees what accept() would say.
+                    self.decline(sock)
+                    raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
                 continue
             fd = fds[0]
             if not self.acknowledge(sock, fd):
@@ -163,10 +193,16 @@ class Listener:
                 # gone): the primary gives this connection to another worker.
                 os.close(fd)
                 continue
-            self._count()
-            if self.inherited:
-                self._inherit(fd)
+            self._count(fd)
             return fd, peer(fd, self.family)
+
+    @staticmethod
+    def decline(sock: socket.socket) -> None:
+        """Tell the primary this worker could not take its oldest hand-off."""
+        try:
+            os.write(sock.fileno(), _DECLINE)
+        except OSError:
+            pass  # the hand-off socket is gone: the primary re-routes what it held
 
     @staticmethod
     def acknowledge(sock: socket.socket, fd: int) -> bool:
@@ -200,7 +236,7 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 pass
             else:
-                self._count()
+                self._count(fd)
                 return fd, addr
             wake = self._wake_pipe()
             poller = select.poll()
@@ -218,10 +254,12 @@ class Listener:
             self._wake = os.pipe2(os.O_CLOEXEC)
         return self._wake
 
-    def _count(self) -> None:
+    def _count(self, fd: int | None = None) -> None:
         status = self.runtime.status
         if status is not None:
             status.count_connection()
+        if fd is not None and self.inherited:
+            self._inherit(fd)
 
     # -- listening -------------------------------------------------------------------------
     def listen(self) -> None:
@@ -306,12 +344,28 @@ class Listener:
         if self.token is not None:
             self.runtime.servers.close_one(self.token)
 
+    def _still_ours(self, fd: int) -> bool:
+        """Whether descriptor ``fd`` is still this listener's (not closed and reused)."""
+        try:
+            return os.fstat(fd).st_ino == self.ino
+        except OSError:
+            return False
+
     def _wake_blocked(self) -> None:
         """Wake threads blocked in ``accept()`` on this listener."""
-        if self.mode in (RR, OWN) and self.fds:
-            on_fd(next(iter(self.fds)), lambda s: s.shutdown(socket.SHUT_RDWR))
-        elif self._wake is not None:
-            os.write(self._wake[1], b"x")
+        with registry_lock:
+            fd = next((fd for fd in self.fds if self._still_ours(fd)), None)
+            if self.mode in (RR, OWN) and fd is not None:
+                on_fd(fd, lambda s: s.shutdown(socket.SHUT_RDWR))
+                return
+        if self.mode in (RR, OWN):
+            return
+        wake = self._wake
+        if wake is not None:
+            try:
+                os.write(wake[1], b"x")
+            except OSError:
+                pass  # closed by finish() meanwhile: nobody waits any more
 
     def retire(self, shut: bool = False) -> None:
         """Give the program's descriptors a quiet socket that never gets a connection.
@@ -332,9 +386,11 @@ class Listener:
         owner = self.owner()
         blocking = owner is None or owner.gettimeout() is None
         C.setblocking(quiet, blocking)
-        for fd in list(self.fds):
-            os.dup2(quiet.fileno(), fd, inheritable=os.get_inheritable(fd))
-            forget(fd)
+        with registry_lock:
+            for fd in list(self.fds):
+                if self._still_ours(fd):
+                    os.dup2(quiet.fileno(), fd, inheritable=os.get_inheritable(fd))
+                forget(fd)
         quiet.close()
         self.finish()
         self.swapped.set()
@@ -363,6 +419,8 @@ class Listener:
     # -- draining ------------------------------------------------------------------------------
     def open_connections(self) -> int:
         """Connections of this process on this listener's address that are still open."""
+        if self.type != socket.SOCK_STREAM:
+            return 0  # a datagram socket has no connections
         return connections_on(self.family, self.kernel_name)
 
     def wait_drained(self, timeout: float | None = None) -> bool:
@@ -373,18 +431,19 @@ class Listener:
 # -- the registry of listening descriptors -----------------------------------------------------
 by_fd: dict[int, Listener] = {}
 by_ino: dict[int, Listener] = {}
-_registry_lock = threading.Lock()
+#: Held while a listener's descriptor numbers change hands (close, retire, unshare).
+registry_lock = threading.RLock()
 
 
 def register(fd: int, listener: Listener) -> None:
-    with _registry_lock:
+    with registry_lock:
         listener.fds.add(fd)
         by_fd[fd] = listener
         by_ino[listener.ino] = listener
 
 
 def forget(fd: int) -> Listener | None:
-    with _registry_lock:
+    with registry_lock:
         listener = by_fd.pop(fd, None)
         if listener is not None:
             listener.fds.discard(fd)

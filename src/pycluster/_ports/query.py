@@ -132,10 +132,10 @@ def adopt(
         C.bind(sock, (address[0] or "", rport))
         mode = OWN
     elif mode in (RR, SHARED) and fds:
-        if mode == RR:
-            # The program's own socket stays, unbound, to answer for its options.
-            shadow = socket.socket(family, type_, sock.proto, fileno=os.dup(own_fd))
-            os.set_inheritable(shadow.fileno(), False)
+        # The program's own socket stays, unbound, to answer for its options (round
+        # robin) and to be given back to a client that binds and then connects.
+        shadow = socket.socket(family, type_, sock.proto, fileno=os.dup(own_fd))
+        os.set_inheritable(shadow.fileno(), False)
         os.dup2(fds[0], own_fd, inheritable=os.get_inheritable(own_fd))
         os.close(fds.pop(0))
         if mode == SHARED and real_type == socket.SOCK_STREAM:
@@ -160,6 +160,7 @@ def adopt(
         mode, sock, sockname, shadow, runtime, int(reply["handle"]), report, created
     )
     listener.kernel_name = kernel_name
+    listener.requested = address
     register(own_fd, listener)
     HISTORY[:] = [old for old in HISTORY if old.fds or old.retired]
     HISTORY.append(listener)

@@ -99,6 +99,18 @@ class RoundRobinHandle(Generic[W, C]):
             del self._inflight[worker]
         return conn, self._distribute()
 
+    def returned(self, worker: W) -> list[Handoff[W, C]]:
+        """``worker`` gave back its oldest hand-off untaken: it goes back to its place."""
+        sent = self._inflight.get(worker)
+        if not sent:
+            return []
+        self._requeue(sent.popleft())
+        if not sent:
+            del self._inflight[worker]
+        if worker in self._members:
+            self._touch(worker)  # at equal load, another worker goes first
+        return self._distribute()
+
     def refused(self, worker: W) -> list[Handoff[W, C]]:
         """``worker`` is gone without taking what it held: offer that to another one."""
         self._members.discard(worker)
