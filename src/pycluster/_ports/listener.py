@@ -126,9 +126,10 @@ class Listener:
         """``socket._accept()`` for a descriptor of this listener."""
         if not self.listening and self.type == socket.SOCK_STREAM:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        if self.closing and self.mode != RR:
+        if self.closing:
             # Being closed for a disconnect: take no more (one taken now could be
-            # dropped with the server's transport machinery).
+            # dropped with the server's transport machinery; under round robin, what
+            # waits in the hand-off socket goes to another worker once it closes).
             if sock.gettimeout() == 0.0:
                 raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
