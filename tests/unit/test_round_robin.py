@@ -233,15 +233,16 @@ class TestWindow:
         assert h.accepted("a") == (0, [("a", 3)])
         assert h.outstanding("a") == [1, 2, 3]
 
-    def test_least_loaded_worker_first_then_turns(self) -> None:
-        h: Handle = RoundRobinHandle(window=4)
+    def test_workers_with_room_take_turns(self) -> None:
+        h: Handle = RoundRobinHandle(window=3)
         for w in ("a", "b"):
             h.add(w)
-        assert [h.push(i)[0][0] for i in range(6)] == ["a", "b", "a", "b", "a", "b"]
+        assert [h.push(i)[0][0] for i in range(4)] == ["a", "b", "a", "b"]
         h.accepted("b")
         h.accepted("b")
-        # "b" has two fewer in flight now: it gets the next two.
-        assert [h.push(i)[0][0] for i in range(6, 9)] == ["b", "b", "a"]
+        # Turns, whoever answered: a is next; once a's window is full, b takes the rest.
+        assert [h.push(i)[0][0] for i in range(4, 8)] == ["a", "b", "b", "b"]
+        assert h.push(8) == []  # both windows full: it waits
 
     def test_a_dead_worker_gives_back_its_whole_window_in_order(self) -> None:
         h: Handle = RoundRobinHandle(window=3)

@@ -172,7 +172,7 @@ class RoundRobinHandle(Generic[W, C]):
             if load >= self.window:
                 ready_soon = ready_soon or not busy
                 continue
-            key = (load, self._since.get(worker, 0))
+            key = (0, self._since.get(worker, 0))  # turns, among the workers with room
             if busy:
                 if best_busy_key is None or key < best_busy_key:
                     best_busy, best_busy_key = worker, key
