@@ -330,7 +330,6 @@ class SharedServer(_Served):
                 worker, seq, errno.EADDRINUSE, "this worker already listens here"
             )
             return
-        self.served = True
         self.table.reply(worker, seq, self.reply_fields(), [self.sock.fileno()])
 
     def remove(self, worker: Worker) -> None:
@@ -675,6 +674,9 @@ class ServerTable:
     def listening(self, worker: Worker, msg: Message) -> None:
         """A worker's program listens on one of its servers."""
         handle = self._by_id.get(msg.get("handle", -1))
+        if handle is None:
+            return
+        handle.served = True
         if isinstance(handle, RoundRobinServer):
             handle.listening(worker)
 
