@@ -240,9 +240,20 @@ class TestWindow:
         assert [h.push(i)[0][0] for i in range(4)] == ["a", "b", "a", "b"]
         h.accepted("b")
         h.accepted("b")
-        # Turns, whoever answered: a is next; once a's window is full, b takes the rest.
-        assert [h.push(i)[0][0] for i in range(4, 8)] == ["a", "b", "b", "b"]
+        # b took everything it held: it goes first; then turns while both hold some;
+        # once a's window is full, b takes the rest.
+        assert [h.push(i)[0][0] for i in range(4, 8)] == ["b", "a", "b", "b"]
         assert h.push(8) == []  # both windows full: it waits
+
+    def test_a_worker_that_takes_nothing_gets_nothing_more(self) -> None:
+        h: Handle = RoundRobinHandle(window=8)
+        h.add("stuck")
+        h.push(0)
+        h.add("serving")
+        for i in range(1, 7):
+            assert h.push(i) == [("serving", i)]
+            h.accepted("serving")
+        assert h.outstanding("stuck") == [0]
 
     def test_a_dead_worker_gives_back_its_whole_window_in_order(self) -> None:
         h: Handle = RoundRobinHandle(window=3)

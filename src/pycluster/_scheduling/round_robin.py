@@ -172,7 +172,9 @@ class RoundRobinHandle(Generic[W, C]):
             if load >= self.window:
                 ready_soon = ready_soon or not busy
                 continue
-            key = (0, self._since.get(worker, 0))  # turns, among the workers with room
+            # A worker with nothing in flight first (one that does not take its
+            # hand-offs gets no more while another does), then turns.
+            key = (min(load, 1), self._since.get(worker, 0))
             if busy:
                 if best_busy_key is None or key < best_busy_key:
                     best_busy, best_busy_key = worker, key
