@@ -73,6 +73,7 @@ class ServerRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closers: dict[int, Closer] = {}
+        self._stoppers: dict[int, Closer] = {}
         self._next = 0
 
     def add(self, closer: Closer) -> int:
@@ -86,6 +87,20 @@ class ServerRegistry:
         """The server closed by itself."""
         with self._lock:
             self._closers.pop(token, None)
+            self._stoppers.pop(token, None)
+
+    def set_stopper(self, token: int, stopper: Closer) -> None:
+        """How a server stops taking connections at once, before it is closed."""
+        with self._lock:
+            if token in self._closers:
+                self._stoppers[token] = stopper
+
+    def stop_taking(self) -> None:
+        """Every server stops taking connections now (the closing follows in the background)."""
+        with self._lock:
+            stoppers = list(self._stoppers.values())
+        for stop in stoppers:
+            stop()
 
     def close_one(self, token: int) -> None:
         """Close one server the way a disconnect would, in the background."""
@@ -109,6 +124,7 @@ class ServerRegistry:
         """Close every registered server and wait until each is closed."""
         with self._lock:
             closers, self._closers = list(self._closers.values()), {}
+            self._stoppers.clear()
         threads = [threading.Thread(target=c, daemon=True) for c in closers]
         for t in threads:
             t.start()
@@ -253,6 +269,10 @@ class ChildRuntime:
             if self._disconnecting:
                 return
             self._disconnecting = True
+        if self._servers is not None:
+            # Before this returns: a connection that comes after disconnect() is not
+            # this worker's, even if closing the servers takes a moment.
+            self._servers.stop_taking()
         threading.Thread(
             target=self._disconnect,
             args=(primary_initiated,),

@@ -340,6 +340,10 @@ class Listener:
         else:
             self.finish()
 
+    def stop_taking(self) -> None:
+        """Take no more connections (a disconnect began; the close follows)."""
+        self.closing = True
+
     def _close_in_background(self) -> None:
         self.closing = True
         if self.token is not None:
@@ -552,6 +556,9 @@ def replace_closer(listener: Listener | None, closer: Callable[[], None]) -> boo
     if listener is None or listener.token is None or listener.retired or listener.closing:
         return False
     listener.closer = closer
+    # The integration's serving loop takes no more connections from the moment
+    # disconnect() is called, before its own close runs.
+    listener.runtime.servers.set_stopper(listener.token, listener.stop_taking)
     return True
 
 
