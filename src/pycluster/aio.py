@@ -142,11 +142,7 @@ class Server:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def _close_from_disconnect(self) -> None:
-        if self._listener is not None:
-            # From now on the loop takes no more connections from the listener, even
-            # before the close below reaches it.
-            self._listener.closing = True
-
+        # The listener takes no more connections already (disconnect() stopped it).
         async def close() -> None:
             self._closed_by_cluster = True
             self.close()

@@ -103,11 +103,24 @@ def _shutdown_hook(self: socket.socket, how: int, /) -> None:
     C.shutdown(self, how)
 
 
-def _recv_hook(self: socket.socket, *args: Any) -> bytes:
-    if by_fd and (listener := lookup(self)) is not None and listener.mode == RR:
-        # A listening socket has nothing to read (ssl's wrap_socket checks that).
-        raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
-    return C.recv(self, *args)
+def _wrap_ssl_recv() -> None:
+    """``ssl`` wraps a listening socket after checking that it has nothing to read.
+
+    Only an SSL socket still without its TLS object makes that check, so the hook is
+    on ``ssl.SSLSocket.recv`` and the plain ``recv`` of every connection stays C.
+    """
+    import ssl
+
+    original = ssl.SSLSocket.recv
+
+    def recv(self: ssl.SSLSocket, buflen: int = 1024, flags: int = 0) -> bytes:
+        if self._sslobj is None and by_fd:  # type: ignore[attr-defined]
+            listener = lookup(self)
+            if listener is not None and listener.mode == RR:
+                raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        return original(self, buflen, flags)
+
+    ssl.SSLSocket.recv = recv  # type: ignore[method-assign]
 
 
 def _init_hook(
@@ -244,8 +257,8 @@ def install() -> None:
     cls.connect = _connect_hook
     cls.connect_ex = _connect_ex_hook
     cls.shutdown = _shutdown_hook
-    cls.recv = _recv_hook
     cls.__init__ = _init_hook
+    _wrap_ssl_recv()
 
 
 @contextmanager
