@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -180,6 +181,18 @@ def cluster_env(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.reap()
+
+
+def get_over_unix_socket(path: Path | str) -> bytes:
+    """The whole answer to ``GET /`` (``Connection: close``) over a Unix socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
 
 
 def free_port() -> int:

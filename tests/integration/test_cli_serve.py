@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import Cluster, Command, Commands, free_port
+from tests.conftest import Cluster, Command, Commands, free_port, get_over_unix_socket
 
 pytest.importorskip("uvicorn")
 
@@ -144,13 +144,7 @@ def test_raw_asgi_on_a_unix_socket(cluster_env: Cluster, commands: Commands) -> 
         *("-w", "1", "-b", f"unix:{path}", "--loop", "asyncio", "--http", "h11"),
     )
     assert "as ASGI" in command.output
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = get_over_unix_socket(path)
     assert data.startswith(b"HTTP/1.1 200") and b"raw asgi" in data
     stop(command)
     assert not path.exists()  # the primary's socket file is gone with it

@@ -14,7 +14,7 @@ import pytest
 
 from pycluster._cli import CliError
 from pycluster._cli.main import build_parser, parse
-from tests.conftest import Cluster, Commands, free_port
+from tests.conftest import Cluster, Commands, free_port, get_over_unix_socket
 from tests.integration.test_cli_serve import request, serve, stop
 
 pytest.importorskip("uvicorn")
@@ -281,13 +281,7 @@ def test_preload_and_uds(cluster_env: Cluster, commands: Commands) -> None:
         *("-w", "1", "--uds", str(path), "--preload", "--env", "GREETING=hi"),
     )
     assert "preloaded envapp:app: WSGI application" in command.output
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = get_over_unix_socket(path)
     assert data.startswith(b"HTTP/1.1 200") and b"\r\nhi None\r\n" in data, data
     stop(command)
 
