@@ -117,6 +117,8 @@ class Listener:
         self._burst_at = 0.0
         self.token: int | None = None
         self.closer: Callable[[], None] = self.close_for_disconnect
+        #: Gives back what the query took (a port-0 index) once the listener ends.
+        self.release: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Listener {self.mode} {self.sockname!r} fds={sorted(self.fds)}>"
@@ -419,6 +421,9 @@ class Listener:
             for fd in self._wake:
                 os.close(fd)
             self._wake = None
+        release, self.release = self.release, None
+        if release is not None:
+            release()
         self.swapped.set()
 
     # -- draining ------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from pycluster import _child as child
@@ -20,6 +22,32 @@ from pycluster._ports.listener import (
     address_type,
     register,
 )
+
+#: This worker's port-0 servers in use, per address asked for: ``[next index, indexes]``.
+#: As Node's ``index``: the k-th port-0 server of every worker shares one port, so a
+#: worker's second port-0 server gets a port of its own, as outside a cluster.
+_port_zero: dict[tuple[Any, ...], tuple[list[int], set[int]]] = {}
+_port_zero_lock = threading.Lock()
+
+
+def _take_index(family: int, type_: int, host: Any) -> tuple[int, Callable[[], None]]:
+    """The next port-0 index for ``host``, and what gives it back when the server ends."""
+    key = (family, type_, host)
+    with _port_zero_lock:
+        counter, used = _port_zero.setdefault(key, ([0], set()))
+        index = counter[0]
+        counter[0] += 1
+        used.add(index)
+
+    def release() -> None:
+        with _port_zero_lock:
+            entry = _port_zero.get(key)
+            if entry is not None and entry[1] is used:
+                used.discard(index)
+                if not used:  # every one is closed: the next is the first again
+                    del _port_zero[key]
+
+    return index, release
 
 
 def share(
@@ -70,6 +98,10 @@ def query(
         host = os.path.abspath(path) if path and not path.startswith("\0") else path
     else:
         host, port = address[0] or "", int(address[1])
+    index: int | None = None
+    release: Callable[[], None] | None = None
+    if port == 0 and fd is None:
+        index, release = _take_index(family, type_, host)
     try:
         reply = runtime.request(
             Act.QUERY_SERVER,
@@ -81,18 +113,29 @@ def query(
             fd=fd,
             dualstack=dualstack,
             policy=policy,
+            index=index,
         )
     except ChannelClosedError:
+        if release is not None:
+            release()
         if not runtime.worker.exited_after_disconnect:
             raise
         reply = {"errno": errno.ECONNABORTED}
+    except BaseException:
+        if release is not None:
+            release()
+        raise
     if "errno" in reply:
+        if release is not None:
+            release()
         for extra in reply.get("_fds", []):
             os.close(extra)
         err = int(reply["errno"])
         if err != errno.ECONNABORTED or not runtime.worker.exited_after_disconnect:
             where = f"fd={fd}" if fd is not None else address
             raise OSError(err, str(reply.get("error") or os.strerror(err)), where)
+    elif release is not None:
+        reply["_release"] = release  # the listener gives its index back when it ends
     return reply
 
 
@@ -105,6 +148,34 @@ def adopt(
     created: bool,
 ) -> None:
     """Put the descriptor the primary answered with behind ``sock``, and register it."""
+    release: Callable[[], None] | None = reply.pop("_release", None)
+    try:
+        listener = _adopt(runtime, sock, reply, address, fd, created)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+    if listener is None:
+        if release is not None:
+            release()
+        return
+    listener.release = release
+    register(sock.fileno(), listener)
+    HISTORY[:] = [old for old in HISTORY if old.fds or old.retired]
+    HISTORY.append(listener)
+    listener.token = runtime.servers.add(lambda: listener.closer())
+    if int(reply.get("type", sock.type)) != socket.SOCK_STREAM:
+        listener.listen()  # a datagram socket serves once bound
+
+
+def _adopt(
+    runtime: child.ChildRuntime,
+    sock: socket.socket,
+    reply: dict[str, Any],
+    address: Any,
+    fd: int | None,
+    created: bool,
+) -> Listener | None:
     if "errno" in reply:
         # The worker is being disconnected: the server is born closed (a socket of
         # ours) or retired (the program's), so serving ends as a disconnect ends it.
@@ -112,7 +183,7 @@ def adopt(
             sock.close()
         else:
             _go_quiet(sock)
-        return
+        return None
     fds: list[int] = reply.get("_fds", [])
     mode = str(reply.get("mode"))
     family, type_ = int(sock.family), int(sock.type)
@@ -161,12 +232,7 @@ def adopt(
     )
     listener.kernel_name = kernel_name
     listener.requested = address
-    register(own_fd, listener)
-    HISTORY[:] = [old for old in HISTORY if old.fds or old.retired]
-    HISTORY.append(listener)
-    listener.token = runtime.servers.add(lambda: listener.closer())
-    if real_type != socket.SOCK_STREAM:
-        listener.listen()  # a datagram socket serves once bound
+    return listener
 
 
 def _go_quiet(sock: socket.socket) -> None:
