@@ -20,6 +20,7 @@ from pycluster._ports.listener import (
     C,
     Listener,
     address_type,
+    blocking,
     register,
 )
 
@@ -210,7 +211,13 @@ def _adopt(
         os.dup2(fds[0], own_fd, inheritable=os.get_inheritable(own_fd))
         os.close(fds.pop(0))
         if mode == SHARED and real_type == socket.SOCK_STREAM:
-            os.set_blocking(own_fd, False)  # flags shared by every worker: see _blocking_accept
+            # The descriptor's flags are every worker's: it stays non-blocking (a
+            # blocking accept() waits in pycluster, see _blocking_accept), and the
+            # program's blocking mode is recorded (see hooks._settimeout_hook).
+            wanted = C.gettimeout(sock)
+            C.settimeout(sock, 0.0 if wanted is None else wanted)
+            if wanted is None:
+                blocking[own_fd] = os.fstat(own_fd).st_ino
         else:
             C.settimeout(sock, sock.gettimeout())  # the program's mode, on the new descriptor
     else:
