@@ -205,3 +205,61 @@ def test_an_os_dup_copy_outlives_the_close_of_its_original(commands: Commands, p
         "name": ["127.0.0.1", port],
         "answers": ["127.0.0.1"] * 3,
     }, output
+
+
+DUP_AT_DISCONNECT = """
+import json, os, signal, socket, sys, time
+import pycluster as cluster
+
+port = int(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *a: None)  # stops by itself once measured
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen()
+if cluster.worker.id == 2:
+    open("listening-2", "w").close()
+    while not os.path.exists("dup.json"):
+        try:
+            s.settimeout(0.2)
+            conn, _ = s.accept()
+        except TimeoutError:
+            continue
+        conn.sendall(b"2")
+        conn.close()
+    sys.exit(0)
+copy = socket.socket(fileno=os.dup(s.fileno()))  # a copy the program keeps
+while not os.path.exists("listening-2"):
+    time.sleep(0.02)
+cluster.worker.disconnect()
+cluster.worker.wait_disconnected()
+# After its disconnect this worker takes no connection, through any descriptor.
+answers = []
+for _ in range(3):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        copy.settimeout(0.3)
+        try:
+            copy.accept()[0].close()
+            taken = "taken by the leaving worker"
+        except OSError as exc:
+            taken = type(exc).__name__
+        client.settimeout(5)
+        answers.append([taken, client.recv(8).decode()])
+with open("dup.json.tmp", "w") as f:
+    json.dump(answers, f)
+os.rename("dup.json.tmp", "dup.json")
+"""
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_an_os_dup_copy_retires_with_its_listener(commands: Commands, policy: str) -> None:
+    port = free_port()
+    path = commands.cluster.write("dup_disconnect.py", DUP_AT_DISCONNECT)
+    command = commands.start(
+        "run", "-w", "2", "--policy", policy, "--no-control", "--restart", "never",
+        str(path), str(port),
+    )  # fmt: skip
+    result = commands.cluster.tmp / "dup.json"
+    wait_for(result)
+    code, output = command.finish(30)
+    assert json.loads(result.read_text()) == [["TimeoutError", "2"]] * 3, output
