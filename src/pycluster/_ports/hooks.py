@@ -167,6 +167,8 @@ def _settimeout_hook(self: socket.socket, value: float | None) -> None:
         else:
             blocking.pop(fd, None)
         return
+    if blocking:
+        blocking.pop(C.fileno(self), None)  # a retired one: its own (quiet) socket now
     C.settimeout(self, value)
 
 
@@ -174,6 +176,8 @@ def _setblocking_hook(self: socket.socket, flag: bool) -> None:
     if by_fd and _shared_stream(self):
         _settimeout_hook(self, None if operator.index(flag) else 0.0)
         return
+    if blocking:
+        blocking.pop(C.fileno(self), None)
     C.setblocking(self, flag)
 
 
