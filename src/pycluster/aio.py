@@ -238,56 +238,6 @@ class _HandoffServer(asyncio.AbstractServer):
         raise NotImplementedError
 
 
-class _Group(asyncio.AbstractServer):
-    """The loop's servers of one ``create_server`` call, one per listening socket.
-
-    asyncio listens on every address a host resolves to (``0.0.0.0`` and ``::`` for
-    ``host=None``) with one server; the loop serves one socket per ``sock=``, so the
-    cluster's listeners are served one by one and grouped here.
-    """
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, servers: list[asyncio.AbstractServer]
-    ) -> None:
-        self._loop = loop
-        self._servers = servers
-
-    @property
-    def sockets(self) -> tuple[Any, ...]:
-        """Every listening socket of the group."""
-        return tuple(sock for one in self._servers for sock in getattr(one, "sockets", ()) or ())
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the servers run on."""
-        return self._loop
-
-    def is_serving(self) -> bool:
-        """Whether any of the servers accepts connections."""
-        return any(one.is_serving() for one in self._servers)
-
-    async def start_serving(self) -> None:
-        """Start accepting on every socket."""
-        for one in self._servers:
-            await one.start_serving()
-
-    def close(self) -> None:
-        """Stop accepting on every socket."""
-        for one in self._servers:
-            try:
-                one.close()
-            except (OSError, ValueError):
-                pass  # closed already by a disconnect
-
-    async def wait_closed(self) -> None:
-        """Wait until every server is closed."""
-        for one in self._servers:
-            await one.wait_closed()
-
-    async def serve_forever(self) -> None:
-        """Not used: :class:`Server` serves."""
-        raise NotImplementedError
-
-
 #: What ``create_server`` takes that ``connect_accepted_socket`` takes too.
 _ACCEPTED_SOCKET_OPTIONS = ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")
 #: Connections taken per wake-up of the loop.
@@ -484,6 +434,56 @@ def _listen_on(addresses: list[tuple[int, tuple[str, int]]], backlog: int) -> li
         assert last is not None
         raise last
     return listeners
+
+
+class _Group(asyncio.AbstractServer):
+    """The loop's servers of one ``create_server`` call, one per listening socket.
+
+    asyncio listens on every address a host resolves to (``0.0.0.0`` and ``::`` for
+    ``host=None``) with one server; the loop serves one socket per ``sock=``, so the
+    cluster's listeners are served one by one and grouped here.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, servers: list[asyncio.AbstractServer]
+    ) -> None:
+        self._loop = loop
+        self._servers = servers
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        """Every listening socket of the group."""
+        return tuple(sock for one in self._servers for sock in getattr(one, "sockets", ()) or ())
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the servers run on."""
+        return self._loop
+
+    def is_serving(self) -> bool:
+        """Whether any of the servers accepts connections."""
+        return any(one.is_serving() for one in self._servers)
+
+    async def start_serving(self) -> None:
+        """Start accepting on every socket."""
+        for one in self._servers:
+            await one.start_serving()
+
+    def close(self) -> None:
+        """Stop accepting on every socket."""
+        for one in self._servers:
+            try:
+                one.close()
+            except (OSError, ValueError):
+                pass  # closed already by a disconnect
+
+    async def wait_closed(self) -> None:
+        """Wait until every server is closed."""
+        for one in self._servers:
+            await one.wait_closed()
+
+    async def serve_forever(self) -> None:
+        """Not used: :class:`Server` serves."""
+        raise NotImplementedError
 
 
 def _stream_factory(
