@@ -168,14 +168,18 @@ class Worker(EventEmitter):
         return self._disconnected.wait(timeout)
 
     def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
-        super()._add_event_handler(event, k, v)
-        if event == "message" and self._held:
-            with self._deliver_lock:
-                held, self._held = self._held, deque()
-                for opener in held:
-                    item = opener()
-                    if item is not None:
-                        self.emit("message", *item)
+        if event != "message":
+            super()._add_event_handler(event, k, v)
+            return
+        # Under the delivery lock: the channel thread must not hand a new message to
+        # this listener before the held ones (it could, between the two steps).
+        with self._deliver_lock:
+            super()._add_event_handler(event, k, v)
+            held, self._held = self._held, deque()
+            for opener in held:
+                item = opener()
+                if item is not None:
+                    self.emit("message", *item)
 
     def _deliver(self, opener: Callable[[Any], tuple[Any, Any] | None], frame: Any) -> None:
         """Hand a received message to the listeners and iterators, or hold it for them.
