@@ -1,38 +1,57 @@
-"""HTTP benchmark: pycluster's round-robin and shared policies against Node's cluster.
+"""HTTP benchmark: every HTTP figure of the open issue, measured in one run, with verdicts.
 
-The same hello-world server (``hello world\\n``, status 200, Content-Length set) runs with
-two workers under each variant below, and ``wrk`` loads it on 127.0.0.1 twice: with
-keep-alive connections and with ``Connection: close`` (a new TCP connection per request,
-which is where round-robin costs most, since the primary accepts every connection and
-hands it to a worker). Variants:
+The same hello-world response (``hello world\\n``, status 200, Content-Length set) from
+two workers under each variant below. ``wrk -t1 -c50`` (the issue's set-up) loads it on
+127.0.0.1 in two modes, keep-alive and ``Connection: close`` (a new TCP connection per
+request, where round robin costs most: the primary accepts every connection and hands
+it to a worker); a third mode, ``fresh``, opens exactly 2,000 new connections (8 at a
+time, one ``GET /fresh`` each, from a small asyncio client in this process) and reads
+from the workers' own counters how they were split. Variants:
 
-* pycluster: an asyncio server (``cluster.aio.start_server``; also on uvloop) and
-  ``cluster.http.ThreadingHTTPServer``, each under ``rr`` and ``none`` (the asyncio one
-  also under ``SCHED_REUSEPORT``), and ``pycluster serve`` on a tiny ASGI app;
+* pycluster: an asyncio server (``cluster.aio.start_server``, also on uvloop) and
+  ``cluster.http.ThreadingHTTPServer`` under ``rr`` and ``none`` (the asyncio one also
+  under ``SCHED_REUSEPORT``); ``pycluster serve MODULE:APP`` on an ASGI and on a WSGI
+  app, under ``rr`` and ``none``, called with its defaults (whatever serve picks per
+  interface and policy is what is measured);
 * Node.js ``cluster`` + ``http.createServer`` under ``rr`` and ``none``;
-* for reference: uvicorn ``--workers 2`` and gunicorn ``-w 2`` (sync and gthread).
+* peers: uvicorn ``--workers 2 --loop uvloop --http httptools``, gunicorn ``-w 2``
+  (sync, and gthread for context), granian ``--workers 2`` (ASGI and WSGI: the
+  stretch anchor, no goal).
 
-For every run: requests/s, p50/p99 latency (from wrk's own histogram), each worker's
-share of the requests (each worker counts and writes its count when stopped; a fresh
-server per mode, so the shares cover that mode's warm-up and run), and the CPU used by
-the primary, the workers, wrk and anything else. Then a table of ratios against the goals
-(round-robin with ``Connection: close`` >= 2x Node's round-robin and >= 0.9x our shared
-policy; keep-alive round-robin >= 0.95x shared). Results go to ``bench/results/http.json``
-and ``bench/results/http_*.png``.
+For every run: requests/s, p50/p99 latency (wrk's histogram), each worker's share of
+the requests (each worker counts and writes its count when stopped; a fresh server per
+mode, so the shares cover that mode's warm-up and run) and the CPU used by the primary,
+the workers, wrk and anything else (a run where other processes took more than 15 % of
+a core is flagged "busy machine"). Then the goals, each PASS or FAIL:
+
+* round robin, ``Connection: close``: >= 2x Node's rr, >= 0.85x our shared policy;
+* keep-alive: round robin >= 0.95x shared;
+* the busiest of the 2 workers serves <= 55 % of the keep-alive requests, for every
+  pycluster server under rr and under none (Node's shares shown for context);
+* 2,000 fresh connections under rr: every worker's share within 2 percentage points of
+  an even split (48-52 % with two workers), read from the workers' counts of
+  ``/fresh`` requests, so the probes and warm-ups do not enter it;
+* ``pycluster serve``: ASGI >= 1x uvicorn, WSGI >= 1x gunicorn sync, both policies,
+  both modes; granian's figures in the same table as a ratio.
+
+Results go to ``bench/results/http.json`` and ``bench/results/http_{rps,latency,shares,
+fresh}.png``.
 
 Usage::
 
-    python bench/http.py                 # every default variant, about 4.5 minutes
-    python bench/http.py --quick         # 2 s per run
+    python bench/http.py                 # everything, about 5 minutes
+    python bench/http.py --quick         # 2 s per wrk run
     python bench/http.py --only 'pyc-aio-*,node-*' --rounds 3
+    python bench/http.py --only 'pyc-serve-*' --modes fresh
     python bench/http.py --list
 
 A new variant is one more ``Variant`` in ``all_variants()`` (``_serve_variants`` is the
-model: ``pycluster serve MODULE:APP``, skipped with its reason where it is missing;
-``default=False`` keeps a variant out of the default run).
-``wrk`` is installed from Debian's packages when missing (needs root). Before each run
-the benchmark waits (up to ``--quiet-wait`` seconds) for other processes to leave the
-CPU, and flags a run that was disturbed anyway.
+model; ``fresh=True`` adds the fresh-connection split, which needs the server to count
+``/fresh`` requests apart as the apps in servers/ do; ``default=False`` keeps a variant
+out of the default run). ``wrk`` is installed from Debian's packages when missing
+(needs root). Before each run the benchmark waits (up to ``--quiet-wait`` seconds, 60 s
+in all) for other processes to leave the CPU. Ctrl-C or SIGTERM stops the server being
+measured, and every process it started, before the benchmark exits.
 """
 
 from __future__ import annotations
