@@ -27,6 +27,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -378,6 +379,7 @@ class RoundRobinServer(_Served):
         #: Workers that bound the port and have not listened yet (no hand-offs so far).
         self.pending: set[Worker] = set()
         self.reactor = table.reactor
+        self._timer: Timer | None = None
         self.reactor.add_reader(sock.fileno(), self._accept)
 
     @staticmethod
@@ -444,6 +446,19 @@ class RoundRobinServer(_Served):
                 sock.sendmsg(_HANDOFF, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes(fd))])
             except OSError:
                 handoffs.extend(self._worker_gone(worker))
+        deadline = self.handle.deadline
+        if deadline is not None and (self._timer is None or self._timer.deadline > deadline):
+            # The queue holds for a worker whose turn it is: look again when the hold
+            # ends, unless an answer from it comes first.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.reactor.call_later(
+                max(0.0, deadline - time.monotonic()), self._hold_ended
+            )
+
+    def _hold_ended(self) -> None:
+        self._timer = None
+        self._send(self.handle.redistribute())
 
     def _answer(self, worker: Worker) -> None:
         sock = self.handoffs.get(worker)
@@ -522,6 +537,9 @@ class RoundRobinServer(_Served):
 
     def close(self) -> None:
         self.reactor.remove_reader(self.sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         close_fds(self.handle.drain())
         super().close()
         if not self.handoffs:
@@ -552,7 +570,7 @@ class _Closing(RoundRobinHandle[Worker, int]):
         self._inflight = old._inflight
 
     def refused(self, worker: Worker) -> list[tuple[Worker, int]]:
-        close_fds([conn for _, conn in self._inflight.pop(worker, ())])
+        close_fds([entry[1] for entry in self._inflight.pop(worker, ())])
         return []
 
 

@@ -40,6 +40,8 @@ INHERITED_OPTIONS = (
 SHARED_BURST = 2
 #: Seconds between two accepts that make them two wake-ups, not one burst.
 BURST_GAP = 0.001
+#: The shortest sleep: the kernel rounds it up to its timer slack (about 50 µs).
+YIELD_SLEEP = 1e-9
 #: How often draining checks whether connections are still open.
 DRAIN_POLL = 0.05
 
@@ -154,6 +156,11 @@ class Listener:
         if self._burst >= SHARED_BURST:
             self._burst = 0
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        if self._burst:
+            # Before a second connection in one wake-up, step off the CPU for a moment
+            # (libuv's nanosleep in a cluster worker): every worker on this socket was
+            # woken, and one waiting for a CPU now gets this one and its own turn.
+            time.sleep(YIELD_SLEEP)
         try:
             fd, addr = c_accept(sock)
         except BlockingIOError:
@@ -511,6 +518,21 @@ def is_round_robin(sock: Any) -> bool:
     """Whether ``sock`` takes connections handed over by the primary."""
     listener = listener_of(sock)
     return listener is not None and listener.mode == RR
+
+
+def accepts_through_pycluster(sock: Any) -> bool:
+    """Whether connections on ``sock`` must be taken with pycluster's ``accept()``.
+
+    So for a round-robin hand-off socket (only that ``accept()`` reads it) and a
+    shared stream socket (only that ``accept()`` leaves other workers their share); an
+    event loop that accepts in C (uvloop) must not serve such a socket itself.
+    """
+    listener = listener_of(sock)
+    return (
+        listener is not None
+        and listener.mode in (RR, SHARED)
+        and listener.type == socket.SOCK_STREAM
+    )
 
 
 def on_fd(fd: int, action: Callable[[socket.socket], object]) -> None:
