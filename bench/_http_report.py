@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from _common import RESULTS_DIR, format_table
+from _common import RESULTS_DIR, format_cell, format_table
 
 MODES = ("keep-alive", "close")  # measured by wrk
 FRESH = "fresh"  # the fresh-connection split, measured by http.py's own client
@@ -345,6 +345,14 @@ def _measured(row: dict[str, Any]) -> str:
     return f"{value:.2f} points"
 
 
+def _target_text(row: dict[str, Any]) -> str:
+    """A goal row's target with its unit, blank without a goal."""
+    if row["target"] is None:
+        return ""
+    unit = {"x": "x", "%": " %", "points": " points"}[row["unit"]]
+    return f"{row['target'][0]} {row['target'][1]:g}{unit}"
+
+
 def print_report(
     results: Results, variants: Sequence[VariantInfo], skipped: dict[str, str]
 ) -> list[dict[str, Any]]:
@@ -362,14 +370,10 @@ def print_report(
         print("\n== the issue's goals ==")
         rows = []
         for g in goals:
-            target = "" if g["target"] is None else f"{g['target'][0]} {g['target'][1]:g}"
-            unit = {"x": "x", "%": " %", "points": " points"}[g["unit"]]
             verdict = _verdict(g)
             if g["note"]:
                 verdict = f"{verdict} ({g['note']})" if verdict else g["note"]
-            rows.append(
-                [g["goal"], g["figure"], _measured(g), target + unit * bool(target), verdict]
-            )
+            rows.append([g["goal"], g["figure"], _measured(g), _target_text(g), verdict])
         print(format_table(["goal", "figure", "measured", "target", "verdict"], rows))
         judged = [g for g in goals if g["target"] is not None]
         met = sum(1 for g in judged if g["pass"])
@@ -377,6 +381,65 @@ def print_report(
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     return goals
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table, cells formatted as in the printed tables."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(
+    results: Results, variants: Sequence[VariantInfo], goals: list[dict[str, Any]], intro: str
+) -> str:
+    """The run as Markdown (bench/results/http.md), ready to quote in the README."""
+    parts = [intro]
+    rows: list[list[object]] = []
+    for v in variants:
+        cells: list[object] = [f"`{v.name}`"]
+        if not any((v.name, m) in results for m in MODES):
+            continue
+        for mode in MODES:
+            r = results.get((v.name, mode))
+            cells.append("failed" if r is not None and "error" in r else r and round(r["rps"]))
+        ka = results.get((v.name, "keep-alive"))
+        cells.append(share_text(ka["shares"]) if ka is not None and _ok(ka) else "")
+        busy = [m for m in MODES if (r := results.get((v.name, m))) and _disturbed(r)]
+        cells.append(", ".join(busy))
+        rows.append(cells)
+    parts.append(
+        _md_table(
+            ["variant", "keep-alive req/s", "close req/s", "keep-alive shares %", "busy machine"],
+            rows,
+        )
+    )
+    fresh_rows = []
+    for v in variants:
+        r = results.get((v.name, FRESH))
+        if r is None or not _ok(r):
+            continue
+        counts = " / ".join(f"{r['shares'][k]:,}" for k in sorted(r["shares"])) or "-"
+        dev = r["max_deviation"]
+        fresh_rows.append(
+            [f"`{v.name}`", r["connections"], r["answered"], counts, dev and 100 * dev]
+        )
+    if fresh_rows:
+        headers = ["fresh connections", "opened", "answered", "per worker", "points from even"]
+        parts.append(_md_table(headers, fresh_rows))
+    headers, serve = serve_table(results, variants)
+    if serve:
+        parts.append(_md_table(headers, serve))
+    goal_md = []
+    for g in goals:
+        verdict = _verdict(g) or g["note"]
+        goal_md.append([g["goal"], g["figure"], _measured(g), _target_text(g), verdict])
+    if goal_md:
+        parts.append(_md_table(["goal", "figure", "measured", "target", "verdict"], goal_md))
+        judged = [g for g in goals if g["target"] is not None]
+        met = sum(1 for g in judged if g["pass"])
+        parts.append(f"{met} of {len(judged)} goals met in this run.")
+    return "\n\n".join(parts) + "\n"
 
 
 def plot(results: Results, variants: Sequence[VariantInfo]) -> list[Path]:

@@ -83,7 +83,14 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 from _common import RESULTS_DIR  # noqa: E402
-from _http_report import ALL_MODES, FRESH, plot, print_report, share_text  # noqa: E402
+from _http_report import (  # noqa: E402
+    ALL_MODES,
+    FRESH,
+    markdown,
+    plot,
+    print_report,
+    share_text,
+)
 from _http_server import (  # noqa: E402
     HOST,
     CpuSample,
@@ -622,6 +629,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"under {QUIET_PCT:g}%% CPU, at most 60 s in all; 0: don't wait (10)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--from-json",
+        action="store_true",
+        help="measure nothing: report again from bench/results/http.json (tables, goals, "
+        "http.md, plots)",
+    )
     args = parser.parse_args(argv)
     args.quiet_budget = 60.0
     if args.quick:
@@ -705,6 +718,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             flag = "" if v.default else "  (only with --only)"
             print(f"{v.name:20} {v.label}{flag}")
         return 0
+    if args.from_json:
+        report(json.loads((RESULTS_DIR / "http.json").read_text()), variants, not args.no_plots)
+        return 0
     chosen = select(variants, args.only)
     wrk = ensure_wrk()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -747,10 +763,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results[key] = {**r, "stale": r.get("stale") or previous.get("date", "earlier")}
     known = {v.name for v in variants}
     shown = [v for v in variants if any((v.name, m) in results for m in ALL_MODES)]
-
-    print()
-    goals = print_report(results, shown, skipped)
-
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
@@ -767,16 +779,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "variants": {v.name: v.label for v in shown},
         "runs": [r for (name, _), r in sorted(results.items()) if name in known],
-        "goals": goals,
         "skipped": skipped,
     }
-    out_json.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwrote {out_json.relative_to(BENCH.parent)}")
-    if not args.no_plots:
-        for path in plot(results, shown):
-            print(f"wrote {path.relative_to(BENCH.parent)}")
+    report(record, variants, plots=not args.no_plots)
     failed = any("error" in r and not r.get("stale") for r in results.values())
     return 1 if failed else 0
+
+
+def report(record: dict[str, Any], variants: list[Variant], plots: bool) -> None:
+    """Print the tables and goals of a run; write http.json (goals added), http.md, plots."""
+    results = {(r["variant"], r["mode"]): r for r in record["runs"]}
+    shown = [v for v in variants if v.name in record["variants"]]
+    print()
+    record["goals"] = print_report(results, shown, record["skipped"])
+    out_json = RESULTS_DIR / "http.json"
+    out_json.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {out_json.relative_to(BENCH.parent)}")
+    settings = record["settings"]
+    intro = (
+        f"`bench/http.py` run of {record['date']} (pycluster "
+        f"{record['versions']['pycluster_commit']}): {settings['workers']} workers, "
+        f"`wrk -t{settings['wrk_threads']} -c{settings['wrk_connections']}`, "
+        f"{settings['duration_s']} s per run after {settings['warmup_s']} s of warm-up, "
+        f"{settings.get('fresh_connections', 0):,} fresh connections "
+        f"{settings.get('fresh_concurrency', 0)} at a time, {record['machine']['cpus']} CPUs."
+    )
+    out_md = RESULTS_DIR / "http.md"
+    out_md.write_text(markdown(results, shown, record["goals"], intro))
+    print(f"wrote {out_md.relative_to(BENCH.parent)}")
+    if plots:
+        for path in plot(results, shown):
+            print(f"wrote {path.relative_to(BENCH.parent)}")
 
 
 if __name__ == "__main__":
