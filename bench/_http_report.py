@@ -255,7 +255,7 @@ def goal_rows(results: Results, variants: Sequence[VariantInfo]) -> list[dict[st
         row(fresh_goal, figure, None if dev is None else 100 * dev, "points", target, [r], note)
 
     for fam, (peer, _anchor) in SERVE_PEERS.items():
-        goal = f"serve {fam.rsplit('-', 1)[1].upper()} >= {GOAL_SERVE_VS_PEER:g}x {peer}"
+        goal = f"serve >= {GOAL_SERVE_VS_PEER:g}x peer (ASGI: uvicorn, WSGI: gunicorn sync)"
         for policy in ("rr", "none"):
             for mode in MODES:
                 ratio(goal, f"{fam}-{policy}", peer, mode, GOAL_SERVE_VS_PEER)
@@ -390,6 +390,50 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def goal_matrix(
+    goals: list[dict[str, Any]], variants: Sequence[VariantInfo]
+) -> tuple[list[str], list[list[object]]]:
+    """The goals as one row per goal and one column per pycluster server family.
+
+    A cell is the measured value and a mark (ok / FAIL; * for a busy machine); a goal
+    with several figures per family (a policy, a mode) gets a row for each.
+    """
+    families: list[str] = []
+    for v in variants:
+        if v.kind == "pycluster" and v.family not in families:
+            families.append(v.family)
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    order: list[tuple[str, str]] = []
+    for g in goals:
+        if g["target"] is None:
+            continue
+        figure = g["figure"]
+        fam = next(
+            (f for f in sorted(families, key=len, reverse=True) if figure.startswith(f + "-")),
+            None,
+        )
+        if fam is None:
+            continue
+        # What tells this figure apart from its family's other figures of the same goal.
+        detail = figure.split(" ", 1)[0].removeprefix(fam + "-").split(":")[0]
+        detail = detail.split("/", 1)[0].strip()
+        if "," in figure:
+            detail += ", " + figure.rsplit(", ", 1)[1]
+        key = (g["goal"], detail)
+        if key not in cells:
+            cells[key] = {}
+            order.append(key)
+        mark = "n/a" if g["pass"] is None else ("ok" if g["pass"] else "FAIL")
+        star = "*" if g.get("disturbed") else ""
+        cells[key][fam] = f"{_measured(g)} {mark}{star}"
+    headers = ["goal", "which", *families]
+    rows: list[list[object]] = [
+        [goal, detail, *(cells[(goal, detail)].get(f, "") for f in families)]
+        for goal, detail in order
+    ]
+    return headers, rows
+
+
 def markdown(
     results: Results, variants: Sequence[VariantInfo], goals: list[dict[str, Any]], intro: str
 ) -> str:
@@ -435,6 +479,9 @@ def markdown(
         verdict = _verdict(g) or g["note"]
         goal_md.append([g["goal"], g["figure"], _measured(g), _target_text(g), verdict])
     if goal_md:
+        headers, matrix = goal_matrix(goals, variants)
+        parts.append(_md_table(headers, matrix))
+        parts.append("(ok / FAIL against the goal; * : other processes used over 15 % of a CPU.)")
         parts.append(_md_table(["goal", "figure", "measured", "target", "verdict"], goal_md))
         judged = [g for g in goals if g["target"] is not None]
         met = sum(1 for g in judged if g["pass"])
