@@ -764,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     known = {v.name for v in variants}
     shown = [v for v in variants if any((v.name, m) in results for m in ALL_MODES)]
     record = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": tool_versions(),
         "settings": {
