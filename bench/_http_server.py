@@ -103,12 +103,16 @@ class FreshRun:
     seconds: float = 0.0
 
 
-def fresh_connections(port: int, total: int, concurrency: int, timeout: float = 5.0) -> FreshRun:
+def fresh_connections(
+    port: int, total: int, concurrency: int, timeout: float = 5.0, budget: float = 60.0
+) -> FreshRun:
     """Open exactly ``total`` new connections, ``concurrency`` at a time, one request each.
 
     Each connection sends ``GET /fresh`` with ``Connection: close`` and reads until the
     server closes it. The workers count those requests apart (servers/_counts.py), so
-    how the connections were split is read from the workers afterwards, exactly.
+    how the connections were split is read from the workers afterwards, exactly. A
+    server that stalls costs at most ``budget`` seconds: no connection is opened after
+    that (``opened`` then says how many were).
     """
     request = (
         f"GET {FRESH_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n"
@@ -132,8 +136,10 @@ def fresh_connections(port: int, total: int, concurrency: int, timeout: float = 
         else:
             fail("wrong answer")
 
+    deadline = time.monotonic() + budget
+
     async def lane() -> None:
-        while run.opened < total:
+        while run.opened < total and time.monotonic() < deadline:
             run.opened += 1
             try:
                 await asyncio.wait_for(one(), timeout)

@@ -494,6 +494,12 @@ def measure(variant: Variant, mode: str, args: argparse.Namespace, wrk: str) -> 
     }
     if mode == FRESH:
         counted = sum(fresh_counts.values())
+        if fresh.opened < args.fresh_connections:
+            result["error"] = (
+                f"only {fresh.opened:,} of {args.fresh_connections:,} connections opened "
+                f"in the time allowed ({fresh.errors or 'no errors'})"
+            )
+            return result
         # A worker that recorded nothing counts as 0 of the split, not as absent.
         per_worker = list(fresh_counts.values())
         per_worker += [0] * (args.workers - len(per_worker))
