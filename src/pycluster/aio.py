@@ -178,6 +178,7 @@ class _AcceptServer(asyncio.AbstractServer):
         self._factory = factory
         self._options = {k: v for k, v in kwargs.items() if k in _ACCEPTED_SOCKET_OPTIONS}
         self._serving = False
+        self._handed_over = net.is_round_robin(sock)
         self._paused: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -207,8 +208,13 @@ class _AcceptServer(asyncio.AbstractServer):
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, _addr = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            except (BlockingIOError, InterruptedError):
                 return
+            except ConnectionAbortedError:
+                if self._handed_over:
+                    self.close()  # the primary stopped handing connections to us
+                    return
+                continue  # a client gave up before it was accepted
             except OSError as exc:
                 if exc.errno in _OUT_OF_RESOURCES:
                     self._pause(exc)

@@ -78,6 +78,22 @@ else:
             with conn:
                 conn.recv(1024)  # the tiny request (closing it unread would reset)
                 conn.sendall(b"%d" % cluster.worker.id)
+    elif ROLE == "aio":
+        # An event loop accepts until "would block": one acknowledgement covers a burst.
+        async def answer(reader, writer):
+            await reader.read(1024)
+            writer.write(b"%d" % cluster.worker.id)
+            await writer.drain()
+            writer.close()
+
+        async def main():
+            srv = await cluster.aio.start_server(answer, "127.0.0.1", PORT)
+            try:
+                await srv.serve_forever()
+            except asyncio.CancelledError:
+                pass
+
+        asyncio.run(main())
     elif ROLE == "stuck":
         srv = cluster.create_server(("127.0.0.1", PORT))
         cluster.worker.on("message", lambda m, h: srv.close())
@@ -162,6 +178,21 @@ async def fresh_split():
     b = await fork("serve")
     ids = [await fetch() for _ in range(2000)]
     emit(split={w: ids.count(str(w)) for w in (a.id, b.id)})
+    await finish()
+
+async def bursts():
+    a = await fork("aio")
+    b = await fork("aio")
+    answers = []
+    for _ in range(5):
+        answers += await asyncio.gather(*(fetch() for _ in range(100)))
+    # One worker leaves in the middle of a burst: what it took it answers, the rest
+    # goes to the other one.
+    burst = [asyncio.create_task(fetch()) for _ in range(100)]
+    await asyncio.sleep(0)
+    a.disconnect()
+    answers += await asyncio.gather(*burst)
+    emit(answers=sorted(set(answers)), count=len(answers), ids=[a.id, b.id])
     await finish()
 
 async def last_leaves():
@@ -249,3 +280,11 @@ def test_fresh_connections_split_evenly(cluster_env: Cluster) -> None:
     # Strict turns; a worker that lags for a moment (a loaded machine) makes up the
     # turns it lost, up to its window: far inside 2 % either way.
     assert all(abs(n - 1000) <= 40 for n in split.values()), split
+
+
+def test_bursts_to_event_loops_are_answered_once_each(cluster_env: Cluster) -> None:
+    # Hand-offs that arrive together are acknowledged together; none is lost or given
+    # to two workers, also when a worker leaves in the middle of a burst.
+    report = report_of(run(cluster_env, "bursts"), "answers")
+    assert report["count"] == 600
+    assert report["answers"] == sorted(str(i) for i in report["ids"])  # type: ignore[union-attr]
