@@ -83,14 +83,19 @@ def _notes(r: dict[str, Any], mode: str) -> str:
         other = r["cpu_pct"]["other"]
         top = ", ".join(r.get("other_processes", [])[:2])
         notes.append(f"busy machine: others used {other:.0f}% CPU ({top})")
+    if r.get("missing_counts"):
+        notes.append(f"{r['missing_counts']} worker(s) wrote no count: shares incomplete")
     if r.get("stale"):
         notes.append(f"from {r['stale']}")
     return "; ".join(notes)
 
 
-def busiest_share(shares: dict[str, int]) -> float | None:
-    """The largest worker's fraction of the requests, or None without counts."""
+def busiest_share(r: dict[str, Any]) -> float | None:
+    """The largest worker's fraction of a run's requests, or None without every count."""
+    shares = r.get("shares") or {}
     total = sum(shares.values())
+    if r.get("missing_counts"):
+        return None
     return max(shares.values()) / total if total else None
 
 
@@ -107,7 +112,7 @@ def results_table(results: Results, variants: Sequence[VariantInfo]) -> str:
                 rows.append([v.name, *[""] * 9, "FAILED: " + r["error"].splitlines()[0]])
                 continue
             lat, cpu = r["latency_ms"], r["cpu_pct"]
-            busiest = busiest_share(r["shares"])
+            busiest = busiest_share(r)
             rows.append(
                 [
                     v.name,
@@ -233,7 +238,7 @@ def goal_rows(results: Results, variants: Sequence[VariantInfo]) -> list[dict[st
             r = results.get((name, "keep-alive"))
             if r is None:
                 continue
-            busiest = busiest_share(r["shares"]) if _ok(r) else None
+            busiest = busiest_share(r) if _ok(r) else None
             target = None if fam == "node" else ("<=", 100 * GOAL_BUSIEST_SHARE)
             value = None if busiest is None else 100 * busiest
             row(share_goal, f"{name} ({share_text(r.get('shares', {}))})", value, "%", target, [r])

@@ -796,6 +796,12 @@ def report(record: dict[str, Any], variants: list[Variant], plots: bool) -> None
     """Print the tables and goals of a run; write http.json (goals added), http.md, plots."""
     results = {(r["variant"], r["mode"]): r for r in record["runs"]}
     shown = [v for v in variants if v.name in record["variants"]]
+    for r in results.values():
+        # A worker killed before it wrote its count (a server whose graceful stop
+        # overran 5 s) leaves shares that are not the split: say so, judge nothing on them.
+        shares = r.get("shares") or {}
+        if 0 < len(shares) < record["settings"]["workers"]:
+            r["missing_counts"] = record["settings"]["workers"] - len(shares)
     print()
     record["goals"] = print_report(results, shown, record["skipped"])
     out_json = RESULTS_DIR / "http.json"
