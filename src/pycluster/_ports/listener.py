@@ -38,8 +38,11 @@ INHERITED_OPTIONS = (
 )
 #: Connections a worker takes from a shared socket per wake-up of its event loop.
 SHARED_BURST = 2
-#: Seconds between two accepts that make them two wake-ups, not one burst.
-BURST_GAP = 0.001
+#: Seconds between two accepts that make them two wake-ups, not one burst (a loop that
+#: takes one connection per wake-up at a high rate may be told "nothing more" once in
+#: a while, which costs it one idle iteration; too short a gap lets a descheduled
+#: worker take a whole burst).
+BURST_GAP = 0.005
 #: The shortest sleep: the kernel rounds it up to its timer slack (about 50 µs).
 YIELD_SLEEP = 1e-9
 #: How often draining checks whether connections are still open.
@@ -173,7 +176,8 @@ class Listener:
             self._burst = 0
             raise
         self._burst += 1
-        self._burst_at = now
+        # From the end of this accept: the sleep above is not a gap between wake-ups.
+        self._burst_at = time.monotonic()
         self._count(fd)
         return fd, addr
 
