@@ -11,7 +11,7 @@ DUR=${1:-3s}; shift || true
 PY=${PY:-.venv/bin/python}
 BIN=$(dirname "$PY")
 APPS=bench/servers
-ALL="gunicorn-sync uvicorn granian-wsgi granian-asgi serve-wsgi-rr serve-wsgi-none serve-asgi-rr serve-asgi-none"
+ALL="gunicorn-sync serve-wsgi-rr serve-wsgi-none serve-wsgi1-rr serve-wsgi1-none granian-wsgi uvicorn serve-asgi-rr serve-asgi-none granian-asgi"
 NAMES=${*:-$ALL}
 port=18500
 for name in $NAMES; do
@@ -23,10 +23,13 @@ for name in $NAMES; do
     uvicorn) cmd=("$BIN/uvicorn" --app-dir $APPS asgi_app:app --workers 2 --loop uvloop --http httptools --no-access-log --host 127.0.0.1 --port $port) ;;
     granian-wsgi) cmd=("$BIN/granian" --interface wsgi --workers 2 --host 127.0.0.1 --port $port --working-dir $APPS wsgi_app:app) ;;
     granian-asgi) cmd=("$BIN/granian" --interface asgi --workers 2 --host 127.0.0.1 --port $port --working-dir $APPS asgi_app:app) ;;
-    serve-wsgi-*|serve-asgi-*)
+    serve-wsgi-*|serve-wsgi1-*|serve-asgi-*)
+      # serve-IFACE-POLICY; wsgi1 is the WSGI app inline (--threads 1), wsgi the pool.
       kind=${name#serve-}; iface=${kind%-*}; policy=${kind##*-}
-      app=wsgi_app:app; [ "$iface" = asgi ] && app=asgi_app:app
-      cmd=("$BIN/pycluster" serve -w 2 --policy "$policy" --app-dir $APPS -b "$addr" ${SERVE_ARGS:-} "$app") ;;
+      app=wsgi_app:app; extra=()
+      [ "$iface" = asgi ] && app=asgi_app:app
+      [ "$iface" = wsgi1 ] && extra=(--threads 1)
+      cmd=("$BIN/pycluster" serve -w 2 --policy "$policy" --app-dir $APPS -b "$addr" "${extra[@]}" ${SERVE_ARGS:-} "$app") ;;
     *) echo "unknown server $name" >&2; continue ;;
   esac
   "${cmd[@]}" >/tmp/serve_wrk.$name.log 2>&1 &

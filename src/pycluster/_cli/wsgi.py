@@ -515,7 +515,7 @@ class Connection(asyncio.Protocol):
                         # Streamed: each piece goes out as produced, at the client's pace.
                         server.running.pop(key, None)
                         out, chunks[:] = list(chunks), []
-                        call(self._write, request, response, out, False)
+                        call(self._write_streamed, request, response, out)
                         self.writable.wait()
                         if self.lost:
                             break
@@ -622,6 +622,15 @@ class Connection(asyncio.Protocol):
                 out.append(data)
         if out:
             self.transport.write(b"".join(out))
+
+    def _write_streamed(self, request: _Request, response: _Response, chunks: list[bytes]) -> None:
+        """A piece a pool thread produced; a fault (no start_response) cuts the connection."""
+        try:
+            self._write(request, response, chunks, False)
+        except Exception:
+            log.exception("error in the WSGI application's response")
+            if self.transport is not None:
+                self.transport.close()  # the thread sees the loss and stops producing
 
     def _finish(
         self, request: _Request, response: _Response, chunks: list[bytes], whole: bool
