@@ -289,7 +289,7 @@ def _server_class() -> type:
                 self._beat.cancel()
             await super().shutdown(sockets=sockets)
             if self.native is not None:
-                self.native.close()
+                self.native.close(self.server_state.connections)
 
         def close_for_disconnect(self) -> None:
             """Called by ``worker.disconnect()``: shut down gracefully and wait for it."""

@@ -119,8 +119,17 @@ class WSGIServer:
         self.running[key] = time.monotonic()
         return key
 
-    def close(self) -> None:
-        """Let the pool's threads go once the calls in progress return."""
+    def close(self, connections: Iterable[Any]) -> None:
+        """Let the pool's threads go once the calls in progress return.
+
+        A call still streaming to a client that stopped reading would wait for it
+        forever, and the interpreter joins pool threads at exit: the connections
+        left at the end of the graceful shutdown are given up, so such a call stops.
+        """
+        for connection in list(connections):
+            if isinstance(connection, Connection):
+                connection.lost = True
+                connection.writable.set()
         if self.pool is not None:
             self.pool.shutdown(wait=False)
 
@@ -323,8 +332,9 @@ class Connection(asyncio.Protocol):
             # Answer now, without reading a body that will not be used.
             request.keep_alive = False
             self.pending.append(request)
-            self.transport.pause_reading() if self.transport is not None else None
-            self.read_paused = True
+            if self.transport is not None and not self.read_paused:
+                self.transport.pause_reading()
+                self.read_paused = True
 
     def on_body(self, body: bytes) -> None:
         """A piece of the body: kept in memory, or in a file past ``SPOOL_SIZE``."""
@@ -588,13 +598,11 @@ class Connection(asyncio.Protocol):
             out.append(b"connection: keep-alive\r\n")
         out += (self.server.date_header(), b"\r\n")
         if self.server.access:
-            query = request.url.partition(b"?")[2]
-            path = self.base["SCRIPT_NAME"] + request.url.partition(b"?")[0].decode("latin-1")
             access_log.info(
                 '%s - "%s %s HTTP/%s" %d',
                 self.client,
                 request.method,
-                path + ("?" + query.decode("latin-1") if query else ""),
+                request.url.decode("latin-1"),
                 request.version,
                 code,
             )
