@@ -323,3 +323,19 @@ def test_https_for_a_wsgi_app(cluster_env: Cluster, commands: Commands, tmp_path
         body = b"z" * 200_000
         assert client.post("/echo", content=body).text.startswith("200000 ")
     stop(command)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_max_requests_recycles_a_wsgi_worker(
+    cluster_env: Cluster, commands: Commands, threads: str
+) -> None:
+    command, url = start(
+        commands, cluster_env, "-w", "1", "--threads", threads, "--max-requests", "3"
+    )
+    who = [httpx.get(f"{url}/who", headers={"Connection": "close"}).text for _ in range(3)]
+    assert len({answer.split()[0] for answer in who}) == 1
+    command.wait_line("served 3 connections: recycling it")
+    command.wait_line("exited (code 0)")
+    later = httpx.get(f"{url}/who", timeout=10).text
+    assert later.split()[0] != who[0].split()[0]  # a new worker answers
+    stop(command)
