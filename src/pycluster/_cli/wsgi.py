@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import itertools
 import logging
+import queue
 import sys
 import tempfile
 import threading
@@ -88,9 +88,7 @@ class WSGIServer:
         self.root_path = root_path
         self.access = access and access_log.hasHandlers()
         self.proxy = proxy
-        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
-        if threads > 1:
-            self.pool = concurrent.futures.ThreadPoolExecutor(threads, "pycluster-wsgi")
+        self.pool: Pool | None = Pool(threads) if threads > 1 else None
         self.active = 0  # requests running or queued to the pool (for --limit-concurrency)
         # The hang clock for --timeout: since when each pool call runs without progress.
         self.running: dict[int, float] = {}
@@ -128,10 +126,48 @@ class WSGIServer:
         """
         for connection in list(connections):
             if isinstance(connection, Connection):
-                connection.lost = True
-                connection.writable.set()
+                connection.give_up()
         if self.pool is not None:
-            self.pool.shutdown(wait=False)
+            self.pool.close()
+
+
+class Pool:
+    """N threads taking calls from one queue: the WSGI calls of ``--threads N``.
+
+    Lighter than ``concurrent.futures.ThreadPoolExecutor`` where it counts, per
+    request: no future, no lock or idle-thread bookkeeping on submit, only a put on
+    a C queue; the calls report their own results to the loop. The threads are
+    daemons, so a call that never returns cannot keep the worker from exiting
+    (the supervisor's ``--timeout`` and shutdown timeout deal with such calls).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.calls: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.threads = [
+            threading.Thread(target=self._take, name=f"pycluster-wsgi-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, function: Callable[..., None], *args: Any) -> None:
+        """Queue ``function(*args)`` for the next free thread."""
+        self.calls.put((function, args))
+
+    def close(self) -> None:
+        """Each thread ends after the calls queued before this."""
+        for _ in self.threads:
+            self.calls.put(None)
+
+    def _take(self) -> None:
+        while (call := self.calls.get()) is not None:
+            function, args = call
+            try:
+                function(*args)
+            except BaseException:  # the calls report their own errors; never lose a thread
+                log.exception("error in a WSGI pool thread")
 
 
 class _Request:
@@ -196,7 +232,7 @@ class Connection(asyncio.Protocol):
         self.state = state  # uvicorn's ServerState: connections, for graceful shutdown
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: Any = httptools.HttpRequestParser(self)
         self.pending: collections.deque[_Request] = collections.deque()
         self.request = _Request()
         self.body_size = 0
@@ -205,8 +241,9 @@ class Connection(asyncio.Protocol):
         self.lost = False
         self.read_paused = False
         self.write_paused = False
-        self.writable = threading.Event()
-        self.writable.set()
+        # Made when the client first falls behind: a pool thread streaming a response
+        # waits on it (most connections never need one; each costs a lock and a condition).
+        self.writable: threading.Event | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.pump: Iterator[bytes] | None = None
         self.pumping: tuple[_Request, _Response, Iterable[bytes]] | None = None
@@ -245,24 +282,34 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection; a call in progress finishes and its output is dropped."""
-        self.lost = True
-        self.writable.set()  # a pool thread waiting to write gives up
+        self.give_up()
         self.state.connections.discard(self)
+        self.parser = None  # the parser refers to this protocol: no cycle for the GC
         if self.idle is not None:
             self.idle.cancel()
         if self.pump is not None:
             _close_iterable(self.pump)
             self.pump = None
 
+    def give_up(self) -> None:
+        """The connection is gone (or abandoned at shutdown): a streaming call stops."""
+        self.lost = True
+        self.write_paused = False
+        if self.writable is not None:
+            self.writable.set()
+
     def pause_writing(self) -> None:
         """The client reads slower than the app writes: stop producing."""
-        self.write_paused = True
+        if self.writable is None:
+            self.writable = threading.Event()
         self.writable.clear()
+        self.write_paused = True
 
     def resume_writing(self) -> None:
         """The client caught up: go on producing."""
         self.write_paused = False
-        self.writable.set()
+        if self.writable is not None:
+            self.writable.set()
         if self.pump is not None:
             self.loop.call_soon(self._pump_inline)
 
@@ -388,7 +435,7 @@ class Connection(asyncio.Protocol):
         if server.pool is None:
             self._call_inline(environ, request, response)
         else:
-            server.pool.submit(self._call_in_thread, environ, request, response)
+            server.pool.run(self._call_in_thread, environ, request, response)
 
     def _environ(self, request: _Request) -> dict[str, Any]:
         environ = self.base.copy()
@@ -526,7 +573,9 @@ class Connection(asyncio.Protocol):
                         server.running.pop(key, None)
                         out, chunks[:] = list(chunks), []
                         call(self._write_streamed, request, response, out)
-                        self.writable.wait()
+                        writable = self.writable
+                        if self.write_paused and writable is not None:
+                            writable.wait()
                         if self.lost:
                             break
                         server.running[key] = time.monotonic()
