@@ -61,6 +61,9 @@ def app(environ, start_response):
                 yield block
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return pieces()
+    if path == "/file":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"), 1000)
     if path == "/fail-early":
         raise RuntimeError("boom before start_response")
     if path == "/exc-info":
@@ -146,6 +149,8 @@ def test_pep3333_rules_over_keep_alive(
         streamed = client.get("/stream?1048576")
         assert streamed.headers["transfer-encoding"] == "chunked"
         assert streamed.content == b"x" * 1048576
+        # wsgi.file_wrapper sends a file whole.
+        assert client.get("/file").content == (cluster_env.tmp / "pep.py").read_bytes()
         # HEAD: the headers of a GET, no body.
         head = client.head("/write")
         assert head.status_code == 200 and head.content == b""

@@ -1,10 +1,15 @@
-"""``pycluster serve``: a WSGI or ASGI application on uvicorn's HTTP, in a cluster worker.
+"""``pycluster serve``: a WSGI or ASGI application in a cluster worker.
 
-Why uvicorn for both interfaces: it is a well-kept server whose HTTP comes from
-httptools (llhttp) or h11, with keep-alive, pipelining, flow control, a connection
-limit and graceful shutdown; it serves sockets it is given; and one server means one
-set of options and one behaviour on reload. A WSGI application runs in a thread pool
-through a2wsgi, the adapter uvicorn itself recommends.
+An ASGI application runs on uvicorn's HTTP: a well-kept server whose HTTP comes
+from httptools (llhttp) or h11, with keep-alive, pipelining, flow control, a
+connection limit and graceful shutdown, and which serves sockets it is given.
+A WSGI application runs on :mod:`pycluster._cli.wsgi`, pycluster's own HTTP/1.1
+protocol (httptools parsing, the environ built directly, the app inline or in a
+thread pool), which uvicorn's ``Server`` still starts and shuts down, so both
+interfaces share one set of options and one behaviour on reload. uvicorn's route
+for WSGI (a2wsgi's adapter over ASGI) ran a hello-world app at 0.4-0.8x gunicorn's
+sync workers; it is kept for ``--http h11`` and when httptools is missing
+(:func:`native_wsgi`).
 
 The way through this module follows the data: the primary checked the options and
 sent a :class:`~pycluster._cli.serveconf.ServeConfig`; :func:`build_app` wraps the
