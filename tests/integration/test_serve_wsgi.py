@@ -344,3 +344,24 @@ def test_max_requests_recycles_a_wsgi_worker(
     later = httpx.get(f"{url}/who", timeout=10).text
     assert later.split()[0] != who[0].split()[0]  # a new worker answers
     stop(command)
+
+
+def test_limit_concurrency_answers_503_beyond_it(cluster_env: Cluster, commands: Commands) -> None:
+    command, url = start(
+        commands, cluster_env, "-w", "1", "--threads", "4", "--limit-concurrency", "1"
+    )
+    results: list[str] = []
+    slow = threading.Thread(
+        target=lambda: results.append(httpx.get(f"{url}/slow?3", timeout=10).text)
+    )
+    slow.start()
+    # Once the slow request holds the one place (it may take a moment to arrive),
+    # another is refused with 503.
+    statuses = []
+    while slow.is_alive() and 503 not in statuses:
+        statuses.append(httpx.get(f"{url}/write", timeout=10).status_code)
+    assert 503 in statuses, statuses
+    slow.join(10)
+    assert results == ["slow done"]
+    assert httpx.get(f"{url}/write", timeout=10).status_code == 200  # the place is free again
+    stop(command)
