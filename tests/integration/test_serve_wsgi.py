@@ -81,6 +81,12 @@ def app(environ, start_response):
         time.sleep(float(environ["QUERY_STRING"]))
         start_response("200 OK", [])
         return [b"slow done"]
+    if path == "/hold":  # holds its place for 2 s; a file says when it started
+        marker = os.path.join(os.path.dirname(__file__), "held")
+        open(marker, "w").close()
+        time.sleep(2)
+        start_response("200 OK", [])
+        return [b"held"]
     if path == "/who":
         start_response("200 OK", [])
         return [f"{os.getpid()} {threading.current_thread().name}".encode()]
@@ -352,16 +358,15 @@ def test_limit_concurrency_answers_503_beyond_it(cluster_env: Cluster, commands:
     )
     results: list[str] = []
     slow = threading.Thread(
-        target=lambda: results.append(httpx.get(f"{url}/slow?3", timeout=10).text)
+        target=lambda: results.append(httpx.get(f"{url}/hold", timeout=10).text)
     )
     slow.start()
-    # Once the slow request holds the one place (it may take a moment to arrive),
-    # another is refused with 503.
-    statuses = []
-    while slow.is_alive() and 503 not in statuses:
-        statuses.append(httpx.get(f"{url}/write", timeout=10).status_code)
-    assert 503 in statuses, statuses
+    marker = cluster_env.tmp / "held"
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the app says the request holds the one place
+    assert httpx.get(f"{url}/write", timeout=10).status_code == 503
     slow.join(10)
-    assert results == ["slow done"]
+    assert results == ["held"]
     assert httpx.get(f"{url}/write", timeout=10).status_code == 200  # the place is free again
     stop(command)
