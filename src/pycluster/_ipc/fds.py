@@ -8,12 +8,13 @@ import socket
 from pycluster._ipc.framing import MAX_FDS, ProtocolError, close_fds
 
 _FD_SIZE = array.array("i").itemsize
-_ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+#: Room for the most descriptors one frame may carry, for ``recvmsg``.
+ANCILLARY_SIZE = _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 # Received descriptors are close-on-exec, so a worker's own subprocesses never
 # inherit a connection or a listening socket by accident.
-_RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+RECV_FLAGS = _RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 # Plain ints: an operator on the socket module's IntFlag members costs a Python call.
-_CTRUNC = int(socket.MSG_CTRUNC)
+CTRUNC = _CTRUNC = int(socket.MSG_CTRUNC)
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 
