@@ -302,7 +302,9 @@ class LoopChannel:
         sock = self._sock
         bufs = self._bufs
         buf = self._buf
-        for _ in range(_EXHAUST_READS if exhaust else 64):
+        reads = _EXHAUST_READS if exhaust else 64
+        while reads:  # (a range object would cost more than the one or two reads it counts)
+            reads -= 1
             if self._closed:
                 return
             try:

@@ -19,38 +19,9 @@ _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 
 
-class ChunkReader:
-    """Reads chunks into one reused buffer.
-
-    ``recvmsg(n)`` allocates ``n`` bytes on every call; for a large ``n`` that is an
-    ``mmap`` and page faults per message, which cost more than the rest of a small
-    message's trip. Reading into a preallocated buffer avoids it.
-    """
-
-    __slots__ = ("_buf", "_view")
-
-    def __init__(self, size: int) -> None:
-        self._buf = bytearray(size)
-        self._view = memoryview(self._buf)
-
-    def read(self, sock: socket.socket) -> tuple[memoryview, list[int]]:
-        """One chunk (a view valid until the next read) and its descriptors.
-
-        Raises :class:`ProtocolError` when descriptors were truncated.
-        """
-        nbytes, ancdata, flags, _addr = sock.recvmsg_into([self._view], _ANCILLARY, _RECV_FLAGS)
-        # The kernel echoes MSG_CMSG_CLOEXEC in ``flags``: only truncation counts here.
-        if not ancdata and not flags & _CTRUNC:
-            return self._view[:nbytes], []
-        fds = fds_from_ancillary(ancdata)
-        if flags & _CTRUNC:
-            close_fds(fds)
-            raise ProtocolError("descriptors were truncated: more than a frame may carry")
-        return self._view[:nbytes], fds
-
-
 def recv_chunk(sock: socket.socket, bufsize: int) -> tuple[bytes, list[int]]:
-    """Read one chunk and the descriptors that came with it.
+    """Read one chunk and the descriptors that came with it (the channels read into a
+    reused buffer with ``recvmsg_into`` instead: see channel.py).
 
     Raises :class:`ProtocolError` when the kernel had to drop descriptors because
     more arrived than one frame may carry (the rest are closed).
