@@ -94,9 +94,7 @@ def message_codec(codec: Codec, allow: AllowList | None) -> tuple[MessageEncode,
     each end), and anything unusual takes the general functions.
     """
     if codec is not _CODEC_JSON:
-        return (lambda message: encode(message, codec)), (
-            lambda payload: decode(payload, codec, allow)
-        )
+        return _advanced_codec(allow)
     _stock, _stock_decode, c_encode, c_scan = _json_parts(True)
     if c_encode is None or c_scan is None:
         return (lambda message: encode(message, codec)), (
@@ -123,6 +121,31 @@ def message_codec(codec: Codec, allow: AllowList | None) -> tuple[MessageEncode,
     return encode_message, decode_message
 
 
+def _advanced_codec(allow: AllowList | None) -> tuple[MessageEncode, MessageDecode]:
+    """``message_codec`` for "advanced": pickle called straight, errors worded as usual."""
+    import pickle
+
+    dumps, loads = pickle.dumps, pickle.loads
+
+    def encode_message(message: Any) -> bytes:
+        try:
+            return dumps(message, protocol=5)
+        except Exception:
+            return encode(message, _CODEC_ADVANCED)  # raises the worded TypeError
+
+    def decode_message(payload: bytes | bytearray) -> Any:
+        try:
+            if allow is None:
+                return loads(payload)
+            return _restricted_load(payload, allow)
+        except DecodeError:
+            raise
+        except Exception as exc:  # worded as decode() words it
+            raise DecodeError(f"cannot decode advanced payload: {exc!r}") from exc
+
+    return encode_message, decode_message
+
+
 # Built on first use: a worker comes online without importing json.
 _json: tuple[JsonEncode, JsonDecode] | None = None
 
@@ -137,6 +160,7 @@ def _json_codec() -> tuple[JsonEncode, JsonDecode]:
 # An enum member looked up on its class costs about 0.1 us in Python 3.11; the message
 # path compares against module constants instead.
 _CODEC_JSON = Codec.JSON
+_CODEC_ADVANCED = Codec.ADVANCED
 
 
 class DecodeError(Exception):
@@ -173,6 +197,7 @@ class AllowList:
 
     def __init__(self) -> None:
         self._globals: dict[tuple[str, str], Any] = {}
+        self._unpickler: type | None = None  # see _restricted_unpickler
 
     def add(self, *classes: type) -> None:
         """Allow instances of ``classes`` (for example the user's dataclasses)."""
@@ -221,26 +246,25 @@ def _fraction(*args: Any) -> Any:
     return Fraction(*args)
 
 
-_unpickler: type | None = None
+def _restricted_unpickler(allow: AllowList) -> type:
+    """The unpickler class of one allow-list, defined once per list.
 
-
-def _restricted_unpickler() -> type:
-    """The allow-list unpickler class, defined once (a class per message costs ~10 us)."""
-    global _unpickler
-    if _unpickler is None:
+    Its ``find_class`` is bound to the list, so an instance needs no Python
+    ``__init__`` of its own: constructing one per message is the C constructor only.
+    """
+    cls = allow._unpickler
+    if cls is None:
         # pickle is imported on first use: a JSON-only worker starts faster without it.
         import pickle
 
+        find = allow.find
+
         class RestrictedUnpickler(pickle.Unpickler):
-            def __init__(self, file: io.BytesIO, allow: AllowList) -> None:
-                super().__init__(file)
-                self._allow = allow
-
             def find_class(self, module: str, name: str) -> Any:
-                return self._allow.find(module, name)
+                return find(module, name)
 
-        _unpickler = RestrictedUnpickler
-    return _unpickler
+        allow._unpickler = cls = RestrictedUnpickler
+    return cls
 
 
 def _restricted_load(data: bytes | bytearray, allow: AllowList) -> Any:
@@ -251,7 +275,7 @@ def _restricted_load(data: bytes | bytearray, allow: AllowList) -> Any:
     # empty the cache so every code faces the allow-list.
     if copyreg._extension_cache:  # type: ignore[attr-defined]
         copyreg._extension_cache.clear()  # type: ignore[attr-defined]
-    return _restricted_unpickler()(io.BytesIO(data), allow).load()
+    return (allow._unpickler or _restricted_unpickler(allow))(io.BytesIO(data)).load()
 
 
 def encode(message: Any, codec: Codec) -> bytes:
