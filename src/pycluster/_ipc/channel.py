@@ -5,6 +5,18 @@ The primary serves many workers from one event loop, so its end never blocks: it
 reads whatever is ready and queues what the kernel will not take yet. A worker may run
 a blocking program on its main thread, so its end has a reader thread of its own and
 writes with blocking calls under a lock.
+
+Both ends read with ``recvmsg_into`` into one reused buffer, always with room for
+descriptors: any frame may carry some, and a plain ``recv`` would make the kernel drop
+them. The hot path is a read that holds exactly one whole user frame in the channel's
+codec without descriptors (a ping-pong's every read): its head word (see framing.py)
+and length are checked with one ``unpack`` and the payload goes straight to
+``on_user``, without the decoder, a ``Frame`` or a list. Everything else (frames split
+over reads, several in one read, descriptors, internal messages, a length over the
+limit) goes through the :class:`~pycluster._ipc.framing.Decoder`, and user frames it
+returns reach ``on_user`` too, so a listener sees one order whichever path a read took.
+Sending a user frame without descriptors (``send_user``) is one ``pack``, one
+concatenation and one ``send``.
 """
 
 from __future__ import annotations
