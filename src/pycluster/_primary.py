@@ -54,7 +54,7 @@ class PrimaryBackend:
     def __init__(self, primary: Primary, codec: Codec) -> None:
         self.primary = primary
         self.codec = codec
-        self.encode_message, self.decode_message = serialization.message_codec(codec, primary.allow)
+        self.encode_message, self.decode_message = primary.message_codec(codec)
         self.process: WorkerProcess | None = None
         self.channel: LoopChannel | None = None
         self.worker: Worker | None = None
@@ -138,6 +138,8 @@ class Primary:
         self.workers: dict[int, Worker] = {}
         self._next_id = 1
         self.allow = serialization.AllowList()
+        self._codecs: dict[Codec, tuple[serialization.MessageEncode, serialization.MessageDecode]]
+        self._codecs = {}
         self._errors: list[BaseException] = []
         self._wakeup: asyncio.Future[None] | None = None
         self._until: Completion | None = None
@@ -184,6 +186,15 @@ class Primary:
                 self._own.__contains__,
             )
         return self._servers
+
+    def message_codec(
+        self, codec: Codec
+    ) -> tuple[serialization.MessageEncode, serialization.MessageDecode]:
+        """The encoding and decoding functions of ``codec``, built once for all workers."""
+        pair = self._codecs.get(codec)
+        if pair is None:
+            pair = self._codecs[codec] = serialization.message_codec(codec, self.allow)
+        return pair
 
     def own_socket(self, sock: socket.socket | int) -> None:
         """Mark a socket as pycluster's own: a worker's ``fd=N`` never obtains it."""
