@@ -169,7 +169,10 @@ class Worker(EventEmitter):
 
     def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
         super()._add_event_handler(event, k, v)
-        if event == "message" and self._held:
+        if event == "message":
+            # Always under the lock, even when nothing seems held: the channel thread
+            # may be holding a message at this moment, and it must reach this
+            # listener before any later message does.
             with self._deliver_lock:
                 held, self._held = self._held, deque()
                 for opener in held:
@@ -177,17 +180,25 @@ class Worker(EventEmitter):
                     if item is not None:
                         self.emit("message", *item)
 
-    def _deliver(self, opener: Callable[[Any], tuple[Any, Any] | None], frame: Any) -> None:
+    def _deliver(
+        self,
+        opener: Callable[[bytes | bytearray, Any, list[int]], tuple[Any, Any] | None],
+        payload: bytes | bytearray,
+        codec: Any,
+        fds: list[int],
+    ) -> None:
         """Hand a received message to the listeners and iterators, or hold it for them.
 
-        ``opener(frame)`` decodes the message (``None`` if it cannot be decoded); it
-        runs only once someone is there to receive the message.
+        ``opener(payload, codec, fds)`` decodes the message (``None`` if it cannot be
+        decoded); it runs only once someone is there to receive the message. While
+        earlier messages are held, a new one is held behind them, so that the first
+        listener gets them all in order.
         """
         with self._deliver_lock:
-            if not self._iterators and not self._events.get("message"):
-                self._held.append(lambda: opener(frame))
+            if self._held or (not self._iterators and not self._events.get("message")):
+                self._held.append(lambda: opener(payload, codec, fds))
                 return
-            item = opener(frame)
+            item = opener(payload, codec, fds)
             if item is None:
                 return
             for it in self._iterators:
