@@ -32,7 +32,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[bench,fast,monitor]'
+	$(BIN)/pip install -q -e '.[bench,fast,monitor,serve]'
 	$(BIN)/python bench/ipc.py
 	$(BIN)/python bench/http.py
 

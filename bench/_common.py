@@ -181,6 +181,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     return "\n".join(out)
 
 
+def format_cell(value: object) -> str:
+    """A value as format_table shows it in a cell (for tables in other formats)."""
+    return _cell(value)
+
+
 def _cell(value: object) -> str:
     """Text of one table cell: floats get a precision that suits their size."""
     if value is None:

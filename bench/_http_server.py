@@ -4,17 +4,22 @@ A server variant prints ``BENCH-READY`` lines when its workers listen; it is mea
 once those lines are there and it answers a GET correctly. The CPU a run used is split
 between the server's primary (the process started), its workers (every descendant,
 whatever their session) and everything else on the machine, which flags a run that
-another program disturbed.
+another program disturbed. ``fresh_connections`` is the client of the fresh-connection
+split: a fixed number of new connections, one request each.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +36,7 @@ from _common import (
 HOST = "127.0.0.1"
 BODY = b"hello world\n"
 READY_MARK = "BENCH-READY"
+FRESH_PATH = "/fresh"  # as servers/_counts.py: the servers count these requests apart
 
 
 def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -85,6 +91,68 @@ def probe(port: int, timeout: float = 2.0) -> dict[str, bool]:
     except (TimeoutError, ConnectionError):
         facts["keeps_alive"] = False
     return facts
+
+
+@dataclass
+class FreshRun:
+    """What the client of the fresh-connection split saw."""
+
+    opened: int = 0  # connections attempted: exactly the number asked for
+    answered: int = 0  # of which got ``200 hello world`` and then the server's close
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def fresh_connections(
+    port: int, total: int, concurrency: int, timeout: float = 5.0, budget: float = 60.0
+) -> FreshRun:
+    """Open exactly ``total`` new connections, ``concurrency`` at a time, one request each.
+
+    Each connection sends ``GET /fresh`` with ``Connection: close`` and reads until the
+    server closes it. The workers count those requests apart (servers/_counts.py), so
+    how the connections were split is read from the workers afterwards, exactly. A
+    server that stalls costs at most ``budget`` seconds: no connection is opened after
+    that (``opened`` then says how many were).
+    """
+    request = (
+        f"GET {FRESH_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    run = FreshRun()
+
+    def fail(reason: str) -> None:
+        run.errors[reason] = run.errors.get(reason, 0) + 1
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            writer.write(request)
+            answer = await reader.read()  # until the server closes
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if answer.startswith(b"HTTP/1.1 200") and answer.endswith(BODY):
+            run.answered += 1
+        else:
+            fail("wrong answer")
+
+    deadline = time.monotonic() + budget
+
+    async def lane() -> None:
+        while run.opened < total and time.monotonic() < deadline:
+            run.opened += 1
+            try:
+                await asyncio.wait_for(one(), timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                fail(type(exc).__name__)
+
+    async def main() -> None:
+        await asyncio.gather(*(lane() for _ in range(max(1, concurrency))))
+
+    started = time.monotonic()
+    asyncio.run(main())
+    run.seconds = time.monotonic() - started
+    return run
 
 
 @dataclass
@@ -197,7 +265,9 @@ class Server:
             p for p in (str(cwd), os.environ.get("PYTHONPATH", "")) if p
         )
         env["PYTHONDONTWRITEBYTECODE"] = "1"
-        with open(self.log_path, "wb") as log:
+        # Deferred interrupts: Ctrl-C between the fork and the assignment would leave a
+        # server running that stop() does not know about.
+        with open(self.log_path, "wb") as log, _interrupts_deferred():
             self.proc = subprocess.Popen(
                 self.variant.command(self.port),
                 cwd=self.cwd,
@@ -251,12 +321,40 @@ class Server:
                 )
             time.sleep(0.05)
 
-    def stop(self) -> dict[str, int]:
-        """Stop the whole group and return each worker's request count."""
-        if self.proc is not None:
-            stop_process_tree(self.proc, timeout=5.0)
+    def stop(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Stop the whole group; return each worker's requests, and its ``/fresh`` ones.
+
+        Ctrl-C or SIGTERM arriving meanwhile waits until every process is gone, then
+        takes effect: an interrupted stop would leave the workers running.
+        """
+        with _interrupts_deferred():
+            if self.proc is not None:
+                stop_process_tree(self.proc, timeout=5.0)
         counts: dict[str, int] = {}
+        fresh: dict[str, int] = {}
         for path in sorted(self.count_dir.glob("*.json")):
             record = json.loads(path.read_text())
-            counts[record["worker"]] = record["requests"]
-        return counts
+            # The file's name is the worker's key (``pyc-w1``, ``node-w2``, ``asgi-PID``).
+            counts[path.stem] = record["requests"]
+            fresh[path.stem] = record.get("fresh", 0)
+        return counts, fresh
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the duration, then deliver what arrived."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(caught):
+            os.kill(os.getpid(), signum)

@@ -35,8 +35,10 @@ if (cluster.isPrimary) {
   process.on('SIGTERM', () => process.exit(0));
 } else {
   let served = 0;
+  let fresh = 0; // requests for /fresh: bench/http.py's fresh-connection split
   const server = http.createServer((req, res) => {
     served += 1;
+    if (req.url === '/fresh') fresh += 1;
     res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': BODY.length });
     res.end(BODY);
   });
@@ -44,7 +46,7 @@ if (cluster.isPrimary) {
   const dump = () => {
     if (countDir) {
       const file = path.join(countDir, `node-w${cluster.worker.id}.json`);
-      fs.writeFileSync(file, JSON.stringify({ worker: `w${cluster.worker.id}`, pid: process.pid, requests: served }));
+      fs.writeFileSync(file, JSON.stringify({ worker: `node-w${cluster.worker.id}`, pid: process.pid, requests: served, fresh }));
     }
   };
   process.on('SIGTERM', () => {

@@ -1,8 +1,9 @@
-"""Tiny ASGI hello-world app: the uvicorn reference for bench/http.py.
+"""Tiny ASGI hello-world app for bench/http.py: uvicorn, granian and ``pycluster serve``.
 
-Run as ``uvicorn --app-dir bench/servers asgi_app:app --workers 2 ...``. Each worker
-counts its requests and writes the count when uvicorn shuts it down (lifespan
-shutdown), and announces itself at lifespan startup.
+Run as ``uvicorn --app-dir bench/servers asgi_app:app --workers 2 ...`` (or the same
+module under granian or ``pycluster serve``). Each worker announces itself at lifespan
+startup, counts its requests, and writes the count when its server shuts it down
+(lifespan shutdown).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from _counts import announce_ready, write_count
+from _counts import FRESH_PATH, announce_ready, worker_key, write_count
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,13 +28,16 @@ START = {
 RESPONSE_BODY = {"type": "http.response.body", "body": BODY}
 
 served = 0
+fresh = 0  # requests for FRESH_PATH
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answer every HTTP request with ``hello world``; handle lifespan for the counts."""
-    global served
+    global served, fresh
     if scope["type"] == "http":
         served += 1
+        if scope["path"] == FRESH_PATH:
+            fresh += 1
         await send(START)
         await send(RESPONSE_BODY)
         return
@@ -41,9 +45,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                announce_ready(f"uvicorn pid {os.getpid()}")
+                announce_ready(f"asgi pid {os.getpid()}")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                write_count(f"uvicorn-{os.getpid()}", served)
+                write_count(worker_key("asgi"), served, fresh)
                 await send({"type": "lifespan.shutdown.complete"})
                 return

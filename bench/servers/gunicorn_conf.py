@@ -24,4 +24,4 @@ def worker_exit(server: Any, worker: Any) -> None:
     """Write this worker's count; the app module is loaded in the worker by then."""
     import wsgi_app
 
-    write_count(f"gunicorn-{os.getpid()}", wsgi_app.served_so_far())
+    write_count(f"gunicorn-{os.getpid()}", wsgi_app.served_so_far(), wsgi_app.fresh_so_far())

@@ -16,7 +16,7 @@ import asyncio
 import os
 import signal
 
-from _counts import announce_ready, write_count
+from _counts import FRESH_REQUEST_LINE, announce_ready, write_count
 
 import pycluster as cluster
 
@@ -26,6 +26,7 @@ RESPONSE_KEEP_ALIVE = _HEAD + b"\r\n" + BODY
 RESPONSE_CLOSE = _HEAD + b"Connection: close\r\n\r\n" + BODY
 
 served = 0
+fresh = 0  # requests for FRESH_PATH (bench/http.py's fresh-connection split)
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,11 +59,13 @@ def wants_close(head: bytes) -> bool:
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Serve GET requests on one connection until the client or the request closes it."""
-    global served
+    global served, fresh
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             served += 1
+            if head.startswith(FRESH_REQUEST_LINE):
+                fresh += 1
             if wants_close(head):
                 writer.write(RESPONSE_CLOSE)
                 await writer.drain()
@@ -78,7 +81,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 def dump_and_exit(signum: int, frame: object) -> None:
     """SIGTERM from the benchmark: record this worker's count and leave at once."""
     assert cluster.worker is not None
-    write_count(f"pyc-w{cluster.worker.id}", served)
+    write_count(f"pyc-w{cluster.worker.id}", served, fresh)
     os._exit(0)
 
 
@@ -128,7 +131,7 @@ def main() -> None:
         runner(serve(args.port))
     finally:
         assert cluster.worker is not None
-        write_count(f"pyc-w{cluster.worker.id}", served)
+        write_count(f"pyc-w{cluster.worker.id}", served, fresh)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import signal
 from http.server import BaseHTTPRequestHandler
 
-from _counts import announce_ready, write_count
+from _counts import FRESH_PATH, announce_ready, write_count
 
 import pycluster as cluster
 
@@ -25,6 +25,8 @@ BODY = b"hello world\n"
 # next() on an itertools.count is a single C call, so it is atomic under the GIL:
 # a request counter shared by the server's threads without a lock.
 _served = itertools.count()
+# Requests for FRESH_PATH: bench/http.py's fresh-connection split.
+_fresh = itertools.count()
 
 
 class HelloHandler(BaseHTTPRequestHandler):
@@ -39,6 +41,8 @@ class HelloHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """Send the fixed response; BaseHTTPRequestHandler handles keep-alive."""
         next(_served)
+        if self.path == FRESH_PATH:
+            next(_fresh)
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(BODY)))
@@ -69,10 +73,15 @@ def served_so_far() -> int:
     return next(_served)
 
 
+def fresh_so_far() -> int:
+    """Requests for FRESH_PATH served by this worker (as served_so_far)."""
+    return next(_fresh)
+
+
 def dump_and_exit(signum: int, frame: object) -> None:
     """SIGTERM from the benchmark: record this worker's count and leave at once."""
     assert cluster.worker is not None
-    write_count(f"pyc-w{cluster.worker.id}", served_so_far())
+    write_count(f"pyc-w{cluster.worker.id}", served_so_far(), fresh_so_far())
     os._exit(0)
 
 
@@ -121,7 +130,7 @@ def main() -> None:
             server.serve_forever()
         finally:
             assert cluster.worker is not None
-            write_count(f"pyc-w{cluster.worker.id}", served_so_far())
+            write_count(f"pyc-w{cluster.worker.id}", served_so_far(), fresh_so_far())
 
 
 if __name__ == "__main__":

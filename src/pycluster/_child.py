@@ -42,6 +42,7 @@ Closer = Callable[[], None]
 # Enum members looked up on their class cost about 0.1 us each in Python 3.11.
 _USER = Kind.USER
 _INTERNAL = Kind.INTERNAL
+_NO_FDS: list[int] = []  # never changed: shared by every message without a handle
 
 ENV_ID = "PYCLUSTER_UNIQUE_ID"
 ENV_CHANNEL = "PYCLUSTER_CHANNEL_FD"
@@ -147,7 +148,13 @@ class ChildRuntime:
         self.process = ThisProcess()
         self.requests = Requests()
         self.worker = Worker(worker_id, self, slot)
-        self.channel = ThreadChannel(sock, self._on_frame, self._on_close, max_message_size)
+        self.channel = ThreadChannel(
+            sock, self._on_frame, self._on_close, max_message_size, self._on_user, codec
+        )
+        # Built with the first message (a worker comes online without importing json);
+        # then each is an instance attribute holding the codec's function itself.
+        self.encode_message: serialization.MessageEncode = self._first_encode
+        self.decode_message: serialization.MessageDecode = self._first_decode
         self._disconnecting = False
         self._lock = threading.Lock()
         self._servers: ServerRegistry | None = None
@@ -165,6 +172,17 @@ class ChildRuntime:
         self.send_internal(Act.ONLINE)
         self.channel.start()
 
+    def _load_codec(self) -> None:
+        self.encode_message, self.decode_message = serialization.message_codec(self.codec, None)
+
+    def _first_encode(self, message: Any) -> bytes:
+        self._load_codec()
+        return self.encode_message(message)
+
+    def _first_decode(self, payload: bytes | bytearray) -> Any:
+        self._load_codec()
+        return self.decode_message(payload)
+
     # -- sending -----------------------------------------------------------------------
     def send(
         self,
@@ -173,7 +191,13 @@ class ChildRuntime:
         keep_open: bool,
         callback: Callable[[BaseException | None], None] | None,
     ) -> bool:
-        payload = serialization.encode(message, self.codec)
+        payload = self.encode_message(message)
+        if handle is None and callback is None:
+            try:
+                self.channel.send_user(payload)
+            except OSError:  # ChannelClosedError included
+                return False
+            return True
         fds = [handle.fileno()] if handle is not None else None
         try:
             self.channel.send(_USER, self.codec, payload, fds)
@@ -225,25 +249,51 @@ class ChildRuntime:
                 raise ProtocolError(f"the primary may not send {act.value!r}")
             return
         try:
-            self.worker._deliver(self._open, frame)
+            self.worker._deliver(self._open, frame.payload, frame.codec, frame.fds)
         except Exception:
             # A failing listener is the program's bug: report it as an uncaught
             # exception in a thread would be, and keep the channel alive.
             sys.excepthook(*sys.exc_info())
 
-    @staticmethod
-    def _open(frame: Frame) -> tuple[Any, socket.socket | None] | None:
-        """Decode a user frame into (message, handle); ``None`` (logged) if it cannot be."""
+    def _on_user(self, payload: bytes | bytearray) -> None:
+        """A user message without a handle, in this worker's codec: the hot path.
+
+        With listeners and nothing held or iterating, the message is decoded and
+        emitted right here, under the delivery lock as :meth:`Worker._deliver` does;
+        anything else takes that general path.
+        """
+        worker = self.worker
         try:
-            message = serialization.decode(frame.payload, frame.codec, None)
+            with worker._deliver_lock:
+                if worker._held or worker._iterators or not worker._events.get("message"):
+                    worker._deliver(self._open, payload, self.codec, _NO_FDS)
+                    return
+                try:
+                    message = self.decode_message(payload)
+                except serialization.DecodeError as exc:
+                    _log().error("dropped a message from the primary: %s", exc)
+                    return
+                worker.emit("message", message, None)
+        except Exception:
+            sys.excepthook(*sys.exc_info())
+
+    def _open(
+        self, payload: bytes | bytearray, codec: Codec, fds: list[int]
+    ) -> tuple[Any, socket.socket | None] | None:
+        """Decode a user message into (message, handle); ``None`` (logged) if it cannot be."""
+        try:
+            if codec is self.codec:
+                message = self.decode_message(payload)
+            else:
+                message = serialization.decode(payload, codec, None)
         except serialization.DecodeError as exc:
-            close_fds(frame.fds)
+            close_fds(fds)
             _log().error("dropped a message from the primary: %s", exc)
             return None
-        if not frame.fds:
+        if not fds:
             return message, None
-        close_fds(frame.fds[1:])
-        return message, socket.socket(fileno=frame.fds[0])
+        close_fds(fds[1:])
+        return message, socket.socket(fileno=fds[0])
 
     def _on_close(self, error: BaseException | None) -> None:
         self.requests.fail_all(ChannelClosedError("the IPC channel to the primary closed"))

@@ -54,6 +54,7 @@ class PrimaryBackend:
     def __init__(self, primary: Primary, codec: Codec) -> None:
         self.primary = primary
         self.codec = codec
+        self.encode_message, self.decode_message = primary.message_codec(codec)
         self.process: WorkerProcess | None = None
         self.channel: LoopChannel | None = None
         self.worker: Worker | None = None
@@ -69,8 +70,10 @@ class PrimaryBackend:
         keep_open: bool,
         callback: Callable[[BaseException | None], None] | None,
     ) -> bool:
-        payload = serialization.encode(message, self.codec)
+        payload = self.encode_message(message)
         channel = self.channel
+        if handle is None and callback is None and channel is not None:
+            return channel.send_user(payload)  # False once the channel is closed
         if channel is None or channel.closed:
             if callback is not None:
                 self.primary.reactor.post(callback, ChannelClosedError("the IPC channel is closed"))
@@ -135,6 +138,8 @@ class Primary:
         self.workers: dict[int, Worker] = {}
         self._next_id = 1
         self.allow = serialization.AllowList()
+        self._codecs: dict[Codec, tuple[serialization.MessageEncode, serialization.MessageDecode]]
+        self._codecs = {}
         self._errors: list[BaseException] = []
         self._wakeup: asyncio.Future[None] | None = None
         self._until: Completion | None = None
@@ -181,6 +186,15 @@ class Primary:
                 self._own.__contains__,
             )
         return self._servers
+
+    def message_codec(
+        self, codec: Codec
+    ) -> tuple[serialization.MessageEncode, serialization.MessageDecode]:
+        """The encoding and decoding functions of ``codec``, built once for all workers."""
+        pair = self._codecs.get(codec)
+        if pair is None:
+            pair = self._codecs[codec] = serialization.message_codec(codec, self.allow)
+        return pair
 
     def own_socket(self, sock: socket.socket | int) -> None:
         """Mark a socket as pycluster's own: a worker's ``fd=N`` never obtains it."""
@@ -264,6 +278,8 @@ class Primary:
             lambda exc: self.on_channel_closed(worker, exc),
             max_payload=int(s["max_message_size"]),
             name=f"worker {worker_id} (pid {proc.pid})",
+            on_user=functools.partial(self._on_user_payload, worker, backend.decode_message),
+            codec=codec,
         )
         if self.supervisor is not None:
             self.supervisor.on_fork(worker)
@@ -303,6 +319,20 @@ class Primary:
         if backend.channel is not None and not backend.channel.closed:
             backend.channel.close()
             self.on_channel_closed(worker, exc)
+
+    def _on_user_payload(
+        self, worker: Worker, decode: serialization.MessageDecode, payload: bytes | bytearray
+    ) -> None:
+        """A user message without a handle, in the worker's codec: the hot path."""
+        try:
+            message = decode(payload)
+        except serialization.DecodeError as exc:
+            log.error("worker %d: dropped a message: %s", worker.id, exc)
+            if worker.listeners("error"):
+                worker.emit("error", exc)
+            return
+        self.emitter.emit("message", worker, message, None)
+        worker.emit("message", message, None)
 
     def _on_user_message(self, worker: Worker, frame: Frame) -> None:
         try:

@@ -29,6 +29,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,11 +46,14 @@ SCHED_NONE, SCHED_RR, SCHED_REUSEPORT = 1, 2, 3
 ACCEPT_BATCH = 128
 #: Acknowledgements read from one worker per wake-up of the primary's loop.
 ACK_BATCH = 64
+#: The longest answer a worker writes: one byte per hand-off it may hold, and one more.
+ANSWER_SIZE = 256
 #: How long a port with no live worker keeps connections waiting for a replacement.
 ORPHAN_GRACE = 1.0
 _LINGER_RESET = struct.pack("ii", 1, 0)
-_HANDOFF = [b"C"]
-_DECLINED = b"D"
+#: The first byte of a hand-off: another one follows for the same worker, or not.
+_MORE, _LAST = [b"M"], [b"C"]
+_TOOK, _DECLINED = ord("A"), ord("D")
 _fd_bytes = struct.Struct("i").pack
 Key = tuple[Any, Any, int, int, Any, Any]
 
@@ -380,6 +384,7 @@ class RoundRobinServer(_Served):
         #: Workers that bound the port and have not listened yet (no hand-offs so far).
         self.pending: set[Worker] = set()
         self.reactor = table.reactor
+        self._timer: Timer | None = None
         self.reactor.add_reader(sock.fileno(), self._accept)
 
     @staticmethod
@@ -437,26 +442,54 @@ class RoundRobinServer(_Served):
         self._send(handoffs)
 
     def _send(self, handoffs: list[tuple[Worker, int]]) -> None:
-        while handoffs:
-            worker, fd = handoffs.pop(0)
+        # A hand-off followed by another to the same worker says so: a worker's event
+        # loop then acknowledges both at once (one wake-up of this loop, not two).
+        left: dict[Worker, int] = {}
+        for worker, _ in handoffs:
+            left[worker] = left.get(worker, 0) + 1
+        i = 0
+        while i < len(handoffs):
+            worker, fd = handoffs[i]
+            i += 1
+            left[worker] -= 1
             sock = self.handoffs.get(worker)
             try:
                 if sock is None:
                     raise ConnectionResetError
-                sock.sendmsg(_HANDOFF, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes(fd))])
+                sock.sendmsg(
+                    _MORE if left[worker] else _LAST,
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes(fd))],
+                )
             except OSError:
-                handoffs.extend(self._worker_gone(worker))
+                again = self._worker_gone(worker)
+                for other, _ in again:
+                    left[other] = left.get(other, 0) + 1
+                handoffs.extend(again)
+        deadline = self.handle.deadline
+        if deadline is not None and (self._timer is None or self._timer.deadline > deadline):
+            # The queue holds for a worker whose turn it is: look again when the hold
+            # ends, unless an answer from it comes first.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.reactor.call_later(
+                max(0.0, deadline - time.monotonic()), self._hold_ended
+            )
+
+    def _hold_ended(self) -> None:
+        self._timer = None
+        self._send(self.handle.redistribute())
 
     def _answer(self, worker: Worker) -> None:
         sock = self.handoffs.get(worker)
         if sock is None:
             return
-        # One byte per connection the worker took, in the order they were sent: read
-        # every answer waiting, then hand out what the freed window allows at once.
+        # One byte per hand-off the worker answered, oldest first (several may come
+        # in one message): read every answer waiting, then hand out what the freed
+        # window allows at once.
         handoffs: list[tuple[Worker, int]] = []
         for _ in range(ACK_BATCH):
             try:
-                data = sock.recv(64)
+                data = sock.recv(ANSWER_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -465,13 +498,20 @@ class RoundRobinServer(_Served):
                 self._send(handoffs)
                 self._send(self._worker_gone(worker))
                 return
-            if data == _DECLINED:
+            handoffs.extend(self._answered(worker, data))
+        self._send(handoffs)
+
+    def _answered(self, worker: Worker, data: bytes) -> list[tuple[Worker, int]]:
+        """Apply a worker's answers, oldest hand-off first; what may go out now."""
+        handoffs: list[tuple[Worker, int]] = []
+        for answer in data:
+            if answer == _DECLINED:
                 # The worker could not take its oldest hand-off (out of descriptors):
                 # the connection goes back to its place in the queue.
                 handoffs.extend(self.handle.returned(worker))
-            else:
+            elif answer == _TOOK:
                 handoffs.extend(self._settle(worker))
-        self._send(handoffs)
+        return handoffs
 
     def _settle(self, worker: Worker) -> list[tuple[Worker, int]]:
         """``worker`` took its oldest hand-off: close our copy; what may go out now."""
@@ -481,18 +521,16 @@ class RoundRobinServer(_Served):
             self.table.counted(worker)
         return more
 
-    def _took(self, worker: Worker) -> None:
-        self._send(self._settle(worker))
-
     def _retire_handoff(self, worker: Worker) -> None:
         sock = self.handoffs[worker]
         while True:  # its last answers count; a connection it never took goes elsewhere
             try:
-                if not sock.recv(64):
-                    break
+                data = sock.recv(ANSWER_SIZE)
             except OSError:
                 break
-            self._took(worker)
+            if not data:
+                break
+            self._send(self._answered(worker, data))
         self._send(self._worker_gone(worker))
 
     def _worker_gone(self, worker: Worker) -> list[tuple[Worker, int]]:
@@ -524,6 +562,9 @@ class RoundRobinServer(_Served):
 
     def close(self) -> None:
         self.reactor.remove_reader(self.sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         close_fds(self.handle.drain())
         super().close()
         if not self.handoffs:
@@ -554,7 +595,7 @@ class _Closing(RoundRobinHandle[Worker, int]):
         self._inflight = old._inflight
 
     def refused(self, worker: Worker) -> list[tuple[Worker, int]]:
-        close_fds([conn for _, conn in self._inflight.pop(worker, ())])
+        close_fds([entry[1] for entry in self._inflight.pop(worker, ())])
         return []
 
 

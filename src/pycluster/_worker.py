@@ -168,30 +168,37 @@ class Worker(EventEmitter):
         return self._disconnected.wait(timeout)
 
     def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
-        if event != "message":
-            super()._add_event_handler(event, k, v)
-            return
-        # Under the delivery lock: the channel thread must not hand a new message to
-        # this listener before the held ones (it could, between the two steps).
-        with self._deliver_lock:
-            super()._add_event_handler(event, k, v)
-            held, self._held = self._held, deque()
-            for opener in held:
-                item = opener()
-                if item is not None:
-                    self.emit("message", *item)
+        super()._add_event_handler(event, k, v)
+        if event == "message":
+            # Always under the lock, even when nothing seems held: the channel thread
+            # may be holding a message at this moment, and it must reach this
+            # listener before any later message does.
+            with self._deliver_lock:
+                held, self._held = self._held, deque()
+                for opener in held:
+                    item = opener()
+                    if item is not None:
+                        self.emit("message", *item)
 
-    def _deliver(self, opener: Callable[[Any], tuple[Any, Any] | None], frame: Any) -> None:
+    def _deliver(
+        self,
+        opener: Callable[[bytes | bytearray, Any, list[int]], tuple[Any, Any] | None],
+        payload: bytes | bytearray,
+        codec: Any,
+        fds: list[int],
+    ) -> None:
         """Hand a received message to the listeners and iterators, or hold it for them.
 
-        ``opener(frame)`` decodes the message (``None`` if it cannot be decoded); it
-        runs only once someone is there to receive the message.
+        ``opener(payload, codec, fds)`` decodes the message (``None`` if it cannot be
+        decoded); it runs only once someone is there to receive the message. While
+        earlier messages are held, a new one is held behind them, so that the first
+        listener gets them all in order.
         """
         with self._deliver_lock:
-            if not self._iterators and not self._events.get("message"):
-                self._held.append(lambda: opener(frame))
+            if self._held or (not self._iterators and not self._events.get("message")):
+                self._held.append(lambda: opener(payload, codec, fds))
                 return
-            item = opener(frame)
+            item = opener(payload, codec, fds)
             if item is None:
                 return
             for it in self._iterators:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -155,12 +156,15 @@ class Server:
             pass  # the loop is closed, or the program ended it: nothing is served any more
 
 
-class _HandoffServer(asyncio.AbstractServer):
-    """Round robin on a loop that accepts in C (uvloop): pycluster takes the hand-offs.
+class _AcceptServer(asyncio.AbstractServer):
+    """A server for a loop that accepts in C (uvloop): pycluster accepts in Python.
 
-    The loop's own accept cannot read a hand-off socket, so this server watches it,
-    takes each connection with ``accept()`` and gives it to the loop's
-    ``connect_accepted_socket``, which makes the same transport its own accept would.
+    The loop's own accept cannot read a round-robin hand-off socket, and on a shared
+    socket it takes every waiting connection at once (one worker then gets a whole
+    burst). So this server watches the listener, takes connections through
+    pycluster's ``accept()`` (hand-offs under round robin, a fair share of the shared
+    queue under ``none``) and gives each to the loop's ``connect_accepted_socket``,
+    which makes the same transport the loop's own accept would.
     """
 
     def __init__(
@@ -175,6 +179,8 @@ class _HandoffServer(asyncio.AbstractServer):
         self._factory = factory
         self._options = {k: v for k, v in kwargs.items() if k in _ACCEPTED_SOCKET_OPTIONS}
         self._serving = False
+        self._handed_over = net.is_round_robin(sock)
+        self._paused: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -200,19 +206,43 @@ class _HandoffServer(asyncio.AbstractServer):
         self._loop.add_reader(self._sock.fileno(), self._take)
 
     def _take(self) -> None:
-        for _ in range(HANDOFF_BATCH):
+        for _ in range(ACCEPT_BATCH):
             try:
                 conn, _addr = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                self.close()  # the primary stopped handing connections to us
+            except ConnectionAbortedError:
+                if self._handed_over:
+                    self.close()  # the primary stopped handing connections to us
+                    return
+                continue  # a client gave up before it was accepted
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause(exc)
+                else:
+                    self.close()  # the listener was closed, or the primary stopped
                 return
             conn.setblocking(False)
             start = self._loop.connect_accepted_socket(self._factory, conn, **self._options)
             task = self._loop.create_task(start)
             self._tasks.add(task)
             task.add_done_callback(self._started)
+
+    def _pause(self, exc: OSError) -> None:
+        # As asyncio does: out of descriptors or memory, stop accepting for a while
+        # rather than spin on a socket that stays readable.
+        import logging
+
+        logging.getLogger("pycluster").error(
+            "accept failed (%s); accepting again in %s s", exc, ACCEPT_RETRY_DELAY
+        )
+        self._loop.remove_reader(self._sock.fileno())
+        self._paused = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if self._serving and self._sock.fileno() != -1:
+            self._loop.add_reader(self._sock.fileno(), self._take)
 
     def _started(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -225,9 +255,13 @@ class _HandoffServer(asyncio.AbstractServer):
 
     def close(self) -> None:
         """Stop taking connections; those already taken go on."""
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
         if self._serving:
             self._serving = False
-            self._loop.remove_reader(self._sock.fileno())
+            if self._sock.fileno() != -1:
+                self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
 
     async def wait_closed(self) -> None:
@@ -236,12 +270,6 @@ class _HandoffServer(asyncio.AbstractServer):
     async def serve_forever(self) -> None:
         """Not used: :class:`Server` serves."""
         raise NotImplementedError
-
-
-#: What ``create_server`` takes that ``connect_accepted_socket`` takes too.
-_ACCEPTED_SOCKET_OPTIONS = ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")
-#: Connections taken per wake-up of the loop.
-HANDOFF_BATCH = 64
 
 
 def _counting(
@@ -257,6 +285,15 @@ def _counting(
         return factory()
 
     return make
+
+
+#: What ``create_server`` takes that ``connect_accepted_socket`` takes too.
+_ACCEPTED_SOCKET_OPTIONS = ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")
+#: Connections taken per wake-up of the loop (a shared socket gives fewer: see _ports).
+ACCEPT_BATCH = 64
+#: Seconds without accepting after running out of descriptors (asyncio's delay).
+ACCEPT_RETRY_DELAY = 1.0
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 async def create_server(
@@ -325,9 +362,10 @@ async def serve_socket(
 
     A selector loop accepts in Python, through pycluster's ``accept()``: its own
     ``create_server`` serves either policy. A loop that accepts in C (uvloop) serves
-    a shared socket itself, counted by the protocol factory, and a round-robin one
-    through :class:`_HandoffServer`. For pycluster's own servers (``serve``), not
-    part of the public API.
+    a socket of the worker's own (``SCHED_REUSEPORT``) itself, counted by the protocol
+    factory, and a round-robin or shared one through :class:`_AcceptServer`, which
+    accepts through pycluster. For pycluster's own servers (``serve``), not part of
+    the public API.
     """
     from asyncio.selector_events import BaseSelectorEventLoop
 
@@ -335,11 +373,11 @@ async def serve_socket(
         return await loop.create_server(
             protocol_factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
         )
-    if net.is_round_robin(listener):
-        handoff = _HandoffServer(loop, listener, protocol_factory, kwargs)
+    if net.accepts_through_pycluster(listener):
+        server = _AcceptServer(loop, listener, protocol_factory, kwargs)
         if start:
-            await handoff.start_serving()
-        return handoff
+            await server.start_serving()
+        return server
     return await loop.create_server(
         _counting(protocol_factory, runtime),
         sock=listener,

@@ -207,15 +207,16 @@ import os
 
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/spin":
-        while True:  # a handler stuck in a loop, in a2wsgi's thread pool
+        while True:  # a handler stuck in a loop
             pass
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [str(os.getpid()).encode()]
 """
 
 
+@pytest.mark.parametrize("threads", ["10", "1"])
 def test_timeout_catches_a_wsgi_handler_stuck_in_a_loop(
-    cluster_env: Cluster, commands: Commands
+    cluster_env: Cluster, commands: Commands, threads: str
 ) -> None:
     cluster_env.write("spin.py", SPINNING_WSGI_APP)
     port = free_port()
@@ -224,11 +225,12 @@ def test_timeout_catches_a_wsgi_handler_stuck_in_a_loop(
         cluster_env,
         "spin:app",
         *("-w", "1", "-b", f"127.0.0.1:{port}", "--timeout", "1", "--restart-delay", "0"),
+        *("--threads", threads),
     )
     status, first = request(port)
     assert status == 200
-    # The event loop keeps running while the handler spins in its thread; the stuck
-    # call itself is what --timeout must catch.
+    # In a pool, the event loop keeps running while the handler spins in its thread:
+    # the stuck call itself is what --timeout must catch. Inline, the loop stops.
     with pytest.raises((http.client.HTTPException, ConnectionError, TimeoutError)):
         request(port, path="/spin")
     command.wait_line("sent no heartbeat")
@@ -267,8 +269,9 @@ def app(environ, start_response):
 """
 
 
+@pytest.mark.parametrize("threads", ["10", "1"])
 def test_timeout_spares_a_worker_waiting_for_a_slow_client(
-    cluster_env: Cluster, commands: Commands
+    cluster_env: Cluster, commands: Commands, threads: str
 ) -> None:
     cluster_env.write("upload.py", UPLOAD_WSGI_APP)
     port = free_port()
@@ -276,7 +279,7 @@ def test_timeout_spares_a_worker_waiting_for_a_slow_client(
         commands,
         cluster_env,
         "upload:app",
-        *("-w", "1", "-b", f"127.0.0.1:{port}", "--timeout", "1"),
+        *("-w", "1", "-b", f"127.0.0.1:{port}", "--timeout", "1", "--threads", threads),
     )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(b"POST / HTTP/1.0\r\nContent-Length: 4\r\n\r\n")

@@ -714,3 +714,49 @@ def test_descriptors_and_relative_paths_are_taken_for_what_they_are(cluster_env:
     first, after_twenty, _ = final["fds"]
     assert after_twenty == first  # nothing leaked by the refused descriptors
     assert final["sub"] == ["rel.sock"] and final["here"] is False
+
+
+FAIR_SHARE = """
+import json, os, socket, sys, time
+import pycluster as cluster
+
+def emit(**kw):
+    sys.stdout.write(json.dumps(kw) + "\\n")
+    sys.stdout.flush()
+
+PORT = int(os.environ["PORT"])
+if cluster.is_primary:
+    cluster.scheduling_policy = cluster.SCHED_NONE
+    cluster.on("message", lambda w, m, h: (emit(**m), cluster.disconnect()))
+    cluster.fork()
+    cluster.run()
+else:
+    srv = cluster.create_server(("127.0.0.1", PORT))
+    srv.setblocking(False)
+    clients = [socket.create_connection(("127.0.0.1", PORT)) for _ in range(6)]
+    time.sleep(0.2)  # all six wait in the shared accept queue
+    # An event loop's accept: until "would block", in one wake-up.
+    first = []
+    while True:
+        try:
+            first.append(srv.accept()[0])
+        except BlockingIOError:
+            break
+    time.sleep(0.01)  # the next wake-up of the loop
+    later = []
+    while True:
+        try:
+            later.append(srv.accept()[0])
+        except BlockingIOError:
+            break
+    cluster.worker.send({"first": len(first), "later": len(later)})
+    cluster.worker.wait_disconnected()
+"""
+
+
+def test_a_shared_socket_gives_a_few_connections_per_wake_up(cluster_env: Cluster) -> None:
+    # Not the whole queue at once (asyncio accepts up to `backlog` per wake-up): the
+    # other workers, woken for the same connections, get their share of a burst.
+    result = cluster_env.run(FAIR_SHARE, env={"PORT": str(free_port())}, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.events() == [{"first": 2, "later": 2}]

@@ -282,7 +282,8 @@ def test_preload_and_uds(cluster_env: Cluster, commands: Commands) -> None:
     )
     assert "preloaded envapp:app: WSGI application" in command.output
     data = get_over_unix_socket(path)
-    assert data.startswith(b"HTTP/1.1 200") and b"\r\nhi None\r\n" in data, data
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"hi None", data
     stop(command)
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pycluster._ipc.channel import READ_SIZE, LoopChannel, ThreadChannel
-from pycluster._ipc.fds import ChunkReader, recv_chunk
+from pycluster._ipc.fds import ancillary_for, recv_chunk
 from pycluster._ipc.framing import (
     HEADER,
     HEADER_SIZE,
@@ -506,12 +506,10 @@ def inode(fd: int) -> tuple[int, int]:
 ReadChunk = Callable[[socket.socket], tuple["bytes | memoryview", list[int]]]
 
 
-@pytest.fixture(params=["recv_chunk", "ChunkReader"])
-def read_chunk(request: pytest.FixtureRequest) -> ReadChunk:
-    """Both ways of reading a chunk: a fresh buffer per read, or one reused buffer."""
-    if request.param == "recv_chunk":
-        return lambda sock: recv_chunk(sock, READ_SIZE)
-    return ChunkReader(READ_SIZE).read
+@pytest.fixture
+def read_chunk() -> ReadChunk:
+    """Read a chunk as the kernel delivers it, with its descriptors."""
+    return lambda sock: recv_chunk(sock, READ_SIZE)
 
 
 class TestSocketPair:
@@ -666,3 +664,170 @@ def test_header_layout() -> None:
     raw = encode_header(Kind.USER, Codec.ADVANCED, 0x0102030405060708, 3)
     assert HEADER_SIZE == 16
     assert raw == b"PC\x01\x01\x01\x00\x00\x03\x01\x02\x03\x04\x05\x06\x07\x08"
+
+
+# -- the channels' hot path: a read holding exactly one user frame ----------------------------
+
+Delivered = tuple[str, Kind, Codec, bytes, int]
+
+
+def expected_delivery(plan: Plan, codec: Codec, fast: bool) -> list[Delivered]:
+    """What the channel must hand out for ``plan``, in order: the user frames in its
+    codec without descriptors to ``on_user`` (when it has one), the rest as frames."""
+    out: list[Delivered] = []
+    for s in plan.specs:
+        to_user = fast and s.kind is Kind.USER and s.codec is codec and not s.nfds
+        out.append(("user" if to_user else "frame", s.kind, s.codec, s.payload, s.nfds))
+    return out
+
+
+class _Collector:
+    """The channel's callbacks: everything delivered, in order, descriptors checked."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.got: list[Delivered] = []
+        self.closed: list[BaseException | None] = []
+        self.lock = threading.Lock()
+
+    def on_user(self, payload: bytes | bytearray) -> None:
+        with self.lock:
+            self.got.append(("user", Kind.USER, self.codec, bytes(payload), 0))
+
+    def on_frame(self, frame: Frame) -> None:
+        assert all(is_open(fd) for fd in frame.fds)
+        close_all(frame.fds)
+        with self.lock:
+            self.got.append(("frame", frame.kind, frame.codec, frame.payload, len(frame.fds)))
+
+    def on_close(self, exc: BaseException | None) -> None:
+        self.closed.append(exc)
+
+
+def write_chunks(sock: socket.socket, plan: Plan, pipe_end: int) -> None:
+    """Write the plan's chunks, each with the descriptors of the frame starting in it."""
+    for chunk, owner in zip(plan.chunks, plan.owner, strict=True):
+        fds = [os.dup(pipe_end) for _ in range(plan.specs[owner].nfds)] if owner is not None else []
+        try:
+            sock.sendmsg([chunk], ancillary_for(fds))
+        finally:
+            close_all(fds)  # the kernel holds its own references until they are read
+
+
+def unread_bytes(sock: socket.socket) -> int:
+    """Bytes waiting in ``sock``'s receive queue (SIOCINQ)."""
+    import array
+    import fcntl
+    import termios
+
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    return buf[0]
+
+
+class TestChannelHotPath:
+    """Both channels deliver any valid stream exactly, whichever path each read takes.
+
+    Each chunk is written on its own and read before the next one, so a chunk that
+    holds exactly one frame takes the hot path (no decoder) and every other shape the
+    decoder: a frame split over reads, several frames in one read, descriptors.
+    """
+
+    @FUZZ
+    @given(plan=plans(), codec=st.sampled_from(Codec), fast=st.booleans(), partial=st.booleans())
+    def test_loop_channel(
+        self, plan: Plan, codec: Codec, fast: bool, partial: bool, pipe_end: int
+    ) -> None:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sink = _Collector(codec)
+        channel = LoopChannel(
+            right,
+            _StepReactor(),
+            sink.on_frame,
+            sink.on_close,
+            on_user=sink.on_user if fast else None,
+            codec=codec,
+        )
+        before = open_fd_count()
+        try:
+            for chunk, owner in zip(plan.chunks, plan.owner, strict=True):
+                one = Plan(plan.specs, [chunk], [owner], plan.starts)
+                write_chunks(left, one, pipe_end)
+                channel._readable()
+            assert sink.got == expected_delivery(plan, codec, fast)
+            assert not sink.closed
+        finally:
+            channel.close()
+            left.close()
+        assert open_fd_count() <= before
+
+    @FUZZ
+    @given(plan=plans(), codec=st.sampled_from(Codec), fast=st.booleans())
+    def test_thread_channel(self, plan: Plan, codec: Codec, fast: bool, pipe_end: int) -> None:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sink = _Collector(codec)
+        channel = ThreadChannel(
+            right,
+            sink.on_frame,
+            sink.on_close,
+            on_user=sink.on_user if fast else None,
+            codec=codec,
+        )
+        channel.start()
+        try:
+            for chunk, owner in zip(plan.chunks, plan.owner, strict=True):
+                write_chunks(left, Plan(plan.specs, [chunk], [owner], plan.starts), pipe_end)
+                deadline = 200
+                while unread_bytes(right) and deadline:
+                    threading.Event().wait(0.005)
+                    deadline -= 1
+            left.close()
+            channel.thread.join(10)
+            assert not channel.thread.is_alive()
+            assert sink.got == expected_delivery(plan, codec, fast)
+            assert sink.closed == [None]
+        finally:
+            left.close()
+            channel.close()
+
+    @pytest.mark.parametrize("kind", ["loop", "thread"])
+    def test_hot_path_enforces_the_size_limit(self, kind: str) -> None:
+        # A frame alone in a read, over max_message_size: a protocol error, never
+        # handed to the listener, even though it fits the read buffer.
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sink = _Collector(Codec.JSON)
+        payload = b'"' + b"x" * 98 + b'"'
+        frame = encode_header(Kind.USER, Codec.JSON, len(payload)) + payload
+        if kind == "loop":
+            loop_channel = LoopChannel(
+                right, _StepReactor(), sink.on_frame, sink.on_close, 64, on_user=sink.on_user
+            )
+            left.sendall(frame)
+            loop_channel._readable()
+            assert loop_channel.closed
+        else:
+            thread_channel = ThreadChannel(
+                right, sink.on_frame, sink.on_close, 64, on_user=sink.on_user
+            )
+            thread_channel.start()
+            left.sendall(frame)
+            thread_channel.thread.join(10)
+        left.close()
+        assert sink.got == []
+        assert len(sink.closed) == 1 and isinstance(sink.closed[0], ProtocolError)
+
+    def test_send_user_writes_what_send_writes(self) -> None:
+        # The hot path's precomputed header is the documented one.
+        for codec in Codec:
+            left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            thread_channel = ThreadChannel(left, lambda f: None, lambda e: None, codec=codec)
+            thread_channel.send_user(b"[1]")
+            assert right.recv(100) == encode_header(Kind.USER, codec, 3) + b"[1]"
+            loop_channel = LoopChannel(
+                right, _StepReactor(), lambda f: None, lambda e: None, codec=codec
+            )
+            assert loop_channel.send_user(b"{}")
+            assert left.recv(100) == encode_header(Kind.USER, codec, 2) + b"{}"
+            loop_channel.close()
+            assert not loop_channel.send_user(b"{}")  # closed: False, as send() says
+            left.close()

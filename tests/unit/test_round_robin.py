@@ -18,9 +18,23 @@ from hypothesis.stateful import (
     rule,
 )
 
-from pycluster._scheduling.round_robin import RoundRobinHandle
+from pycluster._scheduling.round_robin import DEFAULT_HOLD, RoundRobinHandle
 
 Handle = RoundRobinHandle[str, int]
+
+
+class Clock:
+    """A clock the test moves by hand: the handle's notion of "a moment" is explicit."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def pass_hold(self) -> None:
+        """Let more than the hold pass: every hand-off in flight is now a lagging one."""
+        self.now += DEFAULT_HOLD * 2
 
 
 def handle_with(*workers: str) -> Handle:
@@ -234,32 +248,78 @@ class TestWindow:
         assert h.outstanding("a") == [1, 2, 3]
 
     def test_workers_with_room_take_turns(self) -> None:
-        h: Handle = RoundRobinHandle(window=3)
+        clock = Clock()
+        h: Handle = RoundRobinHandle(window=3, clock=clock)
         for w in ("a", "b"):
             h.add(w)
         assert [h.push(i)[0][0] for i in range(4)] == ["a", "b", "a", "b"]
         h.accepted("b")
         h.accepted("b")
-        # b took everything it held: it goes first; then turns while both hold some;
-        # once a's window is full, b takes the rest.
-        assert [h.push(i)[0][0] for i in range(4, 8)] == ["b", "a", "b", "b"]
-        assert h.push(8) == []  # both windows full: it waits
+        # Turns go on whoever answered first: a, then b; then it is a's turn again and
+        # its window is full, so the queue holds for it rather than give b two in a row.
+        assert [h.push(i)[0][0] for i in range(4, 6)] == ["a", "b"]
+        assert h.push(6) == [] and h.deadline is not None
+        assert h.deadline > clock.now
+
+    def test_a_full_worker_keeps_its_turn_until_it_answers(self) -> None:
+        clock = Clock()
+        h: Handle = RoundRobinHandle(window=2, clock=clock)
+        for w in ("a", "b"):
+            h.add(w)
+        # A burst of long-lived connections: both windows fill, then b answers first.
+        for i in range(6):
+            h.push(i)
+        assert (h.outstanding("a"), h.outstanding("b"), h.queued) == ([0, 2], [1, 3], 2)
+        assert h.accepted("b") == (1, [])  # a's turn: held for it
+        assert h.accepted("a") == (0, [("a", 4), ("b", 5)])
+        # Over the burst each got the same number of connections.
+        assert len(h.outstanding("a")) + 1 == len(h.outstanding("b")) + 1
+
+    def test_a_lagging_worker_loses_its_turn(self) -> None:
+        clock = Clock()
+        h: Handle = RoundRobinHandle(window=1, clock=clock)
+        for w in ("a", "b"):
+            h.add(w)
+        h.push(0)
+        h.push(1)
+        h.accepted("b")
+        assert h.push(2) == []  # a's turn, and a is full: held
+        deadline = h.deadline
+        assert deadline is not None
+        clock.now = deadline + 1e-6
+        # a did not take its hand-off within the hold: b, which keeps up, goes on.
+        assert h.redistribute() == [("b", 2)]
+        assert h.deadline is None
 
     def test_a_worker_that_takes_nothing_gets_nothing_more(self) -> None:
-        h: Handle = RoundRobinHandle(window=8)
+        clock = Clock()
+        h: Handle = RoundRobinHandle(window=8, clock=clock)
         h.add("stuck")
         h.push(0)
         h.add("serving")
+        clock.pass_hold()
         for i in range(1, 7):
             assert h.push(i) == [("serving", i)]
             h.accepted("serving")
         assert h.outstanding("stuck") == [0]
 
+    def test_when_every_worker_lags_they_take_turns(self) -> None:
+        clock = Clock()
+        h: Handle = RoundRobinHandle(window=4, clock=clock)
+        for w in ("a", "b"):
+            h.add(w)
+        h.push(0)
+        h.push(1)
+        clock.pass_hold()  # an overloaded machine: both answer late
+        assert [h.push(i)[0][0] for i in range(2, 6)] == ["a", "b", "a", "b"]
+
     def test_a_dead_worker_gives_back_its_whole_window_in_order(self) -> None:
-        h: Handle = RoundRobinHandle(window=3)
+        clock = Clock()
+        h: Handle = RoundRobinHandle(window=3, clock=clock)
         h.add("a")
         for i in range(5):
             h.push(i)
+        clock.pass_hold()
         h.add("b")  # takes 3 and 4
         assert h.outstanding("b") == [3, 4]
         assert h.refused("a") == [("b", 0)]  # b has room for one more: the oldest
@@ -276,7 +336,7 @@ class TestWindow:
         assert h.redistribute() == [("a", 2)]
 
     def test_fresh_connections_split_evenly(self) -> None:
-        h: Handle = RoundRobinHandle(window=8)
+        h: Handle = RoundRobinHandle(window=8, clock=Clock())
         for w in ("a", "b"):
             h.add(w)
         counts: Counter[str] = Counter()
@@ -291,10 +351,12 @@ class TestWindow:
         assert abs(counts["a"] - counts["b"]) <= 0.02 * 2000, counts
 
     def test_a_returned_hand_off_goes_back_to_its_place(self) -> None:
-        h: Handle = RoundRobinHandle(window=2)
+        clock = Clock()
+        h: Handle = RoundRobinHandle(window=2, clock=clock)
         h.add("a")
         for i in range(3):
             h.push(i)
+        clock.pass_hold()
         h.add("b")  # takes 2
         assert h.returned("a") == [("b", 0)]  # a could not take 0: b has room for it
         assert h.outstanding("a") == [1] and h.outstanding("b") == [2, 0]
@@ -320,7 +382,10 @@ class RoundRobinMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.busy: set[str] = set()
-        self.handle: Handle = RoundRobinHandle(lambda w: w in self.busy, window=self.WINDOW)
+        self.clock = Clock()
+        self.handle: Handle = RoundRobinHandle(
+            lambda w: w in self.busy, window=self.WINDOW, clock=self.clock
+        )
         self.next_conn = 0
         self.pushed: list[int] = []
         self.done: list[int] = []  # returned by accepted() or drain(): the caller's again
@@ -403,6 +468,12 @@ class RoundRobinMachine(RuleBasedStateMachine):
         self.busy ^= {worker}
         self.take(self.handle.redistribute())
 
+    @rule()
+    def time_passes(self) -> None:
+        # What the caller does when the handle's deadline comes.
+        self.clock.pass_hold()
+        self.take(self.handle.redistribute())
+
     @precondition(lambda self: self.handle.queued > 0)
     @rule()
     def drain(self) -> None:
@@ -429,16 +500,27 @@ class RoundRobinMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_worker_with_room_idles_while_connections_wait(self) -> None:
-        if self.handle.queued:
-            room = [w for w in self.members if len(self.sent.get(w, [])) < self.WINDOW]
-            # A member with room waits only if it is busy and a member that is not
-            # busy has a full window (it will have room in a moment).
-            assert all(w in self.busy for w in room), "a member with room sits idle"
-            if room:
-                assert any(
-                    w in self.members and w not in self.busy and len(c) >= self.WINDOW
-                    for w, c in self.sent.items()
-                )
+        if not self.handle.queued:
+            return
+        room = [w for w in self.members if len(self.sent.get(w, [])) < self.WINDOW]
+        if not room:
+            return
+        # A member with room waits only while a member that is not busy has a full
+        # window (it will have room in a moment) ...
+        assert any(
+            w in self.members and w not in self.busy and len(c) >= self.WINDOW
+            for w, c in self.sent.items()
+        ), "a member with room sits idle"
+        # ... and, if the waiting one is not busy either, only for a moment: the
+        # handle has said when to look again.
+        if any(w not in self.busy for w in room):
+            assert self.handle.deadline is not None, "held with no deadline"
+            assert self.handle.deadline > self.clock.now
+
+    @invariant()
+    def a_deadline_only_while_something_waits(self) -> None:
+        if self.handle.deadline is not None:
+            assert self.handle.queued > 0
 
 
 class WindowedMachine(RoundRobinMachine):

@@ -34,7 +34,14 @@ from hypothesis import strategies as st
 
 from pycluster._ipc.framing import Codec
 from pycluster._ipc.messages import Act, decode_internal, encode_internal
-from pycluster._ipc.serialization import AllowList, DecodeError, decode, encode, make_json
+from pycluster._ipc.serialization import (
+    AllowList,
+    DecodeError,
+    decode,
+    encode,
+    make_json,
+    message_codec,
+)
 
 PROPERTY = settings(max_examples=150, deadline=None)
 
@@ -573,3 +580,50 @@ def test_json_encoding_is_compact_utf8() -> None:
     assert encode({"a": [1, "é"]}, Codec.JSON) == json.dumps(
         {"a": [1, "é"]}, separators=(",", ":")
     ).encode("utf-8")
+
+
+class TestMessageCodec:
+    """The per-channel codec behaves exactly as encode() and decode()."""
+
+    @PROPERTY
+    @given(value=advanced_values)
+    def test_advanced_same_as_general(self, value: Any) -> None:
+        enc, dec = message_codec(Codec.ADVANCED, AllowList())
+        payload = enc(value)
+        assert payload == encode(value, Codec.ADVANCED)
+        assert_same(dec(payload), value)
+        assert_same(dec(bytearray(payload)), value)
+
+    @PROPERTY
+    @given(value=json_values)
+    def test_json_same_as_general(self, value: Any) -> None:
+        for allow in (AllowList(), None):
+            enc, dec = message_codec(Codec.JSON, allow)
+            payload = enc(value)
+            assert payload == encode(value, Codec.JSON)
+            assert_same(dec(payload), value)
+            assert_same(dec(bytearray(payload)), value)
+
+    def test_errors_are_the_general_ones(self, tmp_path: Path) -> None:
+        enc, dec = message_codec(Codec.JSON, AllowList())
+        with pytest.raises(TypeError, match="set"):
+            enc({1, 2})
+        for bad in (b"", b"{", b"\xff", b"[1] x"):
+            with pytest.raises(DecodeError):
+                dec(bad)
+        assert dec(b" [1, 2] ") == [1, 2]
+        enc, dec = message_codec(Codec.ADVANCED, AllowList())
+        with pytest.raises(TypeError, match="lambda"):
+            enc(lambda: 1)
+        for payload in hostile_payloads(tmp_path / "pwned").values():
+            with pytest.raises(DecodeError, match="refusing"):
+                dec(payload)
+        assert not (tmp_path / "pwned").exists()
+        with pytest.raises(DecodeError):
+            dec(b"\x80\x05garbage")
+        allow = AllowList()
+        enc, dec = message_codec(Codec.ADVANCED, allow)
+        with pytest.raises(DecodeError, match="Point"):
+            dec(enc(Point(1, 2)))
+        allow.add(Point)  # allow_types() after the codec was made still counts
+        assert dec(enc(Point(1, 2))) == Point(1, 2)

@@ -377,7 +377,8 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
         type=_positive,
         default=10,
         metavar="N",
-        help="threads per worker running a WSGI app (default: 10)",
+        help="WSGI apps: requests run in a pool of N threads per worker (gunicorn's gthread); "
+        "1 runs them inline on the event loop, one at a time (gunicorn's sync) (default: 10)",
     )
     workers.add_argument(
         "--loop",
@@ -389,7 +390,8 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
         "--http",
         choices=("auto", "h11", "httptools"),
         default="auto",
-        help="HTTP parser (default: auto: httptools if installed)",
+        help="HTTP parser (default: auto: httptools if installed); h11 also serves WSGI apps "
+        "through uvicorn and a2wsgi instead of pycluster's own WSGI server",
     )
     workers.add_argument(
         "--keep-alive",

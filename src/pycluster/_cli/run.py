@@ -11,8 +11,10 @@ servers, at the few places every Python server goes through:
   ``listen()`` + ``accept()`` loop, tornado, werkzeug, waitress, ...) is bound the
   cluster's way (see :mod:`pycluster._cli.sockets`).
 
-uvloop accepts in C, where a round-robin hand-off cannot reach: on uvloop, pycluster
-takes the hand-offs itself and gives each connection to ``connect_accepted_socket``.
+uvloop accepts in C, where a round-robin hand-off cannot reach and where one worker
+would take a whole burst from a shared socket: on uvloop, pycluster accepts itself
+(hand-offs, or a fair share of the shared queue) and gives each connection to
+``connect_accepted_socket``.
 
 When the worker is disconnected (``pycluster stop``, a reload, SIGTERM to the
 primary), its listeners stop taking connections at once, and then the program is
@@ -81,11 +83,11 @@ async def _serve(
 
 
 def _own_loop_accepts_it(loop: asyncio.AbstractEventLoop, sock: Any) -> bool:
-    """Whether the loop's own create_server can serve ``sock`` (not so: a hand-off
-    socket on a loop that accepts in C, such as uvloop)."""
+    """Whether the loop's own create_server can serve ``sock`` (not so: a cluster
+    listener on a loop that accepts in C, such as uvloop)."""
     from asyncio.selector_events import BaseSelectorEventLoop
 
-    return isinstance(loop, BaseSelectorEventLoop) or not net.is_round_robin(sock)
+    return isinstance(loop, BaseSelectorEventLoop) or not net.accepts_through_pycluster(sock)
 
 
 def _wrap_create_server(orig: Creator) -> Creator:

@@ -1,10 +1,15 @@
-"""``pycluster serve``: a WSGI or ASGI application on uvicorn's HTTP, in a cluster worker.
+"""``pycluster serve``: a WSGI or ASGI application in a cluster worker.
 
-Why uvicorn for both interfaces: it is a well-kept server whose HTTP comes from
-httptools (llhttp) or h11, with keep-alive, pipelining, flow control, a connection
-limit and graceful shutdown; it serves sockets it is given; and one server means one
-set of options and one behaviour on reload. A WSGI application runs in a thread pool
-through a2wsgi, the adapter uvicorn itself recommends.
+An ASGI application runs on uvicorn's HTTP: a well-kept server whose HTTP comes
+from httptools (llhttp) or h11, with keep-alive, pipelining, flow control, a
+connection limit and graceful shutdown, and which serves sockets it is given.
+A WSGI application runs on :mod:`pycluster._cli.wsgi`, pycluster's own HTTP/1.1
+protocol (httptools parsing, the environ built directly, the app inline or in a
+thread pool), which uvicorn's ``Server`` still starts and shuts down, so both
+interfaces share one set of options and one behaviour on reload. uvicorn's route
+for WSGI (a2wsgi's adapter over ASGI) ran a hello-world app at 0.4-0.8x gunicorn's
+sync workers; it is kept for ``--http h11`` and when httptools is missing
+(:func:`native_wsgi`).
 
 The way through this module follows the data: the primary checked the options and
 sent a :class:`~pycluster._cli.serveconf.ServeConfig`; :func:`build_app` wraps the
@@ -35,7 +40,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pycluster as cluster
 from pycluster import _child as child
@@ -53,6 +58,9 @@ from pycluster._cli.serveconf import (
     detect_interface,
     load_app,
 )
+
+if TYPE_CHECKING:
+    from pycluster._cli import wsgi
 
 log = logging.getLogger("pycluster._cli")
 
@@ -214,6 +222,8 @@ class _TooLarge(Exception):
 def _server_class() -> type:
     import uvicorn
 
+    from pycluster._cli import wsgi
+
     class ClusterServer(uvicorn.Server):
         """uvicorn's server on the cluster's listeners, stopped by ``worker.disconnect()``."""
 
@@ -223,9 +233,11 @@ def _server_class() -> type:
             listeners: list[Any],
             backlog: int,
             calls: WSGICalls | None = None,
+            native: wsgi.WSGIServer | None = None,
         ) -> None:
             super().__init__(config)
             self.calls = calls
+            self.native = native
             self.listeners = listeners
             self.backlog = backlog
             self.finished = threading.Event()
@@ -240,6 +252,8 @@ def _server_class() -> type:
             loop = asyncio.get_running_loop()
 
             def create_protocol() -> asyncio.Protocol:
+                if self.native is not None:
+                    return wsgi.Connection(self.native, self.server_state)
                 protocol_class: Any = self.config.http_protocol_class
                 protocol: asyncio.Protocol = protocol_class(
                     config=self.config,
@@ -270,14 +284,17 @@ def _server_class() -> type:
         async def _heartbeat(self) -> None:
             runtime = child.runtime()
             status = runtime.status if runtime is not None else None
+            clock = self.native or self.calls
             while status is not None:
-                status.beat(self.calls.oldest() if self.calls is not None else None)
+                status.beat(clock.oldest() if clock is not None else None)
                 await asyncio.sleep(HEARTBEAT)
 
         async def shutdown(self, sockets: list[Any] | None = None) -> None:
             if self._beat is not None:
                 self._beat.cancel()
             await super().shutdown(sockets=sockets)
+            if self.native is not None:
+                self.native.close(self.server_state.connections)
 
         def close_for_disconnect(self) -> None:
             """Called by ``worker.disconnect()``: shut down gracefully and wait for it."""
@@ -354,6 +371,11 @@ def build_app(config: ServeConfig, app: Any, interface: str) -> tuple[Any, str]:
         app = ASGI2Middleware(cast(Any, app))
     if config.limit_request_body is not None:
         app = BodyLimit(app, config.limit_request_body)
+    return proxy_layers(config, app), "asgi3"
+
+
+def proxy_layers(config: ServeConfig, app: Any) -> Any:
+    """``app`` behind uvicorn's proxy-header middleware, as ``--proxy-headers`` asks."""
     if config.proxy_headers:
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -366,11 +388,56 @@ def build_app(config: ServeConfig, app: Any, interface: str) -> tuple[Any, str]:
         app = ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=trusted)
         if unix_peers:
             app = UnixPeers(app)
-    return app, "asgi3"
+    return app
 
 
-def uvicorn_config(config: ServeConfig, app: Any, interface: str) -> Any:
-    """uvicorn's ``Config`` for ``config`` (``app`` as :func:`build_app` made it)."""
+def native_wsgi(config: ServeConfig) -> bool:
+    """Whether a WSGI app is served by :mod:`pycluster._cli.wsgi` (else uvicorn + a2wsgi).
+
+    The native server always, unless ``--http h11`` asks for uvicorn's h11 protocol
+    by name, or httptools (which the native server parses with) is not installed.
+    """
+    if config.http == "h11":
+        return False
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def native_server(config: ServeConfig, app: Any) -> wsgi.WSGIServer:
+    """The native WSGI server's shared state for ``app``, as ``config`` asks."""
+    from pycluster._cli import wsgi
+
+    proxy = (
+        wsgi.proxy_chain(lambda inner: proxy_layers(config, inner))
+        if config.proxy_headers
+        else None
+    )
+    return wsgi.WSGIServer(
+        app,
+        threads=config.threads,
+        keep_alive=config.keep_alive,
+        limit_request_body=config.limit_request_body,
+        limit_concurrency=config.limit_concurrency,
+        root_path=config.root_path,
+        access=config.access_log or config.access_logfile is not None,
+        proxy=proxy,
+    )
+
+
+async def _not_served(scope: Scope, receive: Receive, send: Send) -> None:
+    """uvicorn's placeholder app under the native WSGI server (which never calls it)."""
+    raise RuntimeError("the native WSGI server serves this worker")
+
+
+def uvicorn_config(config: ServeConfig, app: Any, interface: str, native: bool = False) -> Any:
+    """uvicorn's ``Config`` for ``config`` (``app`` as :func:`build_app` made it).
+
+    With ``native``, uvicorn only runs the server's life (TLS context, graceful
+    shutdown): its protocol and the app it holds are not used.
+    """
     import uvicorn
 
     lifespan = "off" if interface == "wsgi" else config.lifespan
@@ -385,7 +452,10 @@ def uvicorn_config(config: ServeConfig, app: Any, interface: str) -> Any:
         }
         if config.ciphers is not None:
             tls["ssl_ciphers"] = config.ciphers
-    served, served_interface = build_app(config, app, interface)
+    if native:
+        served, served_interface = _not_served, "asgi3"
+    else:
+        served, served_interface = build_app(config, app, interface)
     options: dict[str, Any] = dict(
         loop=config.loop,
         http=config.http,
@@ -463,20 +533,22 @@ def main(spec: dict[str, Any]) -> int:
     try:
         app, interface = _load(config)
         log.info("serving %s as %s", config.app, interface.upper())
-        calls = None
-        if interface == "wsgi":
+        calls = native = None
+        if interface == "wsgi" and native_wsgi(config):
+            native = native_server(config, app)
+        elif interface == "wsgi":
             calls = app = WSGICalls(app)
         if config.access_logfile is not None:
             logs.access_log_to(config.access_logfile)
         try:
-            uv_config = uvicorn_config(config, app, interface)
+            uv_config = uvicorn_config(config, app, interface, native is not None)
             uv_config.load()  # the TLS context too: a bad file is reported, not raised later
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot configure the server: {exc}") from None
         listeners = _listen(config)
     except StartupError as exc:
         return _report(exc)
-    server = _server_class()(uv_config, listeners, config.backlog, calls)
+    server = _server_class()(uv_config, listeners, config.backlog, calls, native)
     try:
         server.run(sockets=[])
     finally:

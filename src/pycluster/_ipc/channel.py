@@ -5,6 +5,18 @@ The primary serves many workers from one event loop, so its end never blocks: it
 reads whatever is ready and queues what the kernel will not take yet. A worker may run
 a blocking program on its main thread, so its end has a reader thread of its own and
 writes with blocking calls under a lock.
+
+Both ends read with ``recvmsg_into`` into one reused buffer, always with room for
+descriptors: any frame may carry some, and a plain ``recv`` would make the kernel drop
+them. The hot path is a read that holds exactly one whole user frame in the channel's
+codec without descriptors (a ping-pong's every read): its head word (see framing.py)
+and length are checked with one ``unpack`` and the payload goes straight to
+``on_user``, without the decoder, a ``Frame`` or a list. Everything else (frames split
+over reads, several in one read, descriptors, internal messages, a length over the
+limit) goes through the :class:`~pycluster._ipc.framing.Decoder`, and user frames it
+returns reach ``on_user`` too, so a listener sees one order whichever path a read took.
+Sending a user frame without descriptors (``send_user``) is one ``pack``, one
+concatenation and one ``send``.
 """
 
 from __future__ import annotations
@@ -20,9 +32,17 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import logging
 
-from pycluster._ipc.fds import ChunkReader, ancillary_for
+from pycluster._ipc.fds import (
+    ANCILLARY_SIZE,
+    CTRUNC,
+    RECV_FLAGS,
+    ancillary_for,
+    fds_from_ancillary,
+)
 from pycluster._ipc.framing import (
     DEFAULT_MAX_PAYLOAD,
+    HEADER_SIZE,
+    WORDS,
     Codec,
     Decoder,
     Frame,
@@ -31,6 +51,7 @@ from pycluster._ipc.framing import (
     check_size,
     close_fds,
     encode_header,
+    head_word,
 )
 
 
@@ -47,10 +68,16 @@ _GUESS_PAUSE = 16
 #: Send buffer asked for on both ends of a channel.
 SEND_BUFFER = 1 << 20
 SMALL = 64 * 1024
+_USER = Kind.USER
+_pack_words = WORDS.pack
+_unpack_words = WORDS.unpack_from
 #: Reads that draining an exited worker's channel may take: everything it wrote, but not
 #: forever if a grandchild that inherited the channel keeps writing.
 _EXHAUST_READS = 1 << 14
 FrameHandler = Callable[[Frame], None]
+#: Receives the payload of a user frame in the channel's codec without descriptors
+#: (a fresh ``bytearray`` on the hot path: one copy out of the read buffer).
+UserHandler = Callable[[bytes | bytearray], None]
 CloseHandler = Callable[[BaseException | None], None]
 SendCallback = Callable[[BaseException | None], None]
 
@@ -67,6 +94,10 @@ class Reactor(Protocol):
     def add_writer(self, fd: int, callback: Callable[[], None]) -> None: ...
     def remove_writer(self, fd: int) -> None: ...
     def post(self, callback: Callable[..., object], *args: object) -> None: ...
+
+
+def _no_user(payload: bytes | bytearray) -> None:
+    raise AssertionError("no user handler: the fast path is off")  # never reached
 
 
 def _dup_all(fds: list[int]) -> list[int]:
@@ -138,6 +169,8 @@ class LoopChannel:
         on_close: CloseHandler,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         name: str = "peer",
+        on_user: UserHandler | None = None,
+        codec: Codec = Codec.JSON,
     ) -> None:
         sock.setblocking(False)
         _grow_send_buffer(sock)
@@ -149,7 +182,16 @@ class LoopChannel:
         self._on_close = on_close
         self._max_payload = max_payload
         self._decoder = Decoder(max_payload)
-        self._reader = ChunkReader(READ_SIZE)
+        self._partial = False  # whether the decoder holds part of a frame
+        self._buf = bytearray(READ_SIZE)
+        self._bufs = [memoryview(self._buf)]
+        self._codec = codec
+        self._word = head_word(_USER, codec)
+        # Frames that on_user takes: user frames in this codec, without descriptors
+        # (-1 matches no head word: every frame then goes to on_frame).
+        self._on_user = on_user
+        self._deliver_user: UserHandler = on_user or _no_user
+        self._user_word = self._word if on_user is not None else -1
         self._out: deque[_Pending] = deque()
         self._lock = threading.Lock()
         self._closed = False
@@ -205,6 +247,32 @@ class LoopChannel:
                 self._flush_locked()
         return True
 
+    def send_user(self, payload: bytes) -> bool:
+        """``send(USER, codec, payload)`` without descriptors or callback: the hot path.
+
+        One buffer, one ``send``: the header comes from the precomputed head word.
+        """
+        size = len(payload)
+        if size >= SMALL or size > self._max_payload or self._closed:
+            return self.send(_USER, self._codec, payload)
+        data = _pack_words(self._word, size) + payload
+        sent = 0
+        with self._lock:
+            if not self._out:
+                try:
+                    sent = self._sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._reactor.post(self._fail, exc)
+                    return True
+                if sent == len(data):
+                    return True
+            self._out.append(_Pending([data], sent, [], None))
+            if len(self._out) == 1:
+                self._flush_locked()
+        return True
+
     def _flush_locked(self) -> None:
         while self._out and not self._closed:
             item = self._out[0]
@@ -243,42 +311,49 @@ class LoopChannel:
         # ``exhaust``: then read until the socket is empty (a read stops at each
         # frame that carries descriptors, so a short read does not mean empty).
         guessed = False  # whether this read only guesses that a reply came back
-        for _ in range(_EXHAUST_READS if exhaust else 64):
+        sock = self._sock
+        bufs = self._bufs
+        buf = self._buf
+        reads = _EXHAUST_READS if exhaust else 64
+        while reads:  # (a range object would cost more than the one or two reads it counts)
+            reads -= 1
             if self._closed:
                 return
             try:
-                data, fds = self._reader.read(self._sock)
+                nbytes, ancdata, flags, _addr = sock.recvmsg_into(bufs, ANCILLARY_SIZE, RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
                 if guessed:
                     # The worker answers from another CPU: stop guessing for a while
                     # rather than pay for a failed read on every message.
                     self._guess_pause = _GUESS_PAUSE
                 return
-            except ProtocolError as exc:
-                self._protocol_error(exc)
-                return
             except OSError as exc:
                 self._fail(exc if exc.errno != errno.ECONNRESET else None)
                 return
-            if not data:
-                close_fds(fds)
-                self._fail(None)
-                return
-            short = len(data) < READ_SIZE
-            try:
-                frames = self._decoder.feed(data, fds)
-            except ProtocolError as exc:
-                self._protocol_error(exc)
-                return
-            for i, frame in enumerate(frames):
-                if self._closed:
-                    for rest in frames[i:]:
-                        close_fds(rest.fds)
+            # The common case, taken without the decoder: the chunk is exactly one
+            # whole user frame in our codec, without descriptors (the head word
+            # says so: magic, version, kind, codec, no flags, no descriptors).
+            if nbytes >= HEADER_SIZE and not ancdata and not self._partial:
+                word, length = _unpack_words(buf, 0)
+                if (
+                    word == self._user_word
+                    and nbytes == HEADER_SIZE + length
+                    and length <= self._max_payload
+                    and not flags & CTRUNC
+                ):
+                    self._deliver_user(buf[HEADER_SIZE:nbytes])
+                    delivered = True
+                else:
+                    delivered = self._read_general(nbytes, ancdata, flags)
+            else:
+                if not nbytes:
+                    close_fds(fds_from_ancillary(ancdata))
+                    self._fail(None)
                     return
-                self._on_frame(frame)
+                delivered = self._read_general(nbytes, ancdata, flags)
             guessed = False
-            if short and not exhaust:
-                if not frames:
+            if nbytes < READ_SIZE and not exhaust:
+                if not delivered:
                     return  # drained; the loop calls again when more comes
                 if self._guess_pause:
                     self._guess_pause -= 1
@@ -289,6 +364,35 @@ class LoopChannel:
                 # and taking it now saves a loop iteration and a poll. The bound
                 # above keeps the loop fair to other workers and timers.
                 guessed = True
+
+    def _read_general(self, nbytes: int, ancdata: list[tuple[int, int, bytes]], flags: int) -> bool:
+        """Feed a chunk to the decoder and deliver its frames; whether there were any."""
+        fds = fds_from_ancillary(ancdata) if ancdata else []
+        try:
+            if flags & CTRUNC:
+                close_fds(fds)
+                raise ProtocolError("descriptors were truncated: more than a frame may carry")
+            frames = self._decoder.feed(self._bufs[0][:nbytes], fds)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return False
+        self._partial = self._decoder.pending
+        on_user = self._on_user
+        for i, frame in enumerate(frames):
+            if self._closed:
+                for rest in frames[i:]:
+                    close_fds(rest.fds)
+                return True
+            if (
+                on_user is not None
+                and frame.kind is _USER
+                and frame.codec is self._codec
+                and not frame.fds
+            ):
+                on_user(frame.payload)
+            else:
+                self._on_frame(frame)
+        return bool(frames)
 
     def drain(self) -> None:
         """Read and deliver whatever the peer already wrote (used when it has exited)."""
@@ -335,6 +439,8 @@ class ThreadChannel:
         on_frame: FrameHandler,
         on_close: CloseHandler,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        on_user: UserHandler | None = None,
+        codec: Codec = Codec.JSON,
     ) -> None:
         sock.setblocking(True)
         _grow_send_buffer(sock)
@@ -343,7 +449,9 @@ class ThreadChannel:
         self._on_close = on_close
         self._max_payload = max_payload
         self._decoder = Decoder(max_payload)
-        self._reader = ChunkReader(READ_SIZE)
+        self._codec = codec
+        self._word = head_word(_USER, codec)
+        self._on_user = on_user
         self._wlock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(
@@ -387,16 +495,66 @@ class ThreadChannel:
             if sent < len(header) + len(payload):
                 self._sock.sendall(memoryview(payload)[sent - len(header) :])
 
+    def send_user(self, payload: bytes) -> None:
+        """``send(USER, codec, payload)`` without descriptors: the hot path."""
+        size = len(payload)
+        if size >= SMALL or size > self._max_payload:
+            self.send(_USER, self._codec, payload)
+            return
+        data = _pack_words(self._word, size) + payload
+        with self._wlock:
+            if self._closed:
+                raise ChannelClosedError("the IPC channel is closed")
+            self._sock.sendall(data)
+
     def _read_loop(self) -> None:
         error: BaseException | None = None
+        sock = self._sock
+        buf = bytearray(READ_SIZE)
+        bufs = [memoryview(buf)]
+        decoder = self._decoder
+        on_frame = self._on_frame
+        on_user = self._on_user
+        deliver_user = on_user or _no_user
+        codec = self._codec
+        # -1 matches no head word: without on_user, every frame goes to on_frame.
+        user_word = self._word if on_user is not None else -1
+        limit = self._max_payload
+        partial = False  # whether the decoder holds part of a frame
         try:
             while True:
-                data, fds = self._reader.read(self._sock)
-                if not data:
+                nbytes, ancdata, flags, _addr = sock.recvmsg_into(bufs, ANCILLARY_SIZE, RECV_FLAGS)
+                # The common case, without the decoder: the chunk is exactly one whole
+                # user frame in our codec, without descriptors.
+                if nbytes >= HEADER_SIZE and not ancdata and not partial:
+                    word, length = _unpack_words(buf, 0)
+                    if (
+                        word == user_word
+                        and nbytes == HEADER_SIZE + length
+                        and length <= limit
+                        and not flags & CTRUNC
+                    ):
+                        deliver_user(buf[HEADER_SIZE:nbytes])
+                        continue
+                fds = fds_from_ancillary(ancdata) if ancdata else []
+                if flags & CTRUNC:
+                    close_fds(fds)
+                    raise ProtocolError("descriptors were truncated: more than a frame may carry")
+                if not nbytes:
                     close_fds(fds)
                     break
-                for frame in self._decoder.feed(data, fds):
-                    self._on_frame(frame)
+                frames = decoder.feed(bufs[0][:nbytes], fds)
+                partial = decoder.pending
+                for frame in frames:
+                    if (
+                        on_user is not None
+                        and frame.kind is _USER
+                        and frame.codec is codec
+                        and not frame.fds
+                    ):
+                        on_user(frame.payload)
+                    else:
+                        on_frame(frame)
         except ProtocolError as exc:
             _log().error("IPC protocol error from the primary, closing the channel: %s", exc)
             error = exc

@@ -8,48 +8,20 @@ import socket
 from pycluster._ipc.framing import MAX_FDS, ProtocolError, close_fds
 
 _FD_SIZE = array.array("i").itemsize
-_ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+#: Room for the most descriptors one frame may carry, for ``recvmsg``.
+ANCILLARY_SIZE = _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 # Received descriptors are close-on-exec, so a worker's own subprocesses never
 # inherit a connection or a listening socket by accident.
-_RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+RECV_FLAGS = _RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 # Plain ints: an operator on the socket module's IntFlag members costs a Python call.
-_CTRUNC = int(socket.MSG_CTRUNC)
+CTRUNC = _CTRUNC = int(socket.MSG_CTRUNC)
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 
 
-class ChunkReader:
-    """Reads chunks into one reused buffer.
-
-    ``recvmsg(n)`` allocates ``n`` bytes on every call; for a large ``n`` that is an
-    ``mmap`` and page faults per message, which cost more than the rest of a small
-    message's trip. Reading into a preallocated buffer avoids it.
-    """
-
-    __slots__ = ("_buf", "_view")
-
-    def __init__(self, size: int) -> None:
-        self._buf = bytearray(size)
-        self._view = memoryview(self._buf)
-
-    def read(self, sock: socket.socket) -> tuple[memoryview, list[int]]:
-        """One chunk (a view valid until the next read) and its descriptors.
-
-        Raises :class:`ProtocolError` when descriptors were truncated.
-        """
-        nbytes, ancdata, flags, _addr = sock.recvmsg_into([self._view], _ANCILLARY, _RECV_FLAGS)
-        # The kernel echoes MSG_CMSG_CLOEXEC in ``flags``: only truncation counts here.
-        if not ancdata and not flags & _CTRUNC:
-            return self._view[:nbytes], []
-        fds = fds_from_ancillary(ancdata)
-        if flags & _CTRUNC:
-            close_fds(fds)
-            raise ProtocolError("descriptors were truncated: more than a frame may carry")
-        return self._view[:nbytes], fds
-
-
 def recv_chunk(sock: socket.socket, bufsize: int) -> tuple[bytes, list[int]]:
-    """Read one chunk and the descriptors that came with it.
+    """Read one chunk and the descriptors that came with it (the channels read into a
+    reused buffer with ``recvmsg_into`` instead: see channel.py).
 
     Raises :class:`ProtocolError` when the kernel had to drop descriptors because
     more arrived than one frame may carry (the rest are closed).

@@ -21,29 +21,20 @@ JsonEncode = Callable[[Any], bytes]
 JsonDecode = Callable[[str], Any]
 
 
-def make_json(accelerated: bool = True) -> tuple[JsonEncode, JsonDecode]:
-    """The JSON codec: compact output, NaN and infinities allowed, as ``json`` does them.
-
-    ``JSONEncoder.encode`` builds a new C encoder for every call and ``JSONDecoder.decode``
-    runs two regular expressions around the C scanner; for a small message these cost
-    more than the encoding itself, so the C encoder and scanner are built once here
-    (with ``accelerated``, when the interpreter has them). The encoder keeps no
-    circular-reference markers (a shared markers dict would be unsafe across threads):
-    a circular structure ends in ``RecursionError``, which :func:`encode` reports.
-    """
+def _json_parts(accelerated: bool) -> tuple[Any, Any, Any, Any]:
+    """The stock encoder and decoder, and the C encoder and scanner when available."""
     import json
     from json import encoder, scanner
 
     stock = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
     decoder = json.JSONDecoder()
-    stock_decode = decoder.decode
     make_encoder = getattr(encoder, "c_make_encoder", None)
     make_scanner = getattr(scanner, "c_make_scanner", None)
     c_encode = c_scan = None
     if accelerated and make_encoder is not None and make_scanner is not None:
         try:
             c_encode = make_encoder(
-                None,  # markers: no circular check, see above
+                None,  # markers: no circular check, see make_json
                 stock.default,
                 encoder.encode_basestring_ascii,  # what ensure_ascii=True uses
                 None,  # indent
@@ -56,6 +47,20 @@ def make_json(accelerated: bool = True) -> tuple[JsonEncode, JsonDecode]:
             c_scan = make_scanner(decoder)
         except TypeError:  # a signature this code does not know: use the stock paths
             c_encode = c_scan = None
+    return stock, decoder.decode, c_encode, c_scan
+
+
+def make_json(accelerated: bool = True) -> tuple[JsonEncode, JsonDecode]:
+    """The JSON codec: compact output, NaN and infinities allowed, as ``json`` does them.
+
+    ``JSONEncoder.encode`` builds a new C encoder for every call and ``JSONDecoder.decode``
+    runs two regular expressions around the C scanner; for a small message these cost
+    more than the encoding itself, so the C encoder and scanner are built once here
+    (with ``accelerated``, when the interpreter has them). The encoder keeps no
+    circular-reference markers (a shared markers dict would be unsafe across threads):
+    a circular structure ends in ``RecursionError``, which :func:`encode` reports.
+    """
+    stock, stock_decode, c_encode, c_scan = _json_parts(accelerated)
     if c_encode is None or c_scan is None:
         return (lambda message: stock.encode(message).encode()), stock_decode
     fast_encode, fast_scan = c_encode, c_scan
@@ -76,6 +81,71 @@ def make_json(accelerated: bool = True) -> tuple[JsonEncode, JsonDecode]:
     return encode_json, decode_json
 
 
+MessageEncode = Callable[[Any], bytes]
+MessageDecode = Callable[[bytes | bytearray], Any]
+
+
+def message_codec(codec: Codec, allow: AllowList | None) -> tuple[MessageEncode, MessageDecode]:
+    """``encode`` and ``decode`` for one channel, each a single call per message.
+
+    The same results and errors as :func:`encode` and :func:`decode`; for JSON the
+    common case runs the C encoder or scanner straight from here, without the
+    dispatch on the codec and the wrappers (two Python calls fewer per message on
+    each end), and anything unusual takes the general functions.
+    """
+    if codec is not _CODEC_JSON:
+        return _advanced_codec(allow)
+    _stock, _stock_decode, c_encode, c_scan = _json_parts(True)
+    if c_encode is None or c_scan is None:
+        return (lambda message: encode(message, codec)), (
+            lambda payload: decode(payload, codec, allow)
+        )
+    fast_encode, fast_scan = c_encode, c_scan
+
+    def encode_message(message: Any) -> bytes:
+        try:
+            return "".join(fast_encode(message, 0)).encode()
+        except Exception:
+            return encode(message, _CODEC_JSON)  # raises the worded TypeError
+
+    def decode_message(payload: bytes | bytearray) -> Any:
+        try:
+            text = payload.decode()
+            value, end = fast_scan(text, 0)
+        except Exception:
+            return decode(payload, _CODEC_JSON, allow)  # decodes, or raises DecodeError
+        if end != len(text):
+            return decode(payload, _CODEC_JSON, allow)
+        return value
+
+    return encode_message, decode_message
+
+
+def _advanced_codec(allow: AllowList | None) -> tuple[MessageEncode, MessageDecode]:
+    """``message_codec`` for "advanced": pickle called straight, errors worded as usual."""
+    import pickle
+
+    dumps, loads = pickle.dumps, pickle.loads
+
+    def encode_message(message: Any) -> bytes:
+        try:
+            return dumps(message, protocol=5)
+        except Exception:
+            return encode(message, _CODEC_ADVANCED)  # raises the worded TypeError
+
+    def decode_message(payload: bytes | bytearray) -> Any:
+        try:
+            if allow is None:
+                return loads(payload)
+            return _restricted_load(payload, allow)
+        except DecodeError:
+            raise
+        except Exception as exc:  # worded as decode() words it
+            raise DecodeError(f"cannot decode advanced payload: {exc!r}") from exc
+
+    return encode_message, decode_message
+
+
 # Built on first use: a worker comes online without importing json.
 _json: tuple[JsonEncode, JsonDecode] | None = None
 
@@ -90,6 +160,7 @@ def _json_codec() -> tuple[JsonEncode, JsonDecode]:
 # An enum member looked up on its class costs about 0.1 us in Python 3.11; the message
 # path compares against module constants instead.
 _CODEC_JSON = Codec.JSON
+_CODEC_ADVANCED = Codec.ADVANCED
 
 
 class DecodeError(Exception):
@@ -126,6 +197,7 @@ class AllowList:
 
     def __init__(self) -> None:
         self._globals: dict[tuple[str, str], Any] = {}
+        self._unpickler: type | None = None  # see _restricted_unpickler
 
     def add(self, *classes: type) -> None:
         """Allow instances of ``classes`` (for example the user's dataclasses)."""
@@ -174,29 +246,28 @@ def _fraction(*args: Any) -> Any:
     return Fraction(*args)
 
 
-_unpickler: type | None = None
+def _restricted_unpickler(allow: AllowList) -> type:
+    """The unpickler class of one allow-list, defined once per list.
 
-
-def _restricted_unpickler() -> type:
-    """The allow-list unpickler class, defined once (a class per message costs ~10 us)."""
-    global _unpickler
-    if _unpickler is None:
+    Its ``find_class`` is bound to the list, so an instance needs no Python
+    ``__init__`` of its own: constructing one per message is the C constructor only.
+    """
+    cls = allow._unpickler
+    if cls is None:
         # pickle is imported on first use: a JSON-only worker starts faster without it.
         import pickle
 
+        find = allow.find
+
         class RestrictedUnpickler(pickle.Unpickler):
-            def __init__(self, file: io.BytesIO, allow: AllowList) -> None:
-                super().__init__(file)
-                self._allow = allow
-
             def find_class(self, module: str, name: str) -> Any:
-                return self._allow.find(module, name)
+                return find(module, name)
 
-        _unpickler = RestrictedUnpickler
-    return _unpickler
+        allow._unpickler = cls = RestrictedUnpickler
+    return cls
 
 
-def _restricted_load(data: bytes, allow: AllowList) -> Any:
+def _restricted_load(data: bytes | bytearray, allow: AllowList) -> Any:
     import copyreg
 
     # The C unpickler takes an extension code (EXT1/2/4) that an earlier trusted
@@ -204,7 +275,7 @@ def _restricted_load(data: bytes, allow: AllowList) -> Any:
     # empty the cache so every code faces the allow-list.
     if copyreg._extension_cache:  # type: ignore[attr-defined]
         copyreg._extension_cache.clear()  # type: ignore[attr-defined]
-    return _restricted_unpickler()(io.BytesIO(data), allow).load()
+    return (allow._unpickler or _restricted_unpickler(allow))(io.BytesIO(data)).load()
 
 
 def encode(message: Any, codec: Codec) -> bytes:
@@ -227,7 +298,7 @@ def encode(message: Any, codec: Codec) -> bytes:
         raise TypeError(f"cannot send message with advanced serialization: {exc}") from exc
 
 
-def decode(payload: bytes, codec: Codec, allow: AllowList | None) -> Any:
+def decode(payload: bytes | bytearray, codec: Codec, allow: AllowList | None) -> Any:
     """Decode a payload; with ``allow`` given, only allowed types are constructed.
 
     Raises :class:`DecodeError` for any failure, never the codec's own exceptions.

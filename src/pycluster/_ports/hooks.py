@@ -212,6 +212,7 @@ def _real_close_hook(self: socket.socket, _ss: Any = C) -> None:
         fd = C.fileno(self)
         listener = by_fd.get(fd)
         if listener is not None:
+            listener.settle()  # what the program took is acknowledged before the close
             # Under the registry's lock: a retirement never swaps a number closed here.
             with registry_lock:
                 forget(fd)

@@ -39,8 +39,13 @@ INHERITED_OPTIONS = (
 )
 #: Connections a worker takes from a shared socket per wake-up of its event loop.
 SHARED_BURST = 2
-#: Seconds between two accepts that make them two wake-ups, not one burst.
-BURST_GAP = 0.001
+#: Seconds between two accepts that make them two wake-ups, not one burst (a loop that
+#: takes one connection per wake-up at a high rate may be told "nothing more" once in
+#: a while, which costs it one idle iteration; too short a gap lets a descheduled
+#: worker take a whole burst).
+BURST_GAP = 0.005
+#: The shortest sleep: the kernel rounds it up to its timer slack (about 50 µs).
+YIELD_SLEEP = 1e-9
 #: How often draining checks whether connections are still open.
 DRAIN_POLL = 0.05
 
@@ -48,6 +53,8 @@ _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _ANCILLARY = socket.CMSG_SPACE(4 * 4)
 _ACK = b"A"
 _DECLINE = b"D"
+#: The first byte of a hand-off the primary follows with another one for this worker.
+_MORE = b"M"
 C = _socket.socket
 c_accept: Callable[[socket.socket], tuple[int, Any]] = C._accept  # type: ignore[attr-defined]
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
@@ -116,6 +123,10 @@ class Listener:
         self._wake: tuple[int, int] | None = None
         self._burst = 0
         self._burst_at = 0.0
+        # Hand-offs taken and not acknowledged yet (see _take), and the lock that
+        # keeps them in step with what is written to the primary.
+        self._owed = 0
+        self._ack_lock = threading.Lock()
         self.token: int | None = None
         self.closer: Callable[[], None] = self.close_for_disconnect
         #: Gives back what the query took (a port-0 index) once the listener ends.
@@ -157,13 +168,19 @@ class Listener:
         if self._burst >= SHARED_BURST:
             self._burst = 0
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        if self._burst:
+            # Before a second connection in one wake-up, step off the CPU for a moment
+            # (libuv's nanosleep in a cluster worker): every worker on this socket was
+            # woken, and one waiting for a CPU now gets this one and its own turn.
+            time.sleep(YIELD_SLEEP)
         try:
             fd, addr = c_accept(sock)
         except BlockingIOError:
             self._burst = 0
             raise
         self._burst += 1
-        self._burst_at = now
+        # From the end of this accept: the sleep above is not a gap between wake-ups.
+        self._burst_at = time.monotonic()
         self._count(fd)
         return fd, addr
 
@@ -173,6 +190,7 @@ class Listener:
             try:
                 msg, ancillary, flags, _addr = C.recvmsg(sock, 1, _ANCILLARY, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError, TimeoutError):
+                self.settle()  # nothing more in this wake-up: acknowledge what was taken
                 raise
             except OSError:
                 if self.retired or self.closing:
@@ -192,7 +210,15 @@ class Listener:
                     raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
                 continue
             fd = fds[0]
-            if not self.acknowledge(sock, fd):
+            if msg == _MORE and sock.gettimeout() == 0.0:
+                # Another hand-off is on its way, and an event loop accepts until the
+                # socket would block: one acknowledgement will cover both (one wake-up
+                # of the primary instead of one per connection). A blocking loop may
+                # serve this connection before it accepts again, so it acknowledges
+                # at once.
+                with self._ack_lock:
+                    self._owed += 1
+            elif not self.acknowledge(sock, fd):
                 # Not acknowledged (a disconnect shut the hand-off, or the primary is
                 # gone): the primary gives this connection to another worker.
                 os.close(fd)
@@ -200,22 +226,46 @@ class Listener:
             self._count(fd)
             return fd, peer(fd, self.family)
 
-    @staticmethod
-    def decline(sock: socket.socket) -> None:
+    def decline(self, sock: socket.socket) -> None:
         """Tell the primary this worker could not take its oldest hand-off."""
-        try:
-            os.write(sock.fileno(), _DECLINE)
-        except OSError:
-            pass  # the hand-off socket is gone: the primary re-routes what it held
+        with self._ack_lock:
+            answer, self._owed = _ACK * self._owed + _DECLINE, 0
+            try:
+                os.write(sock.fileno(), answer)
+            except OSError:
+                pass  # the hand-off socket is gone: the primary re-routes what it held
 
-    @staticmethod
-    def acknowledge(sock: socket.socket, fd: int) -> bool:
-        """Tell the primary this worker took connection ``fd`` (its copy may go)."""
-        try:
-            os.write(sock.fileno(), _ACK)
-        except OSError:
-            return False
+    def acknowledge(self, sock: socket.socket, fd: int) -> bool:
+        """Tell the primary this worker took connection ``fd`` (and any still owed)."""
+        with self._ack_lock:
+            answer, self._owed = _ACK * (self._owed + 1), 0
+            try:
+                os.write(sock.fileno(), answer)
+            except OSError:
+                return False
         return True
+
+    def settle(self) -> None:
+        """Acknowledge the hand-offs taken and still owed (before the socket may end).
+
+        Called when an accept finds nothing more, and before anything that ends or
+        shuts the hand-off socket: the primary must never take a connection that the
+        program already has for one it may give to another worker.
+        """
+        if not self._owed:
+            return
+        # The registry's lock first (a descriptor number must not change hands while
+        # it is written to), as everywhere that holds both.
+        with registry_lock, self._ack_lock:
+            if not self._owed:
+                return
+            fd = next((fd for fd in self.fds if self._still_ours(fd)), None)
+            if fd is not None:
+                try:
+                    os.write(fd, _ACK * self._owed)
+                except OSError:
+                    pass  # the primary is gone
+            self._owed = 0
 
     def _ended(self, sock: socket.socket) -> tuple[int, Any]:
         """The hand-off socket reached its end: retired, closed, or the primary stopped."""
@@ -363,6 +413,7 @@ class Listener:
 
     def _wake_blocked(self) -> None:
         """Wake threads blocked in ``accept()`` on this listener."""
+        self.settle()
         with registry_lock:
             fd = next((fd for fd in self.fds if self._still_ours(fd)), None)
             if self.mode in (RR, OWN) and fd is not None:
@@ -432,6 +483,7 @@ class Listener:
 
     def finish(self) -> None:
         """No descriptor of this listener is left: release what it held."""
+        self._owed = 0  # settled before the last descriptor went (see settle)
         for fd in list(self.fds):
             forget(fd)
         if self.token is not None:
@@ -565,6 +617,21 @@ def is_round_robin(sock: Any) -> bool:
     return listener is not None and listener.mode == RR
 
 
+def accepts_through_pycluster(sock: Any) -> bool:
+    """Whether connections on ``sock`` must be taken with pycluster's ``accept()``.
+
+    So for a round-robin hand-off socket (only that ``accept()`` reads it) and a
+    shared stream socket (only that ``accept()`` leaves other workers their share); an
+    event loop that accepts in C (uvloop) must not serve such a socket itself.
+    """
+    listener = listener_of(sock)
+    return (
+        listener is not None
+        and listener.mode in (RR, SHARED)
+        and listener.type == socket.SOCK_STREAM
+    )
+
+
 def on_fd(fd: int, action: Callable[[socket.socket], object]) -> None:
     """Run ``action`` on a throw-away socket object for ``fd`` (the descriptor stays)."""
     temp = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fd)
@@ -617,8 +684,6 @@ def replace_closer(listener: Listener | None, closer: Callable[[], None]) -> boo
 def wait_drained(listeners: list[Listener], timeout: float | None = None) -> bool:
     """Wait until none of ``listeners`` has an open connection; ``False`` on time-out."""
     wait = threading.Event()
-    # By the clock: reading the kernel's tables takes a while when they are long (tens
-    # of thousands of TIME_WAIT entries on a busy host), so polls are no measure of time.
     deadline = None if timeout is None else time.monotonic() + timeout
     while any(listener.open_connections() for listener in listeners):
         if deadline is not None and time.monotonic() >= deadline:

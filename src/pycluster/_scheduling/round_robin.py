@@ -2,23 +2,33 @@
 
 The primary accepts every connection and offers it to a worker that has room. A
 worker may hold a small *window* of hand-offs it has not taken yet (credits): a new
-connection never waits for the previous one's round trip, yet no worker is flooded
-while another has room, because the next connection goes to the worker with the
-fewest hand-offs in flight (ties: the one that was handed a connection longest ago).
-A worker whose serving loop is busy is passed over while another worker has room,
-or is about to have it. A connection that a worker never took (it closed its server,
-or died) goes back to its place in the queue, so no connection accepted by the
-primary is lost while any worker serves the port. Connections leave the queue in the
-order they were accepted, refused ones included: a connection that comes back takes
-its old place, ahead of every one accepted after it. A worker takes its hand-offs in
-the order they were sent, so each acknowledgement settles its oldest one.
+connection never waits for the previous one's round trip. Workers take turns: the
+one that was handed the fewest connections goes next (ties: the one handed one
+longest ago), so fresh connections split evenly, and a burst of long-lived
+(keep-alive) connections too: when the worker whose turn it is has a full window,
+the queue *holds* for it a moment (``hold``, a few milliseconds) rather than give
+its turn away to whichever worker answers first. A worker that has not taken its
+oldest hand-off within that moment is *lagging* and loses its turns while another
+worker keeps up, so a stuck worker is not flooded; the turns it lost are made up
+once it keeps up again, but never more than a window's worth, so a worker that was
+stuck for a minute does not then take every new connection; a worker whose serving loop is occupied (``is_busy``) is passed over
+while another has room, or is about to have it. A connection that a worker never
+took (it closed its server, or died) goes back to its place in the queue, so no
+connection accepted by the primary is lost while any worker serves the port.
+Connections leave the queue in the order they were accepted, refused ones included:
+a connection that comes back takes its old place, ahead of every one accepted after
+it. A worker takes its hand-offs in the order they were sent, so each
+acknowledgement settles its oldest one.
 
 Pure state in, hand-offs out: every method returns the ``(worker, connection)``
-pairs the caller must now send.
+pairs the caller must now send. Time comes from ``clock``; while the queue holds for
+a worker, :attr:`RoundRobinHandle.deadline` says when the caller must call
+:meth:`~RoundRobinHandle.redistribute` if nothing else happened meanwhile.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -26,28 +36,50 @@ from typing import Generic, TypeVar
 W = TypeVar("W", bound=Hashable)
 C = TypeVar("C")
 Handoff = tuple[W, C]
+# Subtracted from a newcomer's place in the turns, so that it goes before the others.
+_NEWCOMER = 1 << 62
 #: Hand-offs a worker may hold before taking any (``cluster.setup_primary(handoff_window=)``).
 DEFAULT_WINDOW = 8
+#: Seconds the queue holds for a worker whose turn it is and whose window is full; a
+#: worker that took none of its hand-offs for that long is lagging. An idle serving
+#: loop answers within a millisecond, but on a loaded machine (more runnable processes
+#: than cores: workers, the primary and a load generator on 2 cores) a worker may wait
+#: a few scheduler slices (3-6 ms each) to run; 2 ms lost turns there (8/42 splits of
+#: 50 keep-alive connections), 10 ms kept them (25/25 in every run).
+DEFAULT_HOLD = 0.010
 
 
 class RoundRobinHandle(Generic[W, C]):
     """Round-robin state of one shared server: members, windows, queue, hand-offs."""
 
     def __init__(
-        self, is_busy: Callable[[W], bool] | None = None, window: int = DEFAULT_WINDOW
+        self,
+        is_busy: Callable[[W], bool] | None = None,
+        window: int = DEFAULT_WINDOW,
+        hold: float = DEFAULT_HOLD,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if window < 1:
             raise ValueError(f"the hand-off window must be at least 1, not {window}")
         self.window = window
+        self.hold = hold
+        self._clock_fn = clock
+        #: When the caller must call :meth:`redistribute` (the queue holds for a worker).
+        self.deadline: float | None = None
         self._members: set[W] = set()
         # Each connection carries its acceptance number, so one that comes back
         # from a worker can be put back in its place rather than merely at the front.
         self._seq = 0
-        self._inflight: dict[W, deque[tuple[int, C]]] = {}
+        # In flight: (acceptance number, connection, when it was handed over).
+        self._inflight: dict[W, deque[tuple[int, C, float]]] = {}
         self._queue: deque[tuple[int, C]] = deque()
         # When each member was last handed a connection: ties go to the longest ago.
         self._since: dict[W, int] = {}
         self._clock = 0
+        # Connections handed to each member, counted from at most a window below the
+        # most handed: the turns a worker lost are made up, but only a window's worth.
+        self._handed: dict[W, int] = {}
+        self._top = 0
         # A worker whose serving loop is occupied is passed over while another has room.
         self._is_busy = is_busy
 
@@ -68,19 +100,23 @@ class RoundRobinHandle(Generic[W, C]):
 
     def outstanding(self, worker: W) -> list[C]:
         """Every connection handed to ``worker`` and not yet taken, oldest first."""
-        return [conn for _, conn in self._inflight.get(worker, ())]
+        return [conn for _, conn, _ in self._inflight.get(worker, ())]
 
     def add(self, worker: W) -> list[Handoff[W, C]]:
         """A worker starts serving this handle."""
         if worker not in self._members:
             self._members.add(worker)
-            self._touch(worker)
+            # A newcomer's turn comes before every worker that was handed a connection
+            # (newcomers among themselves in the order they came).
+            self._clock += 1
+            self._since[worker] = self._clock - _NEWCOMER
         return self._distribute()
 
     def remove(self, worker: W) -> list[Handoff[W, C]]:
         """No new connection goes to ``worker``; those in flight wait for its answer."""
         self._members.discard(worker)
         self._since.pop(worker, None)
+        self._handed.pop(worker, None)
         return self._distribute()  # connections held for it may go to a busy worker now
 
     def push(self, conn: C) -> list[Handoff[W, C]]:
@@ -94,7 +130,7 @@ class RoundRobinHandle(Generic[W, C]):
         sent = self._inflight.get(worker)
         if not sent:
             return None, []
-        _, conn = sent.popleft()
+        _, conn, _ = sent.popleft()
         if not sent:
             del self._inflight[worker]
         return conn, self._distribute()
@@ -115,6 +151,7 @@ class RoundRobinHandle(Generic[W, C]):
         """``worker`` is gone without taking what it held: offer that to another one."""
         self._members.discard(worker)
         self._since.pop(worker, None)
+        self._handed.pop(worker, None)
         for entry in self._inflight.pop(worker, ()):
             self._requeue(entry)
         return self._distribute()
@@ -123,6 +160,7 @@ class RoundRobinHandle(Generic[W, C]):
         """Take every queued connection (the last worker left: the caller closes them)."""
         conns = [conn for _, conn in self._queue]
         self._queue.clear()
+        self.deadline = None
         return conns
 
     def redistribute(self) -> list[Handoff[W, C]]:
@@ -133,7 +171,7 @@ class RoundRobinHandle(Generic[W, C]):
         self._clock += 1
         self._since[worker] = self._clock
 
-    def _requeue(self, entry: tuple[int, C]) -> None:
+    def _requeue(self, entry: tuple[int, C, float]) -> None:
         # The queue is in acceptance order; a refused connection is older than
         # most of it, so the walk from the left is short.
         index = 0
@@ -141,49 +179,68 @@ class RoundRobinHandle(Generic[W, C]):
             if seq > entry[0]:
                 break
             index += 1
-        self._queue.insert(index, entry)
+        self._queue.insert(index, (entry[0], entry[1]))
 
     def _distribute(self) -> list[Handoff[W, C]]:
         out: list[Handoff[W, C]] = []
+        self.deadline = None
+        if not self._queue:
+            return out
+        now = self._clock_fn()
         while self._queue:
-            worker = self._pick()
+            worker = self._pick(now)
             if worker is None:
                 break
-            entry = self._queue.popleft()
-            self._inflight.setdefault(worker, deque()).append(entry)
+            seq, conn = self._queue.popleft()
+            self._inflight.setdefault(worker, deque()).append((seq, conn, now))
             self._touch(worker)
-            out.append((worker, entry[1]))
+            handed = max(self._handed.get(worker, 0), self._top - self.window) + 1
+            self._handed[worker] = handed
+            if handed > self._top:
+                self._top = handed
+            out.append((worker, conn))
         return out
 
-    def _load(self, worker: W) -> int:
-        sent = self._inflight.get(worker)
-        return len(sent) if sent else 0
-
-    def _pick(self) -> W | None:
+    def _pick(self, now: float) -> W | None:
         is_busy = self._is_busy
-        best: W | None = None
-        best_key: tuple[int, int] | None = None
-        best_busy: W | None = None
-        best_busy_key: tuple[int, int] | None = None
-        ready_soon = False  # a member that is not busy, whose window is full
+        since = self._since
+        handed = self._handed
+        floor = self._top - self.window
+        window = self.window
+        stale = now - self.hold
+        turn: W | None = None  # keeps up, not busy: whose turn it is
+        turn_key = (0, 0)
+        slow: W | None = None  # lagging, not busy, with room
+        slow_key = (0, 0)
+        fallback: W | None = None  # busy, with room
+        fallback_key = (0, 0)
+        ready_soon = False  # lagging, not busy, window full: has room once it answers
         for worker in self._members:
-            load = self._load(worker)
-            busy = is_busy is not None and is_busy(worker)
-            if load >= self.window:
-                ready_soon = ready_soon or not busy
+            sent = self._inflight.get(worker)
+            key = (max(handed.get(worker, floor), floor), since.get(worker, 0))
+            if is_busy is not None and is_busy(worker):
+                if (not sent or len(sent) < window) and (fallback is None or key < fallback_key):
+                    fallback, fallback_key = worker, key
                 continue
-            # A worker with nothing in flight first (one that does not take its
-            # hand-offs gets no more while another does), then turns.
-            key = (min(load, 1), self._since.get(worker, 0))
-            if busy:
-                if best_busy_key is None or key < best_busy_key:
-                    best_busy, best_busy_key = worker, key
-            elif best_key is None or key < best_key:
-                best, best_key = worker, key
-        if best is not None:
-            return best
-        # Every worker with room is busy. One that is not busy will have room as soon
-        # as it takes a hand-off: wait for it rather than queue behind a long request.
+            if sent and sent[0][2] < stale:
+                if len(sent) >= window:
+                    ready_soon = True
+                elif slow is None or key < slow_key:
+                    slow, slow_key = worker, key
+                continue
+            if turn is None or key < turn_key:
+                turn, turn_key = worker, key
+        if turn is not None:
+            sent = self._inflight.get(turn)
+            if not sent or len(sent) < window:
+                return turn
+            # Its window is full but it keeps up: hold its turn for it a moment.
+            self.deadline = sent[0][2] + self.hold
+            return None
+        if slow is not None:
+            return slow  # every worker lags (an overloaded machine): turns among them
+        # A worker that lags with a full window will have room as soon as it takes a
+        # hand-off: wait for it rather than queue behind a long request.
         if ready_soon:
             return None
-        return best_busy
+        return fallback
