@@ -46,7 +46,11 @@ async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     await asyncio.sleep(0.002)  # a little work, so reloads meet requests in flight
-    body = str(os.getpid()).encode()
+    if scope["path"] == "/seen":  # what the proxy headers told the application
+        client = scope.get("client") or ("-", 0)
+        body = f"{scope['scheme']} {client[0]}".encode()
+    else:
+        body = str(os.getpid()).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -82,6 +86,7 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
             proxy_next_upstream error timeout http_502 http_503;
         }}
     }}
@@ -98,6 +103,9 @@ class Report:
     by_pid: collections.Counter[str] = field(default_factory=collections.Counter)
     reloads: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    #: What the application saw of a request whose client claimed ``https`` itself:
+    #: ``scheme client-address`` (nginx must say the real scheme, ``http`` here).
+    seen: str = ""
 
 
 def find_nginx(install: bool) -> str | None:
@@ -152,6 +160,17 @@ def _wait_ready(proc: subprocess.Popen[str], deadline: float) -> None:
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining
             return
     raise RuntimeError("a primary was not ready in time")
+
+
+def _seen(port: int) -> str:
+    """The scheme and client address the application sees through nginx."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        # A client's own X-Forwarded-Proto must not reach the application.
+        conn.request("GET", "/seen", headers={"X-Forwarded-Proto": "https"})
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
 
 
 def _load(port: int, stop: threading.Event, report: Report, lock: threading.Lock) -> None:
@@ -228,6 +247,7 @@ def run_recipe(
             )
         )
         _wait_http(port, deadline)
+        report.seen = _seen(port)
 
         stop, lock = threading.Event(), threading.Lock()
         threads = [
@@ -293,6 +313,7 @@ def main() -> int:
         f"({report.requests / max(report.seconds, 1e-9):.0f}/s) through nginx, "
         f"{len(report.failures)} failed"
     )
+    print(f"the application saw scheme and client: {report.seen}")
     print(f"reloads took {', '.join(f'{s:.2f} s' for s in report.reloads)}")
     print(
         f"answered by {len(report.by_pid)} worker processes "

@@ -1,8 +1,10 @@
 """The primary's listening sockets, shared with workers by round-robin or as-is.
 
 A worker's ``create_server`` asks the primary (``queryServer``) for a listener at
-an address. The primary binds it once per key ``(address, port, family, type, fd)``
-and answers with a descriptor:
+an address. The primary binds it once per key ``(address, port, family, type, fd, index)``
+(``index``: the k-th port-0 server of a worker, as Node's, so that one worker's two
+port-0 servers get two ports while the k-th of every worker share one) and answers
+with a descriptor:
 
 * round-robin: one end of a ``SOCK_SEQPACKET`` pair dedicated to that worker and
   server (the *hand-off socket*). The primary accepts connections in batches and
@@ -53,7 +55,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 _MORE, _LAST = [b"M"], [b"C"]
 _TOOK, _DECLINED = ord("A"), ord("D")
 _fd_bytes = struct.Struct("i").pack
-Key = tuple[Any, Any, int, int, Any]
+Key = tuple[Any, Any, int, int, Any, Any]
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -640,10 +642,11 @@ class ServerTable:
                 int(msg["family"]),
                 int(msg["type"]),
                 msg.get("fd"),
+                msg.get("index"),
             )
             if key[4] is not None:
                 # A descriptor is one server whatever the worker guessed it to be.
-                key = (None, None, 0, 0, int(key[4]))
+                key = (None, None, 0, 0, int(key[4]), None)
             handle = self._by_key.get(key)
             if handle is None:
                 handle = self._create(key, msg)

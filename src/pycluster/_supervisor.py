@@ -7,7 +7,9 @@ hold by default. The supervisor reacts to the primary's lifecycle hooks
 page, so the check costs no message).
 
 A *planned* exit (``disconnect()``, ``kill()``, scale-down, shutdown, reload) is
-one with ``exited_after_disconnect`` set, and never triggers a restart. A worker
+one with ``exited_after_disconnect`` set, and never triggers a restart; nor does the
+exit of a worker that was already leaving (its channel ended, its exit not reaped
+yet) when a retirement or a scaling decided for it. A worker
 killed for hanging is a failure and is always replaced; recycled and reloaded
 workers are replaced *before* their predecessor stops taking connections.
 """
@@ -75,6 +77,9 @@ class Supervisor:
         self.history: dict[int, SlotHistory] = {}
         self.started: dict[int, float] = {}
         self.retiring: dict[int, Completion] = {}
+        #: Workers already on their way out (channel ended, exit not reaped yet) that a
+        #: retirement or a scaling decided for: their exit replaces nothing.
+        self.dropped: set[int] = set()
         self.limits: dict[int, int] = {}
         self.hung: set[int] = set()
         # Slots whose crashed worker is being replaced; while any is, ports stay open.
@@ -148,7 +153,9 @@ class Supervisor:
             # A replacement that never became ready: its predecessor still serves the
             # slot, so restarting it would run two workers in one slot.
             return
-        if self.stopping or worker.id in self.retiring:
+        dropped = worker.id in self.dropped
+        self.dropped.discard(worker.id)
+        if self.stopping or worker.id in self.retiring or dropped:
             return
         if not hung:
             if worker.exited_after_disconnect:
@@ -387,7 +394,11 @@ class Supervisor:
             done = self.retiring.get(worker.id) or Completion()
         self.retiring[worker.id] = done
         if worker.is_dead() or not worker.is_connected():
+            # Leaving already (perhaps crashing, its exit still to come): retired all
+            # the same, so that exit is not replaced, whatever its status.
             self.retiring.pop(worker.id, None)
+            if not worker.is_dead():
+                self.dropped.add(worker.id)
             done.finish()
             return done
         timeout = float(self.settings.get("shutdown_timeout", 30.0))
@@ -472,6 +483,12 @@ class Supervisor:
         if self.stopping:
             return self._refused("scale")
         done = Completion()
+        # A worker whose channel ended but whose exit is not reaped yet counts as gone:
+        # its exit must not bring a worker back beyond ``n`` (a crash seen in a
+        # 'disconnect' or 'exit' listener that scales down, a failing start).
+        for worker in self.p.workers.values():
+            if not worker.is_dead() and not worker.is_connected():
+                self.dropped.add(worker.id)
         alive = sorted(self._alive(), key=lambda w: w.slot or 0)
         current = len(alive) + len(self._restart_timers)
         comps: list[Completion] = []

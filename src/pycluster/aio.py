@@ -39,18 +39,20 @@ class Server:
         self,
         server: asyncio.AbstractServer | None,
         runtime: child.ChildRuntime,
-        listener: net.Listener | None,
+        listeners: list[net.Listener | None],
     ) -> None:
         self._server = server
         self._runtime = runtime
-        self._listener = listener
+        #: One per listening socket (asyncio listens on every address a host names).
+        self._listeners = [listener for listener in listeners if listener is not None]
         self._loop = asyncio.get_running_loop()
         self._closed_by_cluster = False
         self._stopped = asyncio.Event()
         self._beat: asyncio.Task[None] | None = None
-        # No listener (a disconnect closed it while the server was being set up) or a
+        # No listener (a disconnect closed one while the server was being set up) or a
         # refused take-over: there is nothing to serve.
-        if server is None or not net.replace_closer(listener, self._close_from_disconnect):
+        taken = [net.replace_closer(one, self._close_from_disconnect) for one in listeners]
+        if server is None or not listeners or not all(taken):
             self._closed_by_cluster = True
             self._close_inner()
         if runtime.status is not None:
@@ -92,9 +94,8 @@ class Server:
         await self._drained()
 
     async def _drained(self) -> None:
-        listener = self._listener
         # Polled: the kernel's tables have no event to wait on.
-        while listener is not None and listener.open_connections():  # noqa: ASYNC110
+        while any(one.open_connections() for one in self._listeners):  # noqa: ASYNC110
             await asyncio.sleep(net.DRAIN_POLL)
 
     async def start_serving(self) -> None:
@@ -104,8 +105,8 @@ class Server:
             self._listening()
 
     def _listening(self) -> None:
-        if self._listener is not None:
-            self._listener.listen()  # a loop that listens in C (uvloop) does not say so
+        for one in self._listeners:
+            one.listen()  # a loop that listens in C (uvloop) does not say so
 
     async def serve_forever(self) -> None:
         """Serve until closed; returns normally when pycluster disconnects the worker.
@@ -319,16 +320,9 @@ async def create_server(
             backlog=backlog,
             **kwargs,
         )
-    if host is not None and not isinstance(host, str):
-        raise TypeError("in a cluster worker, host must be one address (a str) or None")
-    address = await _resolve(loop, host, port or 0, family)
-    listener = await asyncio.to_thread(
-        net.create_server,
-        address[1],
-        family=address[0],
-        backlog=backlog,
-    )
-    return await _serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
+    addresses = await _resolve_all(loop, host, port or 0, family)
+    listeners = await asyncio.to_thread(_listen_on, addresses, backlog)
+    return await _serve(loop, runtime, listeners, protocol_factory, backlog, kwargs)
 
 
 async def create_unix_server(
@@ -396,34 +390,138 @@ async def serve_socket(
 async def _serve(
     loop: asyncio.AbstractEventLoop,
     runtime: child.ChildRuntime,
-    listener: socket.socket,
+    listeners: socket.socket | list[socket.socket],
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     backlog: int,
     kwargs: dict[str, Any],
 ) -> Server:
-
-    if listener.fileno() == -1:
-        # A disconnect closed the listener meanwhile: hand back a closed server.
-        return Server(None, runtime, None)
-    found = net.listener_of(listener)
+    if isinstance(listeners, socket.socket):
+        listeners = [listeners]
+    if any(one.fileno() == -1 for one in listeners):
+        # A disconnect closed a listener meanwhile: hand back a closed server.
+        for one in listeners:
+            one.close()
+        return Server(None, runtime, [])
+    found = [net.listener_of(one) for one in listeners]
     start = kwargs.pop("start_serving", True)
-    inner = await serve_socket(loop, runtime, listener, protocol_factory, backlog, start, kwargs)
+    inners = [
+        await serve_socket(loop, runtime, one, protocol_factory, backlog, start, kwargs)
+        for one in listeners
+    ]
+    inner = inners[0] if len(inners) == 1 else _Group(loop, inners)
     server = Server(inner, runtime, found)
     if start:
         server._listening()
     return server
 
 
-async def _resolve(
-    loop: asyncio.AbstractEventLoop, host: str | None, port: int, family: int
-) -> tuple[int, tuple[str, int]]:
-    if not host:
-        return (socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET), ("", port)
-    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
-    if not infos:
-        raise OSError(f"cannot resolve {host!r}")
-    fam, _type, _proto, _canon, sockaddr = infos[0]
-    return int(fam), (str(sockaddr[0]), int(sockaddr[1]))
+async def _resolve_all(
+    loop: asyncio.AbstractEventLoop, host: Any, port: int, family: int
+) -> list[tuple[int, tuple[str, int]]]:
+    """Every address ``loop.create_server(host=..., port=...)`` listens on, as asyncio
+    finds them: ``None`` or ``""`` means every interface of every family (``0.0.0.0``
+    and ``::``), a name every address it resolves to, and a sequence each of its hosts.
+    """
+    if host == "" or host is None:
+        hosts: list[str | None] = [None]
+    elif isinstance(host, str):
+        hosts = [host]
+    elif isinstance(host, (list, tuple)) and all(isinstance(h, str) for h in host):
+        hosts = list(host)
+    else:
+        raise TypeError(f"host must be a str, a sequence of str or None, not {host!r}")
+    found: list[tuple[int, tuple[str, int]]] = []
+    for one in hosts:
+        infos = await loop.getaddrinfo(
+            one, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for fam, _type, _proto, _canon, sockaddr in infos:
+            if fam not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            address = (int(fam), (str(sockaddr[0]), int(sockaddr[1])))
+            if address not in found:
+                found.append(address)
+    if not found:
+        raise OSError(f"getaddrinfo({host!r}) returned an empty list")
+    return found
+
+
+def _listen_on(addresses: list[tuple[int, tuple[str, int]]], backlog: int) -> list[socket.socket]:
+    """A cluster listener for each address (blocking: the primary answers each).
+
+    As asyncio, an address whose family this host does not have (no IPv6) is left
+    out; any other failure closes what was opened and is raised.
+    """
+    import errno
+
+    listeners: list[socket.socket] = []
+    last: OSError | None = None
+    try:
+        for family, address in addresses:
+            try:
+                listeners.append(net.create_server(address, family=family, backlog=backlog))
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    raise
+                last = exc
+    except BaseException:
+        for one in listeners:
+            one.close()
+        raise
+    if not listeners:
+        assert last is not None
+        raise last
+    return listeners
+
+
+class _Group(asyncio.AbstractServer):
+    """The loop's servers of one ``create_server`` call, one per listening socket.
+
+    asyncio listens on every address a host resolves to (``0.0.0.0`` and ``::`` for
+    ``host=None``) with one server; the loop serves one socket per ``sock=``, so the
+    cluster's listeners are served one by one and grouped here.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, servers: list[asyncio.AbstractServer]
+    ) -> None:
+        self._loop = loop
+        self._servers = servers
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        """Every listening socket of the group."""
+        return tuple(sock for one in self._servers for sock in getattr(one, "sockets", ()) or ())
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the servers run on."""
+        return self._loop
+
+    def is_serving(self) -> bool:
+        """Whether any of the servers accepts connections."""
+        return any(one.is_serving() for one in self._servers)
+
+    async def start_serving(self) -> None:
+        """Start accepting on every socket."""
+        for one in self._servers:
+            await one.start_serving()
+
+    def close(self) -> None:
+        """Stop accepting on every socket."""
+        for one in self._servers:
+            try:
+                one.close()
+            except (OSError, ValueError):
+                pass  # closed already by a disconnect
+
+    async def wait_closed(self) -> None:
+        """Wait until every server is closed."""
+        for one in self._servers:
+            await one.wait_closed()
+
+    async def serve_forever(self) -> None:
+        """Not used: :class:`Server` serves."""
+        raise NotImplementedError
 
 
 def _stream_factory(

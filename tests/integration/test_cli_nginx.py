@@ -41,6 +41,9 @@ def test_reload_behind_nginx_loses_no_request(cluster_env: Cluster) -> None:
         nginx, cluster_env.tmp, duration=2.0, workers=1, clients=4, env=cluster_env.env()
     )
     assert report.failures == []
+    # nginx says the scheme itself (a client's own X-Forwarded-Proto is overwritten)
+    # and the client's address, and serve trusts both from a Unix-socket peer.
+    assert report.seen == "http 127.0.0.1"
     assert report.requests > 100
     assert len(report.reloads) == 2
     # Both primaries answered, before and after their reloads: 2 x 1 worker, twice.

@@ -168,3 +168,32 @@ else:
     )
     assert final["alive"] == [[0, "listening"], [1, "listening"]]
     assert final["ids"] == [4, 5]  # 1, then 2 after the shutdown, 3 by scale(2)
+
+
+SCALED_WHILE_LEAVING = """
+import json, sys, time
+import pycluster as cluster
+
+if cluster.is_primary:
+    cluster.setup_primary(restart="on-failure", restart_delay=0.0)
+    forks = []
+    cluster.on("fork", lambda w: forks.append(w.id))
+    # A crash seen in a 'disconnect' listener (or in an 'exit' listener of another
+    # worker, as `pycluster serve --reload` does when the application cannot load):
+    # the cluster scales to zero while this worker's exit is still to come.
+    first = cluster.fork()
+    first.on("disconnect", lambda: cluster.scale(0))
+    cluster.run()
+    print(json.dumps({"forks": forks}), flush=True)
+else:
+    time.sleep(0.2)
+    sys.exit(4)
+"""
+
+
+def test_a_worker_leaving_when_the_cluster_scales_to_zero_is_not_replaced(
+    cluster_env: Cluster,
+) -> None:
+    result = cluster_env.run(SCALED_WHILE_LEAVING, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.events() == [{"forks": [1]}], result.stderr

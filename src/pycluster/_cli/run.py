@@ -68,9 +68,9 @@ async def _serve(
     loop: asyncio.AbstractEventLoop,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     kwargs: dict[str, Any],
-    listen: Callable[[int], socket.socket],
+    listen: Callable[[int], socket.socket | list[socket.socket]],
 ) -> Any:
-    """Serve on the cluster listener ``listen(backlog)`` makes (in a thread: it waits)."""
+    """Serve on the cluster listeners ``listen(backlog)`` makes (in a thread: it waits)."""
     from pycluster import aio
 
     runtime = child.runtime()
@@ -106,7 +106,7 @@ def _wrap_create_server(orig: Creator) -> Creator:
                 return await orig(self, protocol_factory, host, port, **kwargs)
             kwargs.pop("sock")
             return await _serve(self, protocol_factory, kwargs, lambda backlog: sock)
-        if kwargs.get("reuse_port") or not (host is None or isinstance(host, str)):
+        if kwargs.get("reuse_port"):
             return await orig(self, protocol_factory, host, port, **kwargs)
         from pycluster import aio
 
@@ -125,12 +125,10 @@ def _wrap_create_server(orig: Creator) -> Creator:
             if extra.get("family") == socket.AF_UNIX:
                 return await self.create_unix_server(protocol_factory, where, **kwargs)
             host, port, family = where[0], where[1], extra["family"]
-        family, address = await aio._resolve(self, host, port or 0, family)
+        # Every address asyncio would listen on (0.0.0.0 and :: for host=None).
+        addresses = await aio._resolve_all(self, host, port or 0, family)
         return await _serve(
-            self,
-            protocol_factory,
-            kwargs,
-            lambda backlog: net.create_server(address, family=family, backlog=backlog),
+            self, protocol_factory, kwargs, lambda backlog: aio._listen_on(addresses, backlog)
         )
 
     return create_server

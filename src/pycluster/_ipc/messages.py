@@ -65,6 +65,7 @@ _FIELDS: dict[Act, dict[str, tuple[type, ...]]] = {
         "fd": _OPT_INT,
         "dualstack": (bool, type(None)),
         "policy": _OPT_INT,
+        "index": _OPT_INT,
     },
     Act.LISTENING: {
         "address": _ADDRESS,

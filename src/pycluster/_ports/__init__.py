@@ -20,8 +20,9 @@ object's own blocking mode and timeout; ``getsockname()`` is the shared address;
 descriptor, kept with the options it set); ``listen()`` only records that the program
 listens (the primary's socket already does, with the backlog it needs); ``dup()``
 works; a shared descriptor stays non-blocking underneath (its flags are shared by
-every worker) while a blocking ``accept()`` still blocks. Every hook costs one
-dictionary look-up for other sockets.
+every worker, so ``setblocking``/``settimeout`` record blocking mode, which
+``gettimeout``/``getblocking`` answer) while a blocking ``accept()`` still blocks.
+Every hook costs one dictionary look-up for other sockets.
 
 When the worker disconnects, a program's listening socket is *retired*: a quiet
 socket that never gets a connection takes its descriptor, so the program's accept

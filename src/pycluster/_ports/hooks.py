@@ -6,6 +6,7 @@ Each hook is the C method for every other socket, after one dictionary look-up.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import socket
 import threading
@@ -13,11 +14,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pycluster._ports import epoll
 from pycluster._ports.listener import (
     OWN,
     RR,
     SHARED,
     C,
+    blocking,
     by_fd,
     by_ino,
     c_accept,
@@ -26,6 +29,7 @@ from pycluster._ports.listener import (
     lookup,
     register,
     registry_lock,
+    wants_blocking,
 )
 from pycluster._ports.query import share
 
@@ -146,33 +150,64 @@ def _listen_hook(self: socket.socket, *backlog: int) -> None:
         listener.listen()  # shared: the primary listens, with the backlog it needs
 
 
-def _keep_shared_nonblocking(sock: socket.socket) -> None:
+def _shared_stream(sock: socket.socket) -> bool:
     listener = lookup(sock)
-    if listener is not None and listener.mode == SHARED and listener.type == socket.SOCK_STREAM:
-        os.set_blocking(C.fileno(sock), False)
-
-
-def _setblocking_hook(self: socket.socket, flag: bool) -> None:
-    C.setblocking(self, flag)
-    if flag and by_fd:
-        _keep_shared_nonblocking(self)
+    return listener is not None and listener.mode == SHARED and listener.type == socket.SOCK_STREAM
 
 
 def _settimeout_hook(self: socket.socket, value: float | None) -> None:
+    # A shared descriptor's flags are every worker's: clearing O_NONBLOCK, even for a
+    # moment, could block another worker's non-blocking accept(). Blocking mode is
+    # recorded instead, and a blocking accept() waits in pycluster.
+    if by_fd and _shared_stream(self):
+        C.settimeout(self, 0.0 if value is None else value)  # raises as settimeout would
+        fd = C.fileno(self)
+        if value is None:
+            blocking[fd] = os.fstat(fd).st_ino
+        else:
+            blocking.pop(fd, None)
+        return
+    if blocking:
+        blocking.pop(C.fileno(self), None)  # a retired one: its own (quiet) socket now
     C.settimeout(self, value)
-    if value is None and by_fd:
-        _keep_shared_nonblocking(self)
+
+
+def _setblocking_hook(self: socket.socket, flag: bool) -> None:
+    if by_fd and _shared_stream(self):
+        _settimeout_hook(self, None if operator.index(flag) else 0.0)
+        return
+    if blocking:
+        blocking.pop(C.fileno(self), None)
+    C.setblocking(self, flag)
+
+
+def _gettimeout_hook(self: socket.socket) -> float | None:
+    if blocking and wants_blocking(self):
+        return None
+    return C.gettimeout(self)
+
+
+def _getblocking_hook(self: socket.socket) -> bool:
+    if blocking and wants_blocking(self):
+        return True
+    return C.getblocking(self)
 
 
 def _dup_hook(self: socket.socket) -> socket.socket:
-    copy = _py_dup(self)
-    if by_fd and (listener := lookup(self)) is not None:
-        register(copy.fileno(), listener)
-        _keep_shared_nonblocking(copy)  # dup() set the copy's timeout, which may clear it
+    if not (by_fd and (listener := lookup(self)) is not None):
+        return _py_dup(self)
+    # Registered before its object exists, so that setting the copy's timeout never
+    # reaches a shared descriptor's flags.
+    fd = os.dup(C.fileno(self))
+    register(fd, listener)
+    copy = socket.socket(self.family, self.type, self.proto, fileno=fd)
+    copy.settimeout(self.gettimeout())
     return copy
 
 
 def _real_close_hook(self: socket.socket, _ss: Any = C) -> None:
+    if blocking:
+        blocking.pop(C.fileno(self), None)
     if by_fd:
         fd = C.fileno(self)
         listener = by_fd.get(fd)
@@ -181,7 +216,16 @@ def _real_close_hook(self: socket.socket, _ss: Any = C) -> None:
             # Under the registry's lock: a retirement never swaps a number closed here.
             with registry_lock:
                 forget(fd)
+                # As with a plain socket, a copy made behind Python's back (os.dup(),
+                # C code) keeps the listener; the last descriptor ends it.
+                copies = [] if listener.fds else listener.copies(besides=fd)
+                if not listener.fds and not copies and listener.mode == SHARED:
+                    # The shared file outlives this close (the primary, the other
+                    # workers hold it): drop what its release would have dropped.
+                    epoll.drop(fd, listener.ino)
                 _py_real_close(self, _ss)
+                for copy in copies:
+                    register(copy, listener)
             if not listener.fds:
                 listener.finish()
             return
@@ -221,12 +265,14 @@ def _unshare_client(sock: socket.socket) -> None:
     if listener is None or listener.listening or listener.shadow is None:
         return
     fd = C.fileno(sock)
+    timeout = sock.gettimeout()  # the program's, whatever the shared descriptor's flags
     with registry_lock:
         os.dup2(listener.shadow.fileno(), fd, inheritable=os.get_inheritable(fd))
         forget(fd)
+        blocking.pop(fd, None)
     address = listener.requested
     listener.finish()
-    C.settimeout(sock, sock.gettimeout())
+    C.settimeout(sock, timeout)
     C.bind(sock, address)
 
 
@@ -252,6 +298,9 @@ def install() -> None:
     cls.listen = _listen_hook
     cls.setblocking = _setblocking_hook
     cls.settimeout = _settimeout_hook
+    cls.gettimeout = _gettimeout_hook
+    cls.getblocking = _getblocking_hook
+    cls.timeout = property(_gettimeout_hook, doc="The socket's timeout (see gettimeout).")
     cls.dup = _dup_hook
     cls._real_close = _real_close_hook
     cls.bind = _bind_hook

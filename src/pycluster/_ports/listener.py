@@ -22,6 +22,7 @@ from typing import Any
 
 from pycluster import _child as child
 from pycluster._ipc.messages import Act
+from pycluster._ports import epoll
 from pycluster._ports.drain import connections_on
 
 RR, SHARED, OWN = "rr", "shared", "own"
@@ -128,6 +129,8 @@ class Listener:
         self._ack_lock = threading.Lock()
         self.token: int | None = None
         self.closer: Callable[[], None] = self.close_for_disconnect
+        #: Gives back what the query took (a port-0 index) once the listener ends.
+        self.release: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Listener {self.mode} {self.sockname!r} fds={sorted(self.fds)}>"
@@ -387,6 +390,8 @@ class Listener:
         self._wake_blocked()
         if sock is not None:
             sock.close()
+        if self.fds:
+            self.retire()  # copies made behind Python's back (os.dup) go quiet too
         else:
             self.finish()
 
@@ -440,16 +445,41 @@ class Listener:
         if shut:
             C.shutdown(quiet, socket.SHUT_RDWR)
         owner = self.owner()
-        blocking = owner is None or owner.gettimeout() is None
-        C.setblocking(quiet, blocking)
+        wants_blocking = owner is None or owner.gettimeout() is None
+        C.setblocking(quiet, wants_blocking)
+        quiet_ino = os.fstat(quiet.fileno()).st_ino
         with registry_lock:
+            for fd in self.copies():
+                register(fd, self)  # an os.dup() copy is a descriptor of it too
             for fd in list(self.fds):
                 if self._still_ours(fd):
+                    # The program's event loop watches the quiet socket from now on,
+                    # not the shared one that stays readable for the other workers.
+                    watched = epoll.drop(fd, self.ino)
                     os.dup2(quiet.fileno(), fd, inheritable=os.get_inheritable(fd))
+                    epoll.restore(fd, watched)
+                    if fd in blocking:
+                        blocking[fd] = quiet_ino
                 forget(fd)
         quiet.close()
         self.finish()
         self.swapped.set()
+
+    def copies(self, *, besides: int | None = None) -> list[int]:
+        """Descriptors of this process for this listener that the registry does not know
+        (``os.dup()``, C code), other than ``besides``."""
+        found: list[int] = []
+        target = f"socket:[{self.ino}]"
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd in self.fds or fd == besides:
+                continue
+            try:
+                if os.readlink(f"/proc/self/fd/{name}") == target:
+                    found.append(fd)
+            except OSError:
+                continue  # closed meanwhile
+        return found
 
     def finish(self) -> None:
         """No descriptor of this listener is left: release what it held."""
@@ -471,6 +501,9 @@ class Listener:
             for fd in self._wake:
                 os.close(fd)
             self._wake = None
+        release, self.release = self.release, None
+        if release is not None:
+            release()
         self.swapped.set()
 
     # -- draining ------------------------------------------------------------------------------
@@ -488,6 +521,10 @@ class Listener:
 # -- the registry of listening descriptors -----------------------------------------------------
 by_fd: dict[int, Listener] = {}
 by_ino: dict[int, Listener] = {}
+#: Shared stream descriptors whose program asked for blocking mode, with the inode they
+#: had then. The descriptor's flags are every worker's, so the socket object stays
+#: non-blocking underneath; ``gettimeout()``/``getblocking()`` answer what was asked.
+blocking: dict[int, int] = {}
 #: Held while a listener's descriptor numbers change hands (close, retire, unshare).
 registry_lock = threading.RLock()
 
@@ -507,6 +544,21 @@ def forget(fd: int) -> Listener | None:
             if not listener.fds and by_ino.get(listener.ino) is listener:
                 del by_ino[listener.ino]
         return listener
+
+
+def wants_blocking(sock: socket.socket) -> bool:
+    """Whether ``sock`` is a shared descriptor its program put in blocking mode."""
+    fd = C.fileno(sock)
+    ino = blocking.get(fd)
+    if ino is None:
+        return False
+    try:
+        if os.fstat(fd).st_ino == ino:
+            return True
+    except OSError:
+        pass
+    blocking.pop(fd, None)  # closed behind Python's back, the number reused
+    return False
 
 
 def lookup(sock: socket.socket) -> Listener | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from pycluster import _child as child
@@ -18,8 +20,35 @@ from pycluster._ports.listener import (
     C,
     Listener,
     address_type,
+    blocking,
     register,
 )
+
+#: This worker's port-0 servers in use, per address asked for: ``[next index, indexes]``.
+#: As Node's ``index``: the k-th port-0 server of every worker shares one port, so a
+#: worker's second port-0 server gets a port of its own, as outside a cluster.
+_port_zero: dict[tuple[Any, ...], tuple[list[int], set[int]]] = {}
+_port_zero_lock = threading.Lock()
+
+
+def _take_index(family: int, type_: int, host: Any) -> tuple[int, Callable[[], None]]:
+    """The next port-0 index for ``host``, and what gives it back when the server ends."""
+    key = (family, type_, host)
+    with _port_zero_lock:
+        counter, used = _port_zero.setdefault(key, ([0], set()))
+        index = counter[0]
+        counter[0] += 1
+        used.add(index)
+
+    def release() -> None:
+        with _port_zero_lock:
+            entry = _port_zero.get(key)
+            if entry is not None and entry[1] is used:
+                used.discard(index)
+                if not used:  # every one is closed: the next is the first again
+                    del _port_zero[key]
+
+    return index, release
 
 
 def share(
@@ -70,6 +99,10 @@ def query(
         host = os.path.abspath(path) if path and not path.startswith("\0") else path
     else:
         host, port = address[0] or "", int(address[1])
+    index: int | None = None
+    release: Callable[[], None] | None = None
+    if port == 0 and fd is None:
+        index, release = _take_index(family, type_, host)
     try:
         reply = runtime.request(
             Act.QUERY_SERVER,
@@ -81,18 +114,29 @@ def query(
             fd=fd,
             dualstack=dualstack,
             policy=policy,
+            index=index,
         )
     except ChannelClosedError:
+        if release is not None:
+            release()
         if not runtime.worker.exited_after_disconnect:
             raise
         reply = {"errno": errno.ECONNABORTED}
+    except BaseException:
+        if release is not None:
+            release()
+        raise
     if "errno" in reply:
+        if release is not None:
+            release()
         for extra in reply.get("_fds", []):
             os.close(extra)
         err = int(reply["errno"])
         if err != errno.ECONNABORTED or not runtime.worker.exited_after_disconnect:
             where = f"fd={fd}" if fd is not None else address
             raise OSError(err, str(reply.get("error") or os.strerror(err)), where)
+    elif release is not None:
+        reply["_release"] = release  # the listener gives its index back when it ends
     return reply
 
 
@@ -105,6 +149,34 @@ def adopt(
     created: bool,
 ) -> None:
     """Put the descriptor the primary answered with behind ``sock``, and register it."""
+    release: Callable[[], None] | None = reply.pop("_release", None)
+    try:
+        listener = _adopt(runtime, sock, reply, address, fd, created)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+    if listener is None:
+        if release is not None:
+            release()
+        return
+    listener.release = release
+    register(sock.fileno(), listener)
+    HISTORY[:] = [old for old in HISTORY if old.fds or old.retired]
+    HISTORY.append(listener)
+    listener.token = runtime.servers.add(lambda: listener.closer())
+    if int(reply.get("type", sock.type)) != socket.SOCK_STREAM:
+        listener.listen()  # a datagram socket serves once bound
+
+
+def _adopt(
+    runtime: child.ChildRuntime,
+    sock: socket.socket,
+    reply: dict[str, Any],
+    address: Any,
+    fd: int | None,
+    created: bool,
+) -> Listener | None:
     if "errno" in reply:
         # The worker is being disconnected: the server is born closed (a socket of
         # ours) or retired (the program's), so serving ends as a disconnect ends it.
@@ -112,7 +184,7 @@ def adopt(
             sock.close()
         else:
             _go_quiet(sock)
-        return
+        return None
     fds: list[int] = reply.get("_fds", [])
     mode = str(reply.get("mode"))
     family, type_ = int(sock.family), int(sock.type)
@@ -139,7 +211,13 @@ def adopt(
         os.dup2(fds[0], own_fd, inheritable=os.get_inheritable(own_fd))
         os.close(fds.pop(0))
         if mode == SHARED and real_type == socket.SOCK_STREAM:
-            os.set_blocking(own_fd, False)  # flags shared by every worker: see _blocking_accept
+            # The descriptor's flags are every worker's: it stays non-blocking (a
+            # blocking accept() waits in pycluster, see _blocking_accept), and the
+            # program's blocking mode is recorded (see hooks._settimeout_hook).
+            wanted = C.gettimeout(sock)
+            C.settimeout(sock, 0.0 if wanted is None else wanted)
+            if wanted is None:
+                blocking[own_fd] = os.fstat(own_fd).st_ino
         else:
             C.settimeout(sock, sock.gettimeout())  # the program's mode, on the new descriptor
     else:
@@ -161,12 +239,7 @@ def adopt(
     )
     listener.kernel_name = kernel_name
     listener.requested = address
-    register(own_fd, listener)
-    HISTORY[:] = [old for old in HISTORY if old.fds or old.retired]
-    HISTORY.append(listener)
-    listener.token = runtime.servers.add(lambda: listener.closer())
-    if real_type != socket.SOCK_STREAM:
-        listener.listen()  # a datagram socket serves once bound
+    return listener
 
 
 def _go_quiet(sock: socket.socket) -> None:
