@@ -242,9 +242,7 @@ class LoopChannel:
                     return True
                 if sent == len(header) + len(payload):
                     return True
-            self._out.append(_Pending(parts, sent, owned, callback))
-            if len(self._out) == 1:
-                self._flush_locked()
+            self._queue_locked(_Pending(parts, sent, owned, callback))
         return True
 
     def send_user(self, payload: bytes) -> bool:
@@ -268,10 +266,14 @@ class LoopChannel:
                     return True
                 if sent == len(data):
                     return True
-            self._out.append(_Pending([data], sent, [], None))
-            if len(self._out) == 1:
-                self._flush_locked()
+            self._queue_locked(_Pending([data], sent, [], None))
         return True
+
+    def _queue_locked(self, item: _Pending) -> None:
+        # What the socket did not take at once waits, and goes out in order.
+        self._out.append(item)
+        if len(self._out) == 1:
+            self._flush_locked()
 
     def _flush_locked(self) -> None:
         while self._out and not self._closed:

@@ -14,21 +14,11 @@ import os
 import socket
 from typing import Any
 
+from pycluster._ports.fdtable import descriptors
+
 _C = _socket.socket  # the C socket type: pycluster's hooks are not on it
 #: TCP states that are no connection any more: LISTEN and CLOSE.
 _NOT_CONNECTED = (socket.TCP_LISTEN if hasattr(socket, "TCP_LISTEN") else 10, 7)
-
-
-def socket_fds() -> list[int]:
-    """This process's descriptors that are sockets."""
-    fds: list[int] = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:["):
-                fds.append(int(name))
-        except (OSError, ValueError):
-            continue
-    return fds
 
 
 def _normal(family: int, name: Any) -> Any:
@@ -69,4 +59,5 @@ def connections_on(family: int, sockname: Any) -> int:
     if family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
         return 0
     wanted = _normal(family, sockname)
-    return sum(1 for fd in socket_fds() if _is_connection_on(fd, family, wanted))
+    sockets = descriptors(lambda link: link.startswith("socket:["))
+    return sum(1 for fd in sockets if _is_connection_on(fd, family, wanted))

@@ -14,19 +14,14 @@ from __future__ import annotations
 import os
 import select
 
+from pycluster._ports.fdtable import descriptors
+
 #: A registration: (epoll descriptor, its event mask).
 Registration = tuple[int, int]
 
 
 def _epoll_fds() -> list[int]:
-    found: list[int] = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]":
-                found.append(int(name))
-        except OSError:
-            continue  # closed meanwhile
-    return found
+    return descriptors("anon_inode:[eventpoll]".__eq__)
 
 
 def registrations(fd: int, ino: int) -> list[Registration]:

@@ -24,6 +24,7 @@ from pycluster import _child as child
 from pycluster._ipc.messages import Act
 from pycluster._ports import epoll
 from pycluster._ports.drain import connections_on
+from pycluster._ports.fdtable import descriptors
 
 RR, SHARED, OWN = "rr", "shared", "own"
 SCHED_NONE = 1
@@ -130,7 +131,6 @@ class Listener:
         self._wake: tuple[int, int] | None = None
         self._burst = 0
         self._burst_at = 0.0
-        self._last_accept = 0.0
         self._run_start = 0.0
         # Hand-offs taken and not acknowledged yet (see _take), and the lock that
         # keeps them in step with what is written to the primary.
@@ -190,9 +190,8 @@ class Listener:
         except BlockingIOError:
             self._burst = 0
             raise
-        if now - self._last_accept > QUIET_SPELL:
+        if now - self._burst_at > QUIET_SPELL:
             self._run_start = now
-        self._last_accept = now
         self._burst += 1
         # From the end of this accept: the sleep above is not a gap between wake-ups.
         self._burst_at = time.monotonic()
@@ -483,18 +482,8 @@ class Listener:
     def copies(self, *, besides: int | None = None) -> list[int]:
         """Descriptors of this process for this listener that the registry does not know
         (``os.dup()``, C code), other than ``besides``."""
-        found: list[int] = []
-        target = f"socket:[{self.ino}]"
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd in self.fds or fd == besides:
-                continue
-            try:
-                if os.readlink(f"/proc/self/fd/{name}") == target:
-                    found.append(fd)
-            except OSError:
-                continue  # closed meanwhile
-        return found
+        same = descriptors(f"socket:[{self.ino}]".__eq__)
+        return [fd for fd in same if fd not in self.fds and fd != besides]
 
     def finish(self) -> None:
         """No descriptor of this listener is left: release what it held."""
