@@ -37,8 +37,8 @@ class Clock:
         self.now += DEFAULT_HOLD * 2
 
 
-def handle_with(*workers: str) -> Handle:
-    h: Handle = RoundRobinHandle(window=1)
+def handle_with(*workers: str, window: int = 1, clock: Clock | None = None) -> Handle:
+    h: Handle = RoundRobinHandle(window=window, clock=clock or Clock())
     for w in workers:
         assert h.add(w) == []
     return h
@@ -249,9 +249,7 @@ class TestWindow:
 
     def test_workers_with_room_take_turns(self) -> None:
         clock = Clock()
-        h: Handle = RoundRobinHandle(window=3, clock=clock)
-        for w in ("a", "b"):
-            h.add(w)
+        h = handle_with("a", "b", window=3, clock=clock)
         assert [h.push(i)[0][0] for i in range(4)] == ["a", "b", "a", "b"]
         h.accepted("b")
         h.accepted("b")
@@ -263,9 +261,7 @@ class TestWindow:
 
     def test_a_full_worker_keeps_its_turn_until_it_answers(self) -> None:
         clock = Clock()
-        h: Handle = RoundRobinHandle(window=2, clock=clock)
-        for w in ("a", "b"):
-            h.add(w)
+        h = handle_with("a", "b", window=2, clock=clock)
         # A burst of long-lived connections: both windows fill, then b answers first.
         for i in range(6):
             h.push(i)
@@ -277,9 +273,7 @@ class TestWindow:
 
     def test_a_lagging_worker_loses_its_turn(self) -> None:
         clock = Clock()
-        h: Handle = RoundRobinHandle(window=1, clock=clock)
-        for w in ("a", "b"):
-            h.add(w)
+        h = handle_with("a", "b", window=1, clock=clock)
         h.push(0)
         h.push(1)
         h.accepted("b")
@@ -305,9 +299,7 @@ class TestWindow:
 
     def test_when_every_worker_lags_they_take_turns(self) -> None:
         clock = Clock()
-        h: Handle = RoundRobinHandle(window=4, clock=clock)
-        for w in ("a", "b"):
-            h.add(w)
+        h = handle_with("a", "b", window=4, clock=clock)
         h.push(0)
         h.push(1)
         clock.pass_hold()  # an overloaded machine: both answer late
@@ -336,9 +328,11 @@ class TestWindow:
         assert h.redistribute() == [("a", 2)]
 
     def test_fresh_connections_split_evenly(self) -> None:
-        h: Handle = RoundRobinHandle(window=8, clock=Clock())
-        for w in ("a", "b"):
-            h.add(w)
+        h = handle_with(
+            "a",
+            "b",
+            window=8,
+        )
         counts: Counter[str] = Counter()
         for conn in range(2000):
             for worker, _ in h.push(conn):
