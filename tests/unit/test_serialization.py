@@ -212,7 +212,11 @@ leaves = st.one_of(
     st.fractions(),
     st.uuids(),
     st.text(alphabet="abc/", max_size=12).map(pathlib.PurePosixPath),
-    st.text(alphabet="abc\\", max_size=12).map(pathlib.PureWindowsPath),
+    # A UNC name with an empty share (r"\\a\") does not survive its own str() or
+    # pickle in CPython; such a path cannot round-trip through any serialization.
+    st.text(alphabet="abc\\", max_size=12)
+    .map(pathlib.PureWindowsPath)
+    .filter(lambda p: pathlib.PureWindowsPath(str(p)) == p),
     st.text(alphabet="abc/", max_size=12).map(pathlib.Path),
 )
 hashables = st.one_of(st.integers(), st.text(max_size=10), st.binary(max_size=10), st.uuids())
