@@ -18,7 +18,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from pycluster._scheduling.round_robin import DEFAULT_HOLD, RoundRobinHandle
+from pycluster._scheduling.round_robin import (
+    BURST_SPAN,
+    DEFAULT_HOLD,
+    QUIET_SPELL,
+    RoundRobinHandle,
+)
 
 Handle = RoundRobinHandle[str, int]
 
@@ -270,6 +275,39 @@ class TestWindow:
         assert h.accepted("a") == (0, [("a", 4), ("b", 5)])
         # Over the burst each got the same number of connections.
         assert len(h.outstanding("a")) + 1 == len(h.outstanding("b")) + 1
+
+    def test_under_a_steady_stream_a_worker_with_room_does_not_wait_for_a_full_one(
+        self,
+    ) -> None:
+        clock = Clock()
+        h = handle_with("a", "b", window=1, clock=clock)
+        # Connections keep coming, a little apart, past the burst that opened the stream.
+        conn = 0
+        while clock.now < 100.0 + BURST_SPAN:
+            for worker, _ in h.push(conn):
+                h.accepted(worker)
+            conn += 1
+            clock.now += QUIET_SPELL / 2
+        [(first, _)] = h.push(conn)
+        [(second, _)] = h.push(conn + 1)
+        assert first != second
+        h.accepted(second)
+        # first's turn, and its window is full; second keeps up and has room. Holding
+        # would idle second: under a stream, it goes on.
+        assert h.push(conn + 2) == [(second, conn + 2)]
+        assert h.deadline is None
+
+    def test_a_burst_after_a_quiet_spell_holds_again(self) -> None:
+        clock = Clock()
+        h = handle_with("a", "b", window=1, clock=clock)
+        clock.now += BURST_SPAN * 2
+        h.push(0)
+        h.push(1)
+        h.accepted("b")
+        # Clients connecting at once after a quiet spell: a's turn is held for it, so
+        # a burst of long-lived connections splits evenly.
+        assert h.push(2) == [] and h.deadline is not None
+        assert h.accepted("a") == (0, [("a", 2)])
 
     def test_a_lagging_worker_loses_its_turn(self) -> None:
         clock = Clock()
