@@ -90,6 +90,12 @@ def _notes(r: dict[str, Any], mode: str) -> str:
     return "; ".join(notes)
 
 
+def conns_text(r: dict[str, Any]) -> str:
+    """Keep-alive connections per worker, largest first (e.g. ``25/25``), if sampled."""
+    placed = r.get("connections_per_worker")
+    return "/".join(str(n) for n in placed) if placed else ""
+
+
 def busiest_share(r: dict[str, Any]) -> float | None:
     """The largest worker's fraction of a run's requests, or None without every count."""
     shares = r.get("shares") or {}
@@ -109,7 +115,7 @@ def results_table(results: Results, variants: Sequence[VariantInfo]) -> str:
             if r is None:
                 continue
             if "error" in r:
-                rows.append([v.name, *[""] * 9, "FAILED: " + r["error"].splitlines()[0]])
+                rows.append([v.name, *[""] * 10, "FAILED: " + r["error"].splitlines()[0]])
                 continue
             lat, cpu = r["latency_ms"], r["cpu_pct"]
             busiest = busiest_share(r)
@@ -122,6 +128,7 @@ def results_table(results: Results, variants: Sequence[VariantInfo]) -> str:
                     r["error_total"],
                     share_text(r["shares"]),
                     "" if busiest is None else round(100 * busiest),
+                    conns_text(r),
                     round(cpu["primary"]),
                     round(cpu["workers"]),
                     round(cpu["wrk"]),
@@ -130,7 +137,7 @@ def results_table(results: Results, variants: Sequence[VariantInfo]) -> str:
             )
         if rows:
             headers = ["variant", "req/s", "p50 ms", "p99 ms", "errors", "shares %", "busiest %"]
-            headers += ["cpu% primary", "cpu% workers", "cpu% wrk", "notes"]
+            headers += ["conns", "cpu% primary", "cpu% workers", "cpu% wrk", "notes"]
             out.append(f"== {mode} ==\n" + format_table(headers, rows))
     return "\n\n".join(out)
 
@@ -241,7 +248,9 @@ def goal_rows(results: Results, variants: Sequence[VariantInfo]) -> list[dict[st
             busiest = busiest_share(r) if _ok(r) else None
             target = None if fam == "node" else ("<=", 100 * GOAL_BUSIEST_SHARE)
             value = None if busiest is None else 100 * busiest
-            row(share_goal, f"{name} ({share_text(r.get('shares', {}))})", value, "%", target, [r])
+            placed = f"; conns {conns_text(r)}" if conns_text(r) else ""
+            figure = f"{name} ({share_text(r.get('shares', {}))}{placed})"
+            row(share_goal, figure, value, "%", target, [r])
 
     fresh_goal = f"fresh connections within {100 * GOAL_FRESH_DEVIATION:g} points of even, rr"
     for v in variants:
@@ -454,12 +463,20 @@ def markdown(
             cells.append("failed" if r is not None and "error" in r else r and round(r["rps"]))
         ka = results.get((v.name, "keep-alive"))
         cells.append(share_text(ka["shares"]) if ka is not None and _ok(ka) else "")
+        cells.append(conns_text(ka) if ka is not None and _ok(ka) else "")
         busy = [m for m in MODES if (r := results.get((v.name, m))) and _disturbed(r)]
         cells.append(", ".join(busy))
         rows.append(cells)
     parts.append(
         _md_table(
-            ["variant", "keep-alive req/s", "close req/s", "keep-alive shares %", "busy machine"],
+            [
+                "variant",
+                "keep-alive req/s",
+                "close req/s",
+                "keep-alive shares %",
+                "keep-alive conns",
+                "busy machine",
+            ],
             rows,
         )
     )

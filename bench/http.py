@@ -18,8 +18,9 @@ from the workers' own counters how they were split. Variants:
   (sync, and gthread for context), granian ``--workers 2`` (ASGI and WSGI: the
   stretch anchor, no goal).
 
-For every run: requests/s, p50/p99 latency (wrk's histogram), each worker's share of
-the requests (each worker counts and writes its count when stopped; a fresh server per
+For every run: requests/s, p50/p99 latency (wrk's histogram), how the 50 keep-alive
+connections were placed (``ss -tnp`` half-way through the run: which process holds
+each), each worker's share of the requests (each worker counts and writes its count when stopped; a fresh server per
 mode, so the shares cover that mode's warm-up and run) and the CPU used by the primary,
 the workers, wrk and anything else (a run where other processes took more than 15 % of
 a core is flagged "busy machine"). Then the goals, each PASS or FAIL:
@@ -62,6 +63,7 @@ import functools
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -69,6 +71,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -437,6 +440,31 @@ def run_wrk(
     raise RuntimeError(f"wrk printed no report (exit {done.returncode}): {output[-1:]}")
 
 
+def connection_split(port: int) -> list[int] | None:
+    """The established connections to ``port`` per process, largest first (``ss -tnp``).
+
+    Which process holds each client connection, read from the kernel while wrk runs: how
+    the connections were placed, apart from how fast each worker then serves them. A
+    connection several processes hold (a descriptor not yet closed after a hand-off)
+    counts for none. None when ``ss`` is missing or fails.
+    """
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    argv = [ss, "-tnpH", "state", "established", f"( sport = :{port} )"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    per_pid: dict[str, int] = {}
+    for line in done.stdout.splitlines():
+        pids = set(re.findall(r"pid=(\d+)", line))
+        if len(pids) == 1:
+            pid = pids.pop()
+            per_pid[pid] = per_pid.get(pid, 0) + 1
+    return sorted(per_pid.values(), reverse=True)
+
+
 # --------------------------------------------------------------------------- one run
 
 
@@ -474,10 +502,21 @@ def measure(variant: Variant, mode: str, args: argparse.Namespace, wrk: str) -> 
                     run_wrk(wrk, server.port, mode, args.warmup, args.threads, args.connections)
                 cpu_before = CpuSample.take()
                 started = time.monotonic()
+                placed: list[list[int] | None] = []
+                # Half-way through a keep-alive run, where each connection is held.
+                sampler = threading.Timer(
+                    args.duration / 2, lambda: placed.append(connection_split(server.port))
+                )
+                if mode == "keep-alive":
+                    sampler.start()
                 report = run_wrk(
                     wrk, server.port, mode, args.duration, args.threads, args.connections
                 )
                 elapsed = time.monotonic() - started
+                if mode == "keep-alive":
+                    sampler.join()
+                if placed and placed[0]:
+                    result["connections_per_worker"] = placed[0]
                 cpu = cpu_split(cpu_before, CpuSample.take(), server.proc.pid, report["cpu_s"])
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             result["error"] = str(exc)
@@ -580,6 +619,9 @@ def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
     merged["error_total"] = sum(r["error_total"] for r in good)
     merged["shares"] = _sum_shares([r["shares"] for r in good])
+    placed = [r.get("connections_per_worker") for r in good]
+    if all(placed) and len({len(p) for p in placed if p}) == 1:
+        merged["connections_per_worker"] = [sum(ns) for ns in zip(*placed, strict=True)]
     merged["rounds"] = rounds
     return merged
 
