@@ -38,6 +38,7 @@ from pycluster._ipc.messages import Act, Message, encode_internal
 from pycluster._reactor import Reactor, Timer
 from pycluster._scheduling.round_robin import DEFAULT_WINDOW, RoundRobinHandle
 from pycluster._scheduling.shared import SharedHandle
+from pycluster._turns import AcceptTurns
 from pycluster._worker import Worker
 
 log = logging.getLogger("pycluster")
@@ -329,6 +330,12 @@ class SharedServer(_Served):
     def __init__(self, table: ServerTable, handle_id: int, key: Key, sock: socket.socket) -> None:
         super().__init__(table, handle_id, key, sock)
         self.handle: SharedHandle[Worker] = SharedHandle()
+        #: The page the workers share bursts of connections with (stream sockets).
+        self.turns: AcceptTurns | None = None
+        self._turns_fd = -1
+        self._slots: dict[Worker, int] = {}
+        if self.mode == "shared" and sock.type == socket.SOCK_STREAM:
+            self.turns, self._turns_fd = AcceptTurns.create()
 
     def add(self, worker: Worker, seq: int) -> None:
         if not self.handle.add(worker):
@@ -336,11 +343,26 @@ class SharedServer(_Served):
                 worker, seq, errno.EADDRINUSE, "this worker already listens here"
             )
             return
-        self.table.reply(worker, seq, self.reply_fields(), [self.sock.fileno()])
+        fields, fds = self.reply_fields(), [self.sock.fileno()]
+        if self.turns is not None:
+            slot = self._slots[worker] = self.turns.join()
+            fields["turn_slot"] = slot
+            fds.append(self._turns_fd)
+        self.table.reply(worker, seq, fields, fds)
 
     def remove(self, worker: Worker) -> None:
+        slot = self._slots.pop(worker, None)
+        if slot is not None and self.turns is not None:
+            self.turns.leave(slot)
         if worker in self.handle.members and self.handle.remove(worker):
             self.table.unused(self)
+
+    def close(self) -> None:
+        super().close()
+        if self.turns is not None:
+            self.turns.close()
+            self.turns = None
+            os.close(self._turns_fd)
 
     def start_refusing(self) -> None:
         if self.sock.type != socket.SOCK_STREAM or self.mode != "shared" or self.refusing:

@@ -25,6 +25,7 @@ from pycluster._ipc.messages import Act
 from pycluster._ports import epoll
 from pycluster._ports.drain import connections_on
 from pycluster._ports.fdtable import descriptors
+from pycluster._turns import AcceptTurns
 
 RR, SHARED, OWN = "rr", "shared", "own"
 SCHED_NONE = 1
@@ -52,7 +53,8 @@ QUIET_SPELL = 0.05
 #: ... for this long: long enough to cover a burst whose workers wait for a CPU. (50
 #: keep-alive connections at once split 18-27/32-23 over five runs with it, 8-17/42-33
 #: without; sleeping before every second accept split them 24-26 but cost a steady
-#: stream of short connections about 40 % of its throughput.)
+#: stream of short connections about 40 % of its throughput.) Only where the workers
+#: have no turns page (pycluster._turns), which shares a burst out more evenly.
 FAIR_START = 0.25
 #: How often draining checks whether connections are still open.
 DRAIN_POLL = 0.05
@@ -129,6 +131,8 @@ class Listener:
         self.closing = False
         self.swapped = threading.Event()
         self._wake: tuple[int, int] | None = None
+        #: Shared policy: the page the workers of this socket share out bursts with.
+        self.turns: AcceptTurns | None = None
         self._burst = 0
         self._burst_at = 0.0
         self._run_start = 0.0
@@ -177,7 +181,12 @@ class Listener:
         if self._burst >= SHARED_BURST:
             self._burst = 0
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-        if self._burst and now - self._run_start < FAIR_START:
+        turns = self.turns
+        if turns is not None:
+            # Early in a burst, step aside while ahead of a sibling worker and
+            # connections still wait: the one behind takes them (see pycluster._turns).
+            turns.wait_turn(lambda: _readable(sock))
+        elif self._burst and now - self._run_start < FAIR_START:
             # A burst after a quiet spell (clients opening their connections at once):
             # before a second connection in one wake-up, step off the CPU for a moment
             # (libuv's nanosleep in a cluster worker), so that a worker woken for the
@@ -190,6 +199,8 @@ class Listener:
         except BlockingIOError:
             self._burst = 0
             raise
+        if turns is not None:
+            turns.took()
         if now - self._burst_at > QUIET_SPELL:
             self._run_start = now
         self._burst += 1
@@ -304,6 +315,8 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 pass
             else:
+                if self.turns is not None:
+                    self.turns.took()  # counted, so that event-loop siblings see it
                 self._count(fd)
                 return fd, addr
             wake = self._wake_pipe()
@@ -531,6 +544,14 @@ by_ino: dict[int, Listener] = {}
 blocking: dict[int, int] = {}
 #: Held while a listener's descriptor numbers change hands (close, retire, unshare).
 registry_lock = threading.RLock()
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether connections wait on a listening socket (without taking one)."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def register(fd: int, listener: Listener) -> None:

@@ -23,6 +23,7 @@ from pycluster._ports.listener import (
     blocking,
     register,
 )
+from pycluster._turns import AcceptTurns
 
 #: This worker's port-0 servers in use, per address asked for: ``[next index, indexes]``.
 #: As Node's ``index``: the k-th port-0 server of every worker shares one port, so a
@@ -222,6 +223,9 @@ def _adopt(
             C.settimeout(sock, sock.gettimeout())  # the program's mode, on the new descriptor
     else:
         raise OSError(errno.EPROTO, f"the primary answered with an unknown mode {mode!r}")
+    turns: AcceptTurns | None = None
+    if mode == SHARED and fds and "turn_slot" in reply:
+        turns = AcceptTurns.open_fd(fds[0], int(reply["turn_slot"]))  # mapped: fd may go
     for extra in fds:
         os.close(extra)
     fds.clear()
@@ -239,6 +243,7 @@ def _adopt(
     )
     listener.kernel_name = kernel_name
     listener.requested = address
+    listener.turns = turns
     return listener
 
 
