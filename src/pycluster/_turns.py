@@ -45,7 +45,7 @@ QUIET_SPELL = 0.05
 #: ... for this long (long enough to cover a burst whose workers wait for a CPU).
 FAIR_START = 0.25
 #: Longest a worker that is ahead waits, in one burst, for one that is behind.
-TURN_WAIT = 0.005
+TURN_WAIT = 0.02
 #: One step off the CPU while waiting (the kernel rounds a sleep up to ~50 µs).
 STEP = 0.0001
 

@@ -72,8 +72,8 @@ def test_bursts_of_long_lived_connections_split_evenly(live: Live) -> None:
     for _ in range(BURSTS):
         shares = Counter(asyncio.run(asyncio.wait_for(_burst(port, CLIENTS), 20)))
         assert sorted(shares) == [1, 2], shares
-        # 20 each; the kernel may hand one worker a couple before the other wakes.
-        assert all(abs(n - CLIENTS / 2) <= 3 for n in shares.values()), shares
+        # 20 each; the kernel may hand one worker a few before the other wakes.
+        assert all(abs(n - CLIENTS / 2) <= 4 for n in shares.values()), shares
         asyncio.run(asyncio.sleep(0.2))  # a quiet spell: the next one is a new burst
     primary.proc.send_signal(signal.SIGTERM)
     assert primary.finish().returncode == 0
