@@ -447,6 +447,10 @@ class Primary:
     def disconnect(self, callback: Callable[[], Any] | None) -> Completion:
         """``cluster.disconnect()``: disconnect every worker, then close the primary's handles."""
         self._attach_if_running()
+        if self.supervisor is not None:
+            # Disconnecting every worker ends the cluster: a replacement scheduled for a
+            # worker that died before would start serving again afterwards.
+            self.supervisor.cancel_restarts()
         done = Completion()
         waiting = [w for w in self.workers.values() if w.is_connected()]
         remaining = len(waiting)

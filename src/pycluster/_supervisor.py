@@ -221,11 +221,15 @@ class Supervisor:
         """Workers serving or about to: alive and not retiring, plus pending restarts."""
         return len(self._alive()) + len(self._restart_timers)
 
+    def cancel_restarts(self) -> None:
+        """Cancel the restarts scheduled so far (``cluster.disconnect()`` ends the cluster)."""
+        for slot in list(self._restart_timers):
+            self._cancel_restart(slot)
+
     def stop(self) -> None:
         """Shutdown began: cancel pending restarts and reloads; start nothing new."""
         self.stopping = True
-        for slot in list(self._restart_timers):
-            self._cancel_restart(slot)
+        self.cancel_restarts()
         for done in list(self._reloads):
             done.finish(RuntimeError("reload cancelled: the cluster is shutting down"))
         for deadline in self._deadlines:

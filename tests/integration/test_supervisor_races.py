@@ -197,3 +197,40 @@ def test_a_worker_leaving_when_the_cluster_scales_to_zero_is_not_replaced(
     result = cluster_env.run(SCALED_WHILE_LEAVING, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.events() == [{"forks": [1]}], result.stderr
+
+
+DISCONNECT_WHILE_RESTARTING = """
+import json, sys, time
+import pycluster as cluster
+
+if cluster.is_primary:
+    cluster.setup_primary(restart="on-failure", restart_delay=1.0)
+    forks = []
+    cluster.on("fork", lambda w: forks.append(w.id))
+    crashed = cluster.fork()
+    steady = cluster.fork()
+    # The crashed worker's replacement is due in a second; the program disconnects
+    # the cluster meanwhile, to end it.
+    crashed.on("exit", lambda *_: cluster.disconnect())
+    cluster.run()
+    print(json.dumps({"forks": forks}))
+else:
+    if cluster.worker.id == 1:
+        time.sleep(0.2)
+        sys.exit(4)
+    srv = cluster.create_server(("127.0.0.1", 0))
+    while True:
+        try:
+            srv.accept()[0].close()
+        except OSError:
+            break  # the disconnect closed the server: the worker ends
+"""
+
+
+def test_disconnecting_the_cluster_cancels_a_pending_restart(cluster_env: Cluster) -> None:
+    # The cluster ends: no replacement is forked once disconnect() was called, as a
+    # shutdown cancels it.
+    result = cluster_env.run(DISCONNECT_WHILE_RESTARTING, timeout=30)
+    assert result.returncode == 0, result.stderr
+    (final,) = result.events()
+    assert final["forks"] == [1, 2], result.stderr
