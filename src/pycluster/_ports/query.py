@@ -224,7 +224,7 @@ def _adopt(
     else:
         raise OSError(errno.EPROTO, f"the primary answered with an unknown mode {mode!r}")
     turns: AcceptTurns | None = None
-    if mode == SHARED and fds and "turn_slot" in reply:
+    if mode == SHARED and fds and int(reply.get("turn_slot", -1)) >= 0:
         turns = AcceptTurns.open_fd(fds[0], int(reply["turn_slot"]))  # mapped: fd may go
     for extra in fds:
         os.close(extra)
