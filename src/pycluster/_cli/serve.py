@@ -46,7 +46,7 @@ import pycluster as cluster
 from pycluster import _child as child
 from pycluster import _ports as net
 from pycluster import aio
-from pycluster._cli import EXIT_APP_LOAD, binds, logs, serveconf
+from pycluster._cli import EXIT_APP_LOAD, binds, coalesce, logs, serveconf
 from pycluster._cli.serveconf import (
     CERT_REQS,
     FATAL_CMD,
@@ -251,14 +251,15 @@ def _server_class() -> type:
                 return
             loop = asyncio.get_running_loop()
 
+            # Headers and body in one write (see coalesce): uvicorn sends them apart.
+            protocol_class: Any = coalesce.coalescing(self.config.http_protocol_class, loop)
+            native, config, state = self.native, self.config, self.server_state
+
             def create_protocol() -> asyncio.Protocol:
-                if self.native is not None:
-                    return wsgi.Connection(self.native, self.server_state)
-                protocol_class: Any = self.config.http_protocol_class
+                if native is not None:
+                    return wsgi.Connection(native, state)
                 protocol: asyncio.Protocol = protocol_class(
-                    config=self.config,
-                    server_state=self.server_state,
-                    app_state=self.lifespan.state,
+                    config=config, server_state=state, app_state=self.lifespan.state
                 )
                 return protocol
 
