@@ -2,7 +2,9 @@
 
 An ASGI application runs on uvicorn's HTTP: a well-kept server whose HTTP comes
 from httptools (llhttp) or h11, with keep-alive, pipelining, flow control, a
-connection limit and graceful shutdown, and which serves sockets it is given.
+connection limit and graceful shutdown, and which serves sockets it is given. Its
+protocol writes through :class:`~pycluster._cli.coalesce.CoalescingTransport`, so a
+small response's headers and body leave in one system call rather than two.
 A WSGI application runs on :mod:`pycluster._cli.wsgi`, pycluster's own HTTP/1.1
 protocol (httptools parsing, the environ built directly, the app inline or in a
 thread pool), which uvicorn's ``Server`` still starts and shuts down, so both
