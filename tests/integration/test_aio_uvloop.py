@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -110,6 +111,33 @@ def test_uvloop_connections_know_their_peer(cluster_env: Cluster, policy: str) -
             workers.add(worker)
     if policy == "rr":
         assert workers == {"1", "2"}
+    proc.terminate()
+    result = cluster_env.finish(proc)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def _burst(port: int, clients: int) -> list[str]:
+    async def one() -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return (await asyncio.wait_for(reader.read(), 20)).decode().split()[0]
+        finally:
+            writer.close()
+
+    return await asyncio.gather(*(one() for _ in range(clients)))
+
+
+def test_uvloop_shared_socket_burst_is_shared_and_all_answered(cluster_env: Cluster) -> None:
+    """Under ``none`` pycluster accepts for uvloop a share at a time: a burst after a
+    quiet spell is all answered, by both workers."""
+    port = free_port()
+    proc = cluster_env.start(PEER_PROGRAM, str(port), env={"PYCLUSTER_SCHED_POLICY": "none"})
+    assert proc.stdout is not None
+    assert '"ready"' in proc.stdout.readline()
+    answers = asyncio.run(_burst(port, 200))
+    assert len(answers) == 200
+    assert set(answers) == {"1", "2"}
     proc.terminate()
     result = cluster_env.finish(proc)
     assert result.returncode == 0, result.stderr
