@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 import time
 
 SIZE = 64
-_BEAT = struct.Struct("d")
-_COUNT = struct.Struct("Q")
 
 
 class StatusPage:
@@ -29,6 +26,11 @@ class StatusPage:
         self.fd = fd
         self._owner = owner
         self._map = mmap.mmap(fd, SIZE)
+        # Whole words: assigning an item is a single store. (struct.pack_into clears
+        # a field before writing it, so the primary could read a heartbeat of 0.0, a
+        # worker silent for hours.)
+        self._f64 = memoryview(self._map).cast("d")
+        self._u64 = memoryview(self._map).cast("Q")
 
     @classmethod
     def create(cls) -> StatusPage:
@@ -47,34 +49,36 @@ class StatusPage:
 
     def beat(self, at: float | None = None) -> None:
         """Record that the serving loop is alive now (or was last known free ``at``)."""
-        _BEAT.pack_into(self._map, 0, time.monotonic() if at is None else at)
+        self._f64[0] = time.monotonic() if at is None else at
 
     @property
     def last_beat(self) -> float:
         """When the serving loop last beat, on the monotonic clock."""
-        return float(_BEAT.unpack_from(self._map, 0)[0])
+        return float(self._f64[0])
 
     def count_connection(self) -> None:
         """Add one accepted connection."""
-        _COUNT.pack_into(self._map, 8, _COUNT.unpack_from(self._map, 8)[0] + 1)
+        self._u64[1] += 1
 
     @property
     def connections(self) -> int:
         """Connections the worker has accepted so far."""
-        return int(_COUNT.unpack_from(self._map, 8)[0])
+        return int(self._u64[1])
 
     def set_busy(self, busy: bool) -> None:
         """Say whether a request occupies the serving loop (round-robin skips busy workers)."""
-        _COUNT.pack_into(self._map, 16, 1 if busy else 0)
+        self._u64[2] = 1 if busy else 0
 
     @property
     def busy(self) -> bool:
         """Whether a request occupies the worker's serving loop."""
-        return bool(_COUNT.unpack_from(self._map, 16)[0])
+        return bool(self._u64[2])
 
     def close(self) -> None:
         """Unmap the page and close its descriptor."""
         try:
+            self._f64.release()
+            self._u64.release()
             self._map.close()
         except (BufferError, ValueError):
             pass

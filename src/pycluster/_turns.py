@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 import time
 from collections.abc import Callable
 
@@ -38,8 +37,8 @@ SIZE = 4096
 _HEADER = 64
 _SLOT = 32
 SLOTS = (SIZE - _HEADER) // _SLOT
-_F64 = struct.Struct("d")
-_U64 = struct.Struct("Q")
+#: Word (8-byte) indices of the header's fields.
+_LAST, _BURST, _BEGAN, _TOP = 0, 1, 2, 3
 #: Seconds without a connection after which new ones are a burst to be shared out ...
 QUIET_SPELL = 0.05
 #: ... for this long (long enough to cover a burst whose workers wait for a CPU).
@@ -48,6 +47,11 @@ FAIR_START = 0.25
 TURN_WAIT = 0.02
 #: One step off the CPU while waiting (the kernel rounds a sleep up to ~50 µs).
 STEP = 0.0001
+
+
+def _word(slot: int) -> int:
+    """The word index of ``slot`` (its in-use flag; its burst and count follow)."""
+    return (_HEADER + _SLOT * slot) // 8
 
 
 class AcceptTurns:
@@ -61,6 +65,13 @@ class AcceptTurns:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._map = mmap.mmap(fd, SIZE)
+        # The page as whole words: assigning an item is a single store. (Not
+        # struct.pack_into, which clears the field before it writes it: a worker
+        # reading in between saw the last accept at 0.0, took it for a quiet spell of
+        # hours and began a new burst of turn-taking every half second or so under a
+        # steady stream of connections.)
+        self._f64 = memoryview(self._map).cast("d")
+        self._u64 = memoryview(self._map).cast("Q")
         self.slot = slot
         self._clock = clock
         self._sleep = sleep
@@ -78,24 +89,26 @@ class AcceptTurns:
     def join(self) -> int:
         """Give a new member a free slot (-1 if all are taken: it then never waits)."""
         for i in range(SLOTS):
-            at = _HEADER + _SLOT * i
-            if not _U64.unpack_from(self._map, at)[0]:
-                _U64.pack_into(self._map, at + 8, 0)
-                _U64.pack_into(self._map, at + 16, 0)
-                _U64.pack_into(self._map, at, 1)
-                if i >= _U64.unpack_from(self._map, 24)[0]:
-                    _U64.pack_into(self._map, 24, i + 1)
+            at = _word(i)
+            if not self._u64[at]:
+                self._u64[at + 1] = 0
+                self._u64[at + 2] = 0
+                self._u64[at] = 1
+                if i >= self._u64[_TOP]:
+                    self._u64[_TOP] = i + 1
                 return i
         return -1
 
     def leave(self, slot: int) -> None:
         """A member left: nobody waits for its slot any more."""
         if 0 <= slot < SLOTS:
-            _U64.pack_into(self._map, _HEADER + _SLOT * slot, 0)
+            self._u64[_word(slot)] = 0
 
     def close(self) -> None:
         """Unmap the page."""
         try:
+            self._f64.release()
+            self._u64.release()
             self._map.close()
         except (BufferError, ValueError):
             pass
@@ -120,15 +133,14 @@ class AcceptTurns:
         """
         if not 0 <= self.slot < SLOTS:
             return
-        m = self._map
         now = self._clock()
-        burst = _U64.unpack_from(m, 8)[0]
-        if now - _F64.unpack_from(m, 0)[0] > QUIET_SPELL:
+        burst = self._u64[_BURST]
+        if now - self._f64[_LAST] > QUIET_SPELL:
             burst += 1  # the first connection after a quiet spell: a new burst
-            _F64.pack_into(m, 16, now)
-            _U64.pack_into(m, 8, burst)
-            _F64.pack_into(m, 0, now)
-        if now - _F64.unpack_from(m, 16)[0] >= FAIR_START:
+            self._f64[_BEGAN] = now
+            self._u64[_BURST] = burst
+            self._f64[_LAST] = now
+        if now - self._f64[_BEGAN] >= FAIR_START:
             return
         mine = self._count(self.slot, burst)
         deadline = now + TURN_WAIT
@@ -145,25 +157,23 @@ class AcceptTurns:
         """After an accept: count it in the current burst."""
         if not 0 <= self.slot < SLOTS:
             return
-        m = self._map
-        burst = _U64.unpack_from(m, 8)[0]
-        at = _HEADER + _SLOT * self.slot
+        burst = self._u64[_BURST]
+        at = _word(self.slot)
         count = self._count(self.slot, burst) + 1
-        _U64.pack_into(m, at + 16, count)
-        _U64.pack_into(m, at + 8, burst)
-        _F64.pack_into(m, 0, self._clock())
+        self._u64[at + 2] = count
+        self._u64[at + 1] = burst
+        self._f64[_LAST] = self._clock()
 
     def _count(self, slot: int, burst: int) -> int:
-        at = _HEADER + _SLOT * slot
-        if _U64.unpack_from(self._map, at + 8)[0] != burst:
+        at = _word(slot)
+        if self._u64[at + 1] != burst:
             return 0
-        return int(_U64.unpack_from(self._map, at + 16)[0])
+        return int(self._u64[at + 2])
 
     def _behind(self, mine: int, burst: int) -> int:
         """A member slot with fewer accepts than ``mine`` in this burst, or -1."""
-        m = self._map
-        for i in range(min(SLOTS, _U64.unpack_from(m, 24)[0])):
-            if i == self.slot or not _U64.unpack_from(m, _HEADER + _SLOT * i)[0]:
+        for i in range(min(SLOTS, self._u64[_TOP])):
+            if i == self.slot or not self._u64[_word(i)]:
                 continue
             if self._gave_up.get(i) == burst:
                 continue

@@ -18,9 +18,11 @@ Outside a cluster these are ``asyncio.start_server`` / ``loop.create_server``.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import concurrent.futures
 import errno
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -182,6 +184,10 @@ class _AcceptServer(asyncio.AbstractServer):
         self._handed_over = net.is_round_robin(sock)
         self._paused: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The cluster listener behind the socket and its descriptor, for the direct
+        #: accept (see _accept); None where the socket is not one.
+        self._listener = net.listener_of(sock)
+        self._fd = sock.fileno()
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -205,10 +211,29 @@ class _AcceptServer(asyncio.AbstractServer):
         self._sock.listen()
         self._loop.add_reader(self._sock.fileno(), self._take)
 
+    def _accept(self) -> socket.socket:
+        """The next connection, as ``sock.accept()`` gives it, by the shortest way.
+
+        Straight to the listener's accept while the descriptor is still its own (the
+        hooked ``accept()`` checks that with a ``stat`` call each time; a retirement
+        takes the descriptor out of ``fds``), and without the peer's address, which
+        the loop's transport asks for itself: every connection of a ``Connection:
+        close`` stream pays this path.
+        """
+        listener = self._listener
+        if listener is None or self._fd not in listener.fds or listener.retired:
+            return self._sock.accept()[0]
+        fd, _addr = listener.accept(self._sock, want_peer=False)
+        try:
+            return socket.socket(listener.family, socket.SOCK_STREAM, listener.proto, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
     def _take(self) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _addr = self._sock.accept()
+                conn = self._accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -222,7 +247,8 @@ class _AcceptServer(asyncio.AbstractServer):
                 else:
                     self.close()  # the listener was closed, or the primary stopped
                 return
-            conn.setblocking(False)
+            # A new connection is no listener: the C method, not the hooked one.
+            _socket.socket.setblocking(conn, False)
             start = self._loop.connect_accepted_socket(self._factory, conn, **self._options)
             task = self._loop.create_task(start)
             self._tasks.add(task)

@@ -7,12 +7,16 @@ primary and once per worker, with a clock the test moves by hand: a worker's
 
 from __future__ import annotations
 
+import mmap
+import multiprocessing
 import os
+import select
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from pycluster._turns import FAIR_START, QUIET_SPELL, SLOTS, TURN_WAIT, AcceptTurns
+from pycluster._turns import FAIR_START, QUIET_SPELL, SIZE, SLOTS, TURN_WAIT, AcceptTurns
 
 
 class Clock:
@@ -142,3 +146,42 @@ def test_a_member_that_left_is_not_waited_for(page: Page) -> None:
     page.primary.leave(b.slot)
     a.wait_turn(always)
     assert page.clock.slept == 0
+
+
+def _keep_accepting(fd: int, slot: int, stop: int) -> None:
+    """In another process: count accepts on the page until ``stop`` becomes readable."""
+    page = AcceptTurns.open_fd(fd, slot)
+    while not select.select([stop], [], [], 0)[0]:
+        for _ in range(1000):
+            page.took()
+
+
+def test_a_worker_never_sees_half_written_fields() -> None:
+    """Another process writing the page (the clock of the last accept, a count) never
+    shows a reader a field in the middle of being written: a last accept read as 0.0
+    would look like a quiet spell and start a burst of turn-taking in a steady stream."""
+    primary, fd = AcceptTurns.create()
+    slot = primary.join()
+    stop_r, stop_w = os.pipe()
+    ctx = multiprocessing.get_context("fork")
+    writer = ctx.Process(target=_keep_accepting, args=(fd, slot, stop_r))
+    writer.start()
+    try:
+        # The header's first word: the last accept's time, read as a reader on
+        # another CPU reads it (one 8-byte load).
+        last = memoryview(mmap.mmap(fd, SIZE)).cast("d")
+        deadline = time.monotonic() + 10
+        while last[0] == 0.0:  # the writer's first accept
+            assert time.monotonic() < deadline, "the writer never wrote"
+        torn = sum(1 for _ in range(2_000_000) if last[0] == 0.0)
+        last.release()
+        assert torn == 0
+    finally:
+        os.write(stop_w, b"x")
+        writer.join(10)
+        if writer.is_alive():
+            writer.kill()
+            writer.join()
+        os.close(stop_r)
+        os.close(stop_w)
+        os.close(fd)

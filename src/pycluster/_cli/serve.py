@@ -2,7 +2,9 @@
 
 An ASGI application runs on uvicorn's HTTP: a well-kept server whose HTTP comes
 from httptools (llhttp) or h11, with keep-alive, pipelining, flow control, a
-connection limit and graceful shutdown, and which serves sockets it is given.
+connection limit and graceful shutdown, and which serves sockets it is given. Its
+protocol writes through :class:`~pycluster._cli.coalesce.CoalescingTransport`, so a
+small response's headers and body leave in one system call rather than two.
 A WSGI application runs on :mod:`pycluster._cli.wsgi`, pycluster's own HTTP/1.1
 protocol (httptools parsing, the environ built directly, the app inline or in a
 thread pool), which uvicorn's ``Server`` still starts and shuts down, so both
@@ -46,7 +48,7 @@ import pycluster as cluster
 from pycluster import _child as child
 from pycluster import _ports as net
 from pycluster import aio
-from pycluster._cli import EXIT_APP_LOAD, binds, logs, serveconf
+from pycluster._cli import EXIT_APP_LOAD, binds, coalesce, logs, serveconf
 from pycluster._cli.serveconf import (
     CERT_REQS,
     FATAL_CMD,
@@ -251,14 +253,15 @@ def _server_class() -> type:
                 return
             loop = asyncio.get_running_loop()
 
+            # Headers and body in one write (see coalesce): uvicorn sends them apart.
+            protocol_class: Any = coalesce.coalescing(self.config.http_protocol_class, loop)
+            native, config, state = self.native, self.config, self.server_state
+
             def create_protocol() -> asyncio.Protocol:
-                if self.native is not None:
-                    return wsgi.Connection(self.native, self.server_state)
-                protocol_class: Any = self.config.http_protocol_class
+                if native is not None:
+                    return wsgi.Connection(native, state)
                 protocol: asyncio.Protocol = protocol_class(
-                    config=self.config,
-                    server_state=self.server_state,
-                    app_state=self.lifespan.state,
+                    config=config, server_state=state, app_state=self.lifespan.state
                 )
                 return protocol
 

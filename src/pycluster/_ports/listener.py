@@ -149,8 +149,12 @@ class Listener:
         return f"<Listener {self.mode} {self.sockname!r} fds={sorted(self.fds)}>"
 
     # -- accept --------------------------------------------------------------------------
-    def accept(self, sock: socket.socket) -> tuple[int, Any]:
-        """``socket._accept()`` for a descriptor of this listener."""
+    def accept(self, sock: socket.socket, want_peer: bool = True) -> tuple[int, Any]:
+        """``socket._accept()`` for a descriptor of this listener.
+
+        Without ``want_peer`` the address is None where finding it costs a system call
+        (a hand-off): an event loop's transport asks for it itself.
+        """
         if not self.listening and self.type == socket.SOCK_STREAM:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         if self.closing:
@@ -161,7 +165,7 @@ class Listener:
                 raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         if self.mode == RR:
-            return self._take(sock)
+            return self._take(sock, want_peer)
         if self.mode == SHARED and sock.gettimeout() is None:
             return self._blocking_accept(sock)
         if self.mode == SHARED and sock.gettimeout() == 0.0:
@@ -209,7 +213,7 @@ class Listener:
         self._count(fd)
         return fd, addr
 
-    def _take(self, sock: socket.socket) -> tuple[int, Any]:
+    def _take(self, sock: socket.socket, want_peer: bool = True) -> tuple[int, Any]:
         while True:
             # The object's own recvmsg: its timeout and blocking mode apply as to accept().
             try:
@@ -249,7 +253,7 @@ class Listener:
                 os.close(fd)
                 continue
             self._count(fd)
-            return fd, peer(fd, self.family)
+            return fd, peer(fd, self.family) if want_peer else None
 
     def decline(self, sock: socket.socket) -> None:
         """Tell the primary this worker could not take its oldest hand-off."""
