@@ -25,6 +25,7 @@ import errno
 import os
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -65,6 +66,16 @@ def _log() -> logging.Logger:
 READ_SIZE = 256 * 1024
 #: Wake-ups without reading ahead after a read-ahead found nothing.
 _GUESS_PAUSE = 16
+#: Read-aheads without a yield first after a yield did not bring the reply (the worker
+#: runs on another CPU).
+_YIELD_PAUSE = 64
+#: A yield that lasted longer than this gave the CPU to something other than the
+#: worker that was answered (nanoseconds) ...
+_SLOW_YIELD_NS = 250_000
+#: ... and then this many wake-ups go without reading ahead.
+_SLOW_YIELD_PAUSE = 256
+_sched_yield: Callable[[], None] | None = getattr(os, "sched_yield", None)
+_monotonic_ns = time.monotonic_ns
 #: Send buffer asked for on both ends of a channel.
 SEND_BUFFER = 1 << 20
 SMALL = 64 * 1024
@@ -197,6 +208,10 @@ class LoopChannel:
         self._closed = False
         self._writing = False
         self._guess_pause = 0
+        # User messages sent on this channel: tells _readable whether a listener
+        # answered the worker while its messages were being delivered.
+        self._user_sends = 0
+        self._yield_pause = 0
         reactor.add_reader(self._fd, self._readable)
 
     @property
@@ -224,6 +239,8 @@ class LoopChannel:
             return False
         owned = _dup_all(fds) if fds else []
         header = encode_header(kind, codec, len(payload), len(owned))
+        if kind is _USER:
+            self._user_sends += 1
         # A small frame goes out as one buffer; a large one without joining the two.
         parts = [header + payload] if len(payload) < SMALL else [header, payload]
         sent = 0
@@ -255,6 +272,7 @@ class LoopChannel:
             return self.send(_USER, self._codec, payload)
         data = _pack_words(self._word, size) + payload
         sent = 0
+        self._user_sends += 1
         with self._lock:
             if not self._out:
                 try:
@@ -313,10 +331,12 @@ class LoopChannel:
         # ``exhaust``: then read until the socket is empty (a read stops at each
         # frame that carries descriptors, so a short read does not mean empty).
         guessed = False  # whether this read only guesses that a reply came back
+        yielded = False  # whether the CPU was yielded before that guess
         sock = self._sock
         bufs = self._bufs
         buf = self._buf
         reads = _EXHAUST_READS if exhaust else 64
+        user_sends = self._user_sends
         while reads:  # (a range object would cost more than the one or two reads it counts)
             reads -= 1
             if self._closed:
@@ -328,6 +348,8 @@ class LoopChannel:
                     # The worker answers from another CPU: stop guessing for a while
                     # rather than pay for a failed read on every message.
                     self._guess_pause = _GUESS_PAUSE
+                    if yielded:
+                        self._yield_pause = _YIELD_PAUSE
                 return
             except OSError as exc:
                 self._fail(exc if exc.errno != errno.ECONNRESET else None)
@@ -365,6 +387,27 @@ class LoopChannel:
                 # already (on one CPU, the worker runs as soon as it is written to),
                 # and taking it now saves a loop iteration and a poll. The bound
                 # above keeps the loop fair to other workers and timers.
+                yielded = False
+                if self._user_sends != user_sends and _sched_yield is not None:
+                    if self._yield_pause:
+                        self._yield_pause -= 1
+                    else:
+                        # A listener answered this worker. If the worker shares our
+                        # CPU it needs the CPU to reply: yielding lets it run now, so
+                        # the read below finds the reply instead of this loop
+                        # polling, sleeping and being woken for it (on one CPU that
+                        # cost about 15 % of a small round trip). When the reply was
+                        # not there after all (the worker runs on another CPU), the
+                        # next read-aheads go without yielding.
+                        started = _monotonic_ns()
+                        _sched_yield()
+                        if _monotonic_ns() - started > _SLOW_YIELD_NS:
+                            # Some other program ran meanwhile: do not hand it our
+                            # turn on every message.
+                            self._guess_pause = _SLOW_YIELD_PAUSE
+                            return
+                        yielded = True
+                    user_sends = self._user_sends
                 guessed = True
 
     def _read_general(self, nbytes: int, ancdata: list[tuple[int, int, bytes]], flags: int) -> bool:
