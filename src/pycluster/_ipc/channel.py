@@ -74,6 +74,10 @@ _YIELD_PAUSE = 64
 _SLOW_YIELD_NS = 250_000
 #: ... and then this many wake-ups go without reading ahead.
 _SLOW_YIELD_PAUSE = 256
+#: Yields in one readiness callback before going back to the loop: a worker answered
+#: from the same CPU keeps the exchange out of the loop, and other workers and timers
+#: wait at most this many of its round trips.
+_YIELDS_PER_WAKEUP = 16
 _sched_yield: Callable[[], None] | None = getattr(os, "sched_yield", None)
 _monotonic_ns = time.monotonic_ns
 #: Send buffer asked for on both ends of a channel.
@@ -337,6 +341,7 @@ class LoopChannel:
         buf = self._buf
         reads = _EXHAUST_READS if exhaust else 64
         user_sends = self._user_sends
+        yields = _YIELDS_PER_WAKEUP
         while reads:  # (a range object would cost more than the one or two reads it counts)
             reads -= 1
             if self._closed:
@@ -391,7 +396,10 @@ class LoopChannel:
                 if self._user_sends != user_sends and _sched_yield is not None:
                     if self._yield_pause:
                         self._yield_pause -= 1
+                    elif not yields:
+                        return  # the loop's turn; the reply wakes it as usual
                     else:
+                        yields -= 1
                         # A listener answered this worker. If the worker shares our
                         # CPU it needs the CPU to reply: yielding lets it run now, so
                         # the read below finds the reply instead of this loop
