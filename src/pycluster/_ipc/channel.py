@@ -66,8 +66,9 @@ def _log() -> logging.Logger:
 READ_SIZE = 256 * 1024
 #: Wake-ups without reading ahead after a read-ahead found nothing.
 _GUESS_PAUSE = 16
-#: Read-aheads without a yield first after a yield did not bring the reply (the worker
-#: runs on another CPU).
+#: Most answered deliveries that go back to the loop without yielding after yields
+#: that did not bring the reply (the worker runs on another CPU): 1 after the first
+#: such yield, doubling with each one in a row.
 _YIELD_PAUSE = 64
 #: A yield that lasted longer than this gave the CPU to something other than the
 #: worker that was answered (nanoseconds) ...
@@ -216,6 +217,7 @@ class LoopChannel:
         # answered the worker while its messages were being delivered.
         self._user_sends = 0
         self._yield_pause = 0
+        self._yield_backoff = 0
         reactor.add_reader(self._fd, self._readable)
 
     @property
@@ -349,16 +351,23 @@ class LoopChannel:
             try:
                 nbytes, ancdata, flags, _addr = sock.recvmsg_into(bufs, ANCILLARY_SIZE, RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
-                if guessed:
+                if yielded:
+                    # The worker answers from another CPU (or was slow this time):
+                    # back to the loop without yielding for a while, longer each
+                    # time in a row.
+                    self._yield_backoff = min(2 * self._yield_backoff or 1, _YIELD_PAUSE)
+                    self._yield_pause = self._yield_backoff
+                elif guessed:
                     # The worker answers from another CPU: stop guessing for a while
                     # rather than pay for a failed read on every message.
                     self._guess_pause = _GUESS_PAUSE
-                    if yielded:
-                        self._yield_pause = _YIELD_PAUSE
                 return
             except OSError as exc:
                 self._fail(exc if exc.errno != errno.ECONNRESET else None)
                 return
+            if yielded:
+                self._yield_backoff = 0  # the yield brought the reply
+                yielded = False
             # The common case, taken without the decoder: the chunk is exactly one
             # whole user frame in our codec, without descriptors (the head word
             # says so: magic, version, kind, codec, no flags, no descriptors).
@@ -392,29 +401,28 @@ class LoopChannel:
                 # already (on one CPU, the worker runs as soon as it is written to),
                 # and taking it now saves a loop iteration and a poll. The bound
                 # above keeps the loop fair to other workers and timers.
-                yielded = False
                 if self._user_sends != user_sends and _sched_yield is not None:
-                    if self._yield_pause:
-                        self._yield_pause -= 1
-                    elif not yields:
-                        return  # the loop's turn; the reply wakes it as usual
-                    else:
-                        yields -= 1
-                        # A listener answered this worker. If the worker shares our
-                        # CPU it needs the CPU to reply: yielding lets it run now, so
-                        # the read below finds the reply instead of this loop
-                        # polling, sleeping and being woken for it (on one CPU that
-                        # cost about 15 % of a small round trip). When the reply was
-                        # not there after all (the worker runs on another CPU), the
-                        # next read-aheads go without yielding.
-                        started = _monotonic_ns()
-                        _sched_yield()
-                        if _monotonic_ns() - started > _SLOW_YIELD_NS:
-                            # Some other program ran meanwhile: do not hand it our
-                            # turn on every message.
-                            self._guess_pause = _SLOW_YIELD_PAUSE
-                            return
-                        yielded = True
+                    # A listener answered this worker. If the worker shares our CPU
+                    # it needs the CPU to reply: yielding lets it run now, so the
+                    # read below finds the reply instead of this loop polling,
+                    # sleeping and being woken for it (on one CPU that cost about
+                    # 15 % of a small round trip).
+                    if self._yield_pause or not yields:
+                        # Not this time (the worker answered from another CPU
+                        # lately, or other workers and timers are due their turn):
+                        # the reply wakes the loop as usual.
+                        if self._yield_pause:
+                            self._yield_pause -= 1
+                        return
+                    yields -= 1
+                    started = _monotonic_ns()
+                    _sched_yield()
+                    if _monotonic_ns() - started > _SLOW_YIELD_NS:
+                        # Some other program ran meanwhile: do not hand it our
+                        # turn on every message.
+                        self._guess_pause = _SLOW_YIELD_PAUSE
+                        return
+                    yielded = True
                     user_sends = self._user_sends
                 guessed = True
 
