@@ -343,6 +343,68 @@ def test_many_small_messages_arrive_in_order(cluster_env: Cluster) -> None:
     ]
 
 
+PING_PONG = program("""
+N = 3_000
+SERIALIZATION = sys.argv[1]
+CPUS = sorted(os.sched_getaffinity(0))
+if sys.argv[2] == "one-cpu":
+    # Primary and workers on one CPU: the primary yields to the worker it answered
+    # before reading its reply (channel.py); split, that read comes back empty.
+    os.sched_setaffinity(0, CPUS[:1])
+
+if cluster.is_primary:
+    cluster.setup_primary(serialization=SERIALIZATION)
+    workers = [cluster.fork(), cluster.fork()]
+    seen = {w.id: [] for w in workers}
+    done = set()
+
+    def pong(worker):
+        def on_message(msg, handle):
+            seen[worker.id].append(msg["n"] if msg["ok"] else None)
+            if msg["n"] + 1 < N:
+                # Answer in the listener, twice: a message, then one with a callback
+                # (the channel's other send path), as a chatty primary would.
+                worker.send({"n": msg["n"] + 1, "half": 0})
+                worker.send({"n": msg["n"] + 1, "half": 1}, callback=lambda err: None)
+            else:
+                done.add(worker.id)
+                if len(done) == len(workers):
+                    emit(side="primary", counts=[len(s) for s in seen.values()],
+                         in_order=all(s == list(range(N)) for s in seen.values()))
+                    cluster.disconnect()
+        worker.on("message", on_message)
+
+    for w in workers:
+        pong(w)
+        w.on("online", lambda w=w: w.send({"n": 0, "half": 1}))
+    cluster.run()
+else:
+    # Every number after 0 comes as half 0, then half 1; the reply goes out after half 1.
+    state = {"expect": (0, 1), "ok": True}
+
+    def on_message(msg, handle):
+        n, half = msg["n"], msg["half"]
+        state["ok"] &= (n, half) == state["expect"]
+        state["expect"] = (n, 1) if half == 0 else (n + 1, 0)
+        if half == 1:
+            cluster.worker.send({"n": n, "ok": state["ok"]})
+
+    cluster.worker.on("message", on_message)
+    cluster.worker.wait_disconnected()
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("serialization", ["json", "advanced"])
+@pytest.mark.parametrize("placement", ["one-cpu", "any-cpu"])
+def test_ping_pong_with_two_workers_keeps_every_exchange_in_order(
+    cluster_env: Cluster, serialization: str, placement: str
+) -> None:
+    result = cluster_env.run(PING_PONG, serialization, placement, timeout=50)
+    assert result.returncode == 0, result.stderr
+    assert result.events() == [{"side": "primary", "counts": [3_000, 3_000], "in_order": True}]
+
+
 BIG = program("""
 import hashlib
 
