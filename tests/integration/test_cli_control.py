@@ -8,6 +8,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import time
 import urllib.request
 
 import pytest
@@ -68,8 +69,14 @@ def test_status_reload_scale_stop(cluster_env: Cluster, commands: Commands) -> N
     code, output = commands.run("scale", "3", "--control", control)
     assert code == 0 and "scaled to 3 worker(s)" in output
     answer = status(commands, control)
-    assert len(worker_pids(answer)) == 3
     assert answer["primary"]["workers"] == 3  # type: ignore[index]
+    # `scale` answers once the new worker is alive (online, as cluster.scale() does);
+    # it listens a moment later.
+    deadline = time.monotonic() + 10
+    while len(worker_pids(answer)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        answer = status(commands, control)
+    assert len(worker_pids(answer)) == 3
     code, output = commands.run("scale", "1", "--control", control)
     assert code == 0
     assert len(worker_pids(status(commands, control))) == 1

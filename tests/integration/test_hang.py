@@ -239,7 +239,7 @@ def test_idle_servers_keep_beating(live: Live) -> None:
     """With no request at all, each integration's serving loop still beats."""
     programs = [start(live, kind) for kind in ("tcp", "http", "aio")]
     for program, _ in programs:
-        program.wait_for(ev="listening", id=1)
+        program.wait_for(ev="listening", id=1, timeout=30)  # three start at once
     time.sleep(2.5)  # idle for well over the 1 s timeout: that is the point
     for program, port in programs:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
