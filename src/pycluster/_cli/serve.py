@@ -245,7 +245,12 @@ def _server_class() -> type:
             self.finished = threading.Event()
             self._beat: asyncio.Task[None] | None = None
             for listener in listeners:
-                net.replace_closer(net.listener_of(listener), self.close_for_disconnect)
+                found = net.listener_of(listener)
+                if found is not None and not net.replace_closer(found, self.close_for_disconnect):
+                    # The disconnect came between listening and here (it retired the
+                    # listener, which stays open but quiet): serving it would never
+                    # end, so shut down as soon as uvicorn has started.
+                    self.should_exit = True
 
         async def startup(self, sockets: list[Any] | None = None) -> None:
             await super().startup(sockets=[])
@@ -268,7 +273,7 @@ def _server_class() -> type:
             runtime = child.runtime()
             assert runtime is not None
             for listener in self.listeners:
-                if listener.fileno() < 0:
+                if listener.fileno() < 0 or self.should_exit:
                     continue  # closed by a disconnect that came while the app loaded
                 server: Any = await aio.serve_socket(
                     loop,
