@@ -248,8 +248,8 @@ def _server_class() -> type:
                 found = net.listener_of(listener)
                 if found is not None and not net.replace_closer(found, self.close_for_disconnect):
                     # The disconnect came between listening and here (it retired the
-                    # listener, which stays open but quiet): serving it would never
-                    # end, so shut down as soon as uvicorn has started.
+                    # listener): as replace_closer asks, serve nothing, and shut down
+                    # as soon as uvicorn has started.
                     self.should_exit = True
 
         async def startup(self, sockets: list[Any] | None = None) -> None:
