@@ -284,7 +284,8 @@ class LiveProgram:
                 self._cond.wait(min(left, 0.1))
         pytest.fail(
             f"no {count} event(s) matching {match} in {timeout} s\n"
-            f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+            f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}\n"
+            f"processes:\n{process_tree(self.pid)}"
         )
 
     def wait_line(self, text: str, count: int = 1, timeout: float = 10) -> list[str]:
@@ -333,6 +334,40 @@ class LiveProgram:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def process_tree(root: int) -> str:
+    """``root`` and its descendants: pid, state, kernel wait channel, command line.
+
+    Put into the failure message of a wait that timed out, so that a program stalled
+    somewhere says where (a state ``S`` with its wait channel, ``R`` spinning, ``Z``).
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    lines, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0].decode()
+            with open(f"/proc/{pid}/wchan") as f:
+                wchan = f.read() or "-"
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        threads = len(os.listdir(f"/proc/{pid}/task")) if os.path.isdir(f"/proc/{pid}/task") else 0
+        lines.append(f"  {pid} {state} wchan={wchan} threads={threads} {cmd}")
+        todo.extend(children.get(pid, []))
+    return "\n".join(lines) or "  (gone)"
 
 
 def _matches(event: dict[str, object], match: dict[str, object]) -> bool:
