@@ -12,9 +12,10 @@ comparable across processes), a served connection one counter increment. Layout
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
+
+from pycluster._pages import WordPage
 
 SIZE = 64
 
@@ -25,19 +26,16 @@ class StatusPage:
     def __init__(self, fd: int, owner: bool) -> None:
         self.fd = fd
         self._owner = owner
-        self._map = mmap.mmap(fd, SIZE)
-        # Whole words: assigning an item is a single store. (struct.pack_into clears
-        # a field before writing it, so the primary could read a heartbeat of 0.0, a
-        # worker silent for hours.)
-        self._f64 = memoryview(self._map).cast("d")
-        self._u64 = memoryview(self._map).cast("Q")
+        # Whole-word stores: a heartbeat half written read as 0.0, a worker silent for
+        # hours.
+        self._page = WordPage(fd, SIZE)
+        self._f64 = self._page.f64
+        self._u64 = self._page.u64
 
     @classmethod
     def create(cls) -> StatusPage:
         """A new page, in the primary (its descriptor is passed to the worker)."""
-        fd = os.memfd_create("pycluster-status", os.MFD_CLOEXEC)
-        os.ftruncate(fd, SIZE)
-        page = cls(fd, owner=True)
+        page = cls(WordPage.new_fd("pycluster-status", SIZE), owner=True)
         page.beat()
         return page
 
@@ -76,12 +74,7 @@ class StatusPage:
 
     def close(self) -> None:
         """Unmap the page and close its descriptor."""
-        try:
-            self._f64.release()
-            self._u64.release()
-            self._map.close()
-        except (BufferError, ValueError):
-            pass
+        self._page.close()
         try:
             os.close(self.fd)
         except OSError:

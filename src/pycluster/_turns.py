@@ -28,10 +28,11 @@ Layout (native byte order)::
 
 from __future__ import annotations
 
-import mmap
-import os
 import time
 from collections.abc import Callable
+
+from pycluster._pages import WordPage
+from pycluster._scheduling.bursts import BURST_SPAN, QUIET_SPELL
 
 SIZE = 4096
 _HEADER = 64
@@ -39,10 +40,6 @@ _SLOT = 32
 SLOTS = (SIZE - _HEADER) // _SLOT
 #: Word (8-byte) indices of the header's fields.
 _LAST, _BURST, _BEGAN, _TOP = 0, 1, 2, 3
-#: Seconds without a connection after which new ones are a burst to be shared out ...
-QUIET_SPELL = 0.05
-#: ... for this long (long enough to cover a burst whose workers wait for a CPU).
-FAIR_START = 0.25
 #: Longest a worker that is ahead waits, in one burst, for one that is behind.
 TURN_WAIT = 0.02
 #: One step off the CPU while waiting (the kernel rounds a sleep up to ~50 µs).
@@ -64,14 +61,12 @@ class AcceptTurns:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._map = mmap.mmap(fd, SIZE)
-        # The page as whole words: assigning an item is a single store. (Not
-        # struct.pack_into, which clears the field before it writes it: a worker
-        # reading in between saw the last accept at 0.0, took it for a quiet spell of
-        # hours and began a new burst of turn-taking every half second or so under a
-        # steady stream of connections.)
-        self._f64 = memoryview(self._map).cast("d")
-        self._u64 = memoryview(self._map).cast("Q")
+        # Whole-word stores: a last accept half written read as 0.0, a quiet spell of
+        # hours, and began a new burst of turn-taking every half second or so under a
+        # steady stream of connections.
+        self._page = WordPage(fd, SIZE)
+        self._f64 = self._page.f64
+        self._u64 = self._page.u64
         self.slot = slot
         self._clock = clock
         self._sleep = sleep
@@ -82,8 +77,7 @@ class AcceptTurns:
     @classmethod
     def create(cls) -> tuple[AcceptTurns, int]:
         """A new page (primary): the page and its descriptor, to pass to the workers."""
-        fd = os.memfd_create("pycluster-turns", os.MFD_CLOEXEC)
-        os.ftruncate(fd, SIZE)
+        fd = WordPage.new_fd("pycluster-turns", SIZE)
         return cls(fd), fd
 
     def join(self) -> int:
@@ -106,12 +100,7 @@ class AcceptTurns:
 
     def close(self) -> None:
         """Unmap the page."""
-        try:
-            self._f64.release()
-            self._u64.release()
-            self._map.close()
-        except (BufferError, ValueError):
-            pass
+        self._page.close()
 
     # -- worker ---------------------------------------------------------------------------
     @classmethod
@@ -140,7 +129,7 @@ class AcceptTurns:
             self._f64[_BEGAN] = now
             self._u64[_BURST] = burst
             self._f64[_LAST] = now
-        if now - self._f64[_BEGAN] >= FAIR_START:
+        if now - self._f64[_BEGAN] >= BURST_SPAN:
             return
         mine = self._count(self.slot, burst)
         deadline = now + TURN_WAIT

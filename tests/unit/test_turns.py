@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pycluster._turns import FAIR_START, QUIET_SPELL, SIZE, SLOTS, TURN_WAIT, AcceptTurns
+from pycluster._scheduling.bursts import BURST_SPAN, QUIET_SPELL
+from pycluster._turns import SIZE, SLOTS, TURN_WAIT, AcceptTurns
 
 
 class Clock:
@@ -131,7 +132,7 @@ def test_under_a_steady_stream_nobody_waits(page: Page) -> None:
     a.wait_turn(always)
     a.took()
     # Connections keep coming, a little apart, past the start of the burst.
-    while page.clock.now < 1000.0 + FAIR_START:
+    while page.clock.now < 1000.0 + BURST_SPAN:
         page.clock.now += QUIET_SPELL / 2
         a.took()
     before = page.clock.slept

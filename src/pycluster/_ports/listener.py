@@ -25,6 +25,7 @@ from pycluster._ipc.messages import Act
 from pycluster._ports import epoll
 from pycluster._ports.drain import connections_on
 from pycluster._ports.fdtable import descriptors
+from pycluster._scheduling.bursts import BURST_SPAN, QUIET_SPELL
 from pycluster._turns import AcceptTurns
 
 RR, SHARED, OWN = "rr", "shared", "own"
@@ -48,14 +49,6 @@ SHARED_BURST = 2
 BURST_GAP = 0.005
 #: The shortest sleep: the kernel rounds it up to its timer slack (about 50 µs).
 YIELD_SLEEP = 1e-9
-#: Seconds without a connection after which new ones are a burst to be shared out ...
-QUIET_SPELL = 0.05
-#: ... for this long: long enough to cover a burst whose workers wait for a CPU. (50
-#: keep-alive connections at once split 18-27/32-23 over five runs with it, 8-17/42-33
-#: without; sleeping before every second accept split them 24-26 but cost a steady
-#: stream of short connections about 40 % of its throughput.) Only where the workers
-#: have no turns page (pycluster._turns), which shares a burst out more evenly.
-FAIR_START = 0.25
 #: How often draining checks whether connections are still open.
 DRAIN_POLL = 0.05
 
@@ -190,13 +183,15 @@ class Listener:
             # Early in a burst, step aside while ahead of a sibling worker and
             # connections still wait: the one behind takes them (see pycluster._turns).
             turns.wait_turn(lambda: _readable(sock))
-        elif self._burst and now - self._run_start < FAIR_START:
+        elif self._burst and now - self._run_start < BURST_SPAN:
             # A burst after a quiet spell (clients opening their connections at once):
             # before a second connection in one wake-up, step off the CPU for a moment
             # (libuv's nanosleep in a cluster worker), so that a worker woken for the
             # same connections but waiting for a CPU gets its share. Not under a steady
             # stream, where the other workers are running anyway and the sleeps cost
-            # 40 % of the throughput.
+            # 40 % of the throughput. (Only without a turns page, which shares a burst
+            # out more evenly: 50 connections at once split 18-27/32-23 over five runs
+            # this way, 8-17/42-33 with no sleep.)
             time.sleep(YIELD_SLEEP)
         try:
             fd, addr = c_accept(sock)

@@ -10,8 +10,9 @@ clients opening their connections at once) and the worker whose turn it is has a
 full window, the queue *holds* for it a moment (``hold``, a few milliseconds) rather
 than give its turn away to whichever worker answers first. Under a steady stream of
 connections the queue does not hold: a worker with room takes the connection, since
-waiting for a full one would idle the other, and the made-up turns below keep the
-split even. A worker that has not taken its
+waiting for a full one would idle the other (strict turns cost 10-20 % of the
+``Connection: close`` throughput on 2 cores), and the made-up turns below keep the
+split even. What a burst is: :mod:`pycluster._scheduling.bursts`. A worker that has not taken its
 oldest hand-off within that moment is *lagging* and loses its turns while another
 worker keeps up, so a stuck worker is not flooded; the turns it lost are made up
 once it keeps up again, but never more than a window's worth, so a worker that was
@@ -37,6 +38,8 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from pycluster._scheduling.bursts import BURST_SPAN, QUIET_SPELL
+
 W = TypeVar("W", bound=Hashable)
 C = TypeVar("C")
 Handoff = tuple[W, C]
@@ -51,13 +54,6 @@ DEFAULT_WINDOW = 8
 #: a few scheduler slices (3-6 ms each) to run; 2 ms lost turns there (8/42 splits of
 #: 50 keep-alive connections), 10 ms kept them (25/25 in every run).
 DEFAULT_HOLD = 0.010
-#: A connection after this many seconds without one starts a *burst* (clients that
-#: open their connections at once, typically long-lived ones) ...
-QUIET_SPELL = 0.05
-#: ... and for this long the queue holds for the worker whose turn it is. Later, under
-#: a steady stream, holding would only idle a worker: in a stream of short connections
-#: (``Connection: close``) strict turns cost 10-20 % of the throughput on 2 cores.
-BURST_SPAN = 0.25
 
 
 class RoundRobinHandle(Generic[W, C]):
@@ -141,7 +137,7 @@ class RoundRobinHandle(Generic[W, C]):
         if now - self._pushed_at > QUIET_SPELL:
             self._burst_at = now
         self._pushed_at = now
-        return self._distribute()
+        return self._distribute(now)
 
     def accepted(self, worker: W) -> tuple[C | None, list[Handoff[W, C]]]:
         """``worker`` took its oldest hand-off: return it (the caller closes its copy)."""
@@ -199,12 +195,13 @@ class RoundRobinHandle(Generic[W, C]):
             index += 1
         self._queue.insert(index, (entry[0], entry[1]))
 
-    def _distribute(self) -> list[Handoff[W, C]]:
+    def _distribute(self, now: float | None = None) -> list[Handoff[W, C]]:
         out: list[Handoff[W, C]] = []
         self.deadline = None
         if not self._queue:
             return out
-        now = self._clock_fn()
+        if now is None:
+            now = self._clock_fn()
         while self._queue:
             worker = self._pick(now)
             if worker is None:
