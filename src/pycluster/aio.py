@@ -24,7 +24,7 @@ import concurrent.futures
 import errno
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from pycluster import _child as child
@@ -183,7 +183,6 @@ class _AcceptServer(asyncio.AbstractServer):
         self._serving = False
         self._handed_over = net.is_round_robin(sock)
         self._paused: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         #: The cluster listener behind the socket and its descriptor, for the direct
         #: accept (see _accept); None where the socket is not one.
         self._listener = net.listener_of(sock)
@@ -222,10 +221,13 @@ class _AcceptServer(asyncio.AbstractServer):
         """
         listener = self._listener
         if listener is None or self._fd not in listener.fds or listener.retired:
-            return self._sock.accept()[0]
+            conn = self._sock.accept()[0]
+            # A new connection is no listener: the C method, not the hooked one.
+            _socket.socket.setblocking(conn, False)
+            return conn
         fd, _addr = listener.accept(self._sock, want_peer=False)
         try:
-            return socket.socket(listener.family, socket.SOCK_STREAM, listener.proto, fd)
+            return _connection(listener.family, listener.proto, fd)
         except BaseException:
             os.close(fd)
             raise
@@ -247,12 +249,7 @@ class _AcceptServer(asyncio.AbstractServer):
                 else:
                     self.close()  # the listener was closed, or the primary stopped
                 return
-            # A new connection is no listener: the C method, not the hooked one.
-            _socket.socket.setblocking(conn, False)
-            start = self._loop.connect_accepted_socket(self._factory, conn, **self._options)
-            task = self._loop.create_task(start)
-            self._tasks.add(task)
-            task.add_done_callback(self._started)
+            _start(self._loop.connect_accepted_socket(self._factory, conn, **self._options), conn)
 
     def _pause(self, exc: OSError) -> None:
         # As asyncio does: out of descriptors or memory, stop accepting for a while
@@ -269,15 +266,6 @@ class _AcceptServer(asyncio.AbstractServer):
         self._paused = None
         if self._serving and self._sock.fileno() != -1:
             self._loop.add_reader(self._sock.fileno(), self._take)
-
-    def _started(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            import logging
-
-            logging.getLogger("pycluster").warning(
-                "a handed-over connection failed to start: %s", task.exception()
-            )
 
     def close(self) -> None:
         """Stop taking connections; those already taken go on."""
@@ -296,6 +284,59 @@ class _AcceptServer(asyncio.AbstractServer):
     async def serve_forever(self) -> None:
         """Not used: :class:`Server` serves."""
         raise NotImplementedError
+
+
+class _Connection(socket.socket):
+    """An accepted connection for ``connect_accepted_socket``, made without the
+    ``socket.socket`` constructor and with plain-integer ``family`` and ``type``.
+
+    uvloop reads both to pick its transport; ``socket.socket`` converts them to enums
+    on every read, and its constructor goes through pycluster's hook: a few
+    microseconds per connection that a ``Connection: close`` stream pays for each
+    request. uvloop detaches the object when the transport closes (it is a
+    ``socket.socket``), so the descriptor is closed once, by the loop.
+    """
+
+    __slots__ = ()
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]
+
+
+def _connection(family: int, proto: int, fd: int) -> socket.socket:
+    """A non-blocking :class:`_Connection` for descriptor ``fd``."""
+    conn = _Connection.__new__(_Connection)
+    _socket.socket.__init__(conn, family, socket.SOCK_STREAM, proto, fd)
+    conn._io_refs = 0  # type: ignore[attr-defined]
+    conn._closed = False  # type: ignore[attr-defined]
+    _socket.socket.setblocking(conn, False)
+    return conn
+
+
+def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | None = None) -> None:
+    """Run ``connect_accepted_socket``'s coroutine without a task of its own.
+
+    It only waits for the transport's waiter, so stepping it inline, and again from
+    that future's callback, is all a task would do, for one loop callback instead of
+    three (task start, wake-up, done callback) per connection. ``conn``, on the first
+    step: closed if the coroutine fails (a socket the transport took stays open until
+    the transport lets it go).
+    """
+    try:
+        awaited = coro.send(None)
+    except StopIteration:
+        return
+    except Exception as exc:
+        if conn is not None:
+            conn.close()
+        import logging
+
+        logging.getLogger("pycluster").warning("a handed-over connection failed to start: %s", exc)
+        return
+    if awaited is None:  # a bare yield (asyncio.sleep(0)): go on at the next turn
+        asyncio.get_running_loop().call_soon(_start, coro)
+        return
+    awaited._asyncio_future_blocking = False
+    awaited.add_done_callback(lambda _: _start(coro))
 
 
 def _counting(

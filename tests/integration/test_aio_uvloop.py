@@ -142,3 +142,61 @@ def test_uvloop_shared_socket_burst_is_shared_and_all_answered(cluster_env: Clus
     result = cluster_env.finish(proc)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+
+
+FAILING_PROGRAM = """
+import asyncio, gc, json, logging, sys
+import pycluster as cluster
+
+PORT = int(sys.argv[1])
+made = 0
+
+class Greeter(asyncio.Protocol):
+    def connection_made(self, transport):
+        transport.write(f"worker {cluster.worker.id}".encode())
+        transport.close()
+
+def factory():
+    global made
+    made += 1
+    if made % 2 == 0:
+        raise RuntimeError("no protocol for this one")
+    return Greeter()
+
+async def main():
+    server = await cluster.aio.create_server(factory, "127.0.0.1", PORT)
+    async with server:
+        await server.serve_forever()
+
+if cluster.is_primary:
+    cluster.fork()
+    cluster.on("listening", lambda w, a: print(json.dumps({"ready": True}), flush=True))
+    cluster.run()
+else:
+    logging.basicConfig(level=logging.WARNING)
+    import uvloop
+    uvloop.run(main())
+"""
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_uvloop_connection_that_fails_to_start_is_closed_and_serving_goes_on(
+    cluster_env: Cluster, policy: str
+) -> None:
+    """A protocol factory that raises costs that one connection (closed, logged), no more."""
+    port = free_port()
+    proc = cluster_env.start(FAILING_PROGRAM, str(port), env={"PYCLUSTER_SCHED_POLICY": policy})
+    assert proc.stdout is not None
+    assert '"ready"' in proc.stdout.readline()
+    answers = []
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            answer = b""
+            while chunk := client.recv(100):
+                answer += chunk
+            answers.append(answer)
+    assert answers == [b"worker 1", b""] * 5
+    proc.terminate()
+    result = cluster_env.finish(proc)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("failed to start: no protocol for this one") == 5
