@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pycluster import _child as child
+from pycluster._ipc.fds import fds_from_ancillary
 from pycluster._ipc.messages import Act
 from pycluster._ports import epoll
 from pycluster._ports.drain import connections_on
@@ -220,7 +221,7 @@ class Listener:
                 if self.retired or self.closing:
                     return self._ended(sock)  # the descriptor was swapped meanwhile
                 raise
-            fds = fds_of(ancillary)
+            fds = fds_from_ancillary(ancillary)
             if not msg and not fds:
                 return self._ended(sock)
             for extra in fds[1:]:
@@ -665,15 +666,6 @@ def on_fd(fd: int, action: Callable[[socket.socket], object]) -> None:
         pass
     finally:
         temp.detach()
-
-
-def fds_of(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % 4
-            fds.extend(int.from_bytes(data[i : i + 4], "little") for i in range(0, usable, 4))
-    return fds
 
 
 def peer(fd: int, family: int) -> Any:
