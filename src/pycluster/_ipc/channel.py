@@ -79,6 +79,16 @@ _SLOW_YIELD_PAUSE = 256
 #: from the same CPU keeps the exchange out of the loop, and other workers and timers
 #: wait at most this many of its round trips.
 _YIELDS_PER_WAKEUP = 16
+#: How long a delivery that answered a worker on another CPU polls for the reply
+#: before going back to the loop (nanoseconds): a reply usually comes within a few
+#: tens of microseconds, and waking from the loop's poll costs more than that (on
+#: this project's 2-CPU VM, small round trips split over two CPUs ran at half the rate
+#: of a blocking read without it, see bench/ipc_wakeups.py).
+_SPIN_NS = 50_000
+#: Most answered deliveries that go back to the loop without polling after polls that
+#: ended without the reply (a worker that answers slowly, or not at all): 1 after the
+#: first, doubling with each one in a row.
+_SPIN_PAUSE = 64
 _sched_yield: Callable[[], None] | None = getattr(os, "sched_yield", None)
 _monotonic_ns = time.monotonic_ns
 #: Send buffer asked for on both ends of a channel.
@@ -218,6 +228,8 @@ class LoopChannel:
         self._user_sends = 0
         self._yield_pause = 0
         self._yield_backoff = 0
+        self._spin_pause = 0
+        self._spin_backoff = 0
         reactor.add_reader(self._fd, self._readable)
 
     @property
@@ -344,6 +356,7 @@ class LoopChannel:
         reads = _EXHAUST_READS if exhaust else 64
         user_sends = self._user_sends
         yields = _YIELDS_PER_WAKEUP
+        spin_until = 0  # polling for a reply from another CPU until then (monotonic ns)
         while reads:  # (a range object would cost more than the one or two reads it counts)
             reads -= 1
             if self._closed:
@@ -351,6 +364,16 @@ class LoopChannel:
             try:
                 nbytes, ancdata, flags, _addr = sock.recvmsg_into(bufs, ANCILLARY_SIZE, RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
+                if spin_until:
+                    if _monotonic_ns() < spin_until:
+                        # Yield between polls: should the worker share our CPU after
+                        # all, it gets to run and reply.
+                        _sched_yield()  # type: ignore[misc]
+                        continue
+                    # No reply in time: poll less often, longer each time in a row.
+                    self._spin_backoff = min(2 * self._spin_backoff or 1, _SPIN_PAUSE)
+                    self._spin_pause = self._spin_backoff
+                    return
                 if yielded:
                     # The worker answers from another CPU (or was slow this time):
                     # back to the loop without yielding for a while, longer each
@@ -365,6 +388,9 @@ class LoopChannel:
             except OSError as exc:
                 self._fail(exc if exc.errno != errno.ECONNRESET else None)
                 return
+            if spin_until:
+                self._spin_backoff = 0  # the poll brought the reply
+                spin_until = 0
             if yielded:
                 self._yield_backoff = 0  # the yield brought the reply
                 yielded = False
@@ -407,13 +433,20 @@ class LoopChannel:
                     # read below finds the reply instead of this loop polling,
                     # sleeping and being woken for it (on one CPU that cost about
                     # 15 % of a small round trip).
-                    if self._yield_pause or not yields:
-                        # Not this time (the worker answered from another CPU
-                        # lately, or other workers and timers are due their turn):
-                        # the reply wakes the loop as usual.
-                        if self._yield_pause:
-                            self._yield_pause -= 1
-                        return
+                    if not yields:
+                        return  # other workers and timers are due their turn
+                    if self._yield_pause:
+                        # The worker answers from another CPU lately: a yield does
+                        # not bring its reply, but polling for a moment usually does,
+                        # for less than a wake-up from the loop's poll would cost.
+                        self._yield_pause -= 1
+                        if self._spin_pause:
+                            self._spin_pause -= 1
+                            return  # polls missed lately: the reply wakes the loop
+                        yields -= 1
+                        spin_until = _monotonic_ns() + _SPIN_NS
+                        user_sends = self._user_sends
+                        continue
                     yields -= 1
                     started = _monotonic_ns()
                     _sched_yield()
