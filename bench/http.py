@@ -858,6 +858,12 @@ def report(record: dict[str, Any], variants: list[Variant], plots: bool) -> None
         f"{settings.get('fresh_connections', 0):,} fresh connections "
         f"{settings.get('fresh_concurrency', 0)} at a time, {record['machine']['cpus']} CPUs."
     )
+    if settings.get("rounds", 1) > 1:
+        intro += (
+            f" Every run {settings['rounds']} times, each with a fresh server: medians of the"
+            " rates and latencies; worker shares, connection placements and fresh"
+            " connections summed over the rounds."
+        )
     out_md = RESULTS_DIR / "http.md"
     out_md.write_text(markdown(results, shown, record["goals"], intro))
     print(f"wrote {out_md.relative_to(BENCH.parent)}")
