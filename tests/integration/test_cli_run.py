@@ -38,13 +38,18 @@ sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind(("127.0.0.1", int(sys.argv[1])))
 sock.listen()
 os.write(1, f"program listens on {sock.getsockname()[1]}\\n".encode())
-while True:
-    conn, _ = sock.accept()
-    with conn:
-        conn.recv(65536)
-        body = str(os.getpid()).encode()
-        head = b"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nContent-Length: %d\\r\\n\\r\\n"
-        conn.sendall(head % len(body) + body)
+try:
+    while True:
+        conn, _ = sock.accept()
+        with conn:
+            conn.recv(65536)
+            body = str(os.getpid()).encode()
+            head = b"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nContent-Length: %d\\r\\n\\r\\n"
+            conn.sendall(head % len(body) + body)
+except KeyboardInterrupt:
+    # Stopped as Ctrl-C would: the socket still has its address (cheroot's stop()
+    # connects to it to wake its own accept).
+    os.write(1, f"after the stop the socket is on {sock.getsockname()}\\n".encode())
 """
 
 SOCKETSERVER = """
@@ -153,6 +158,7 @@ def test_plain_socket_program_is_shared(
         assert len(seen) == 2
     output = stop(command)
     assert output.count("exited (code 0)") == 2
+    assert output.count(f"after the stop the socket is on ('127.0.0.1', {port})") == 2, output
 
 
 def test_socketserver_program_is_shared(cluster_env: Cluster, commands: Commands) -> None:

@@ -29,6 +29,8 @@ from pycluster._ports.listener import (
     lookup,
     register,
     registry_lock,
+    retired_name,
+    retired_names,
     wants_blocking,
 )
 from pycluster._ports.query import share
@@ -69,6 +71,8 @@ def _getsockname_hook(self: socket.socket) -> Any:
     listener = lookup(self) if by_fd else None
     if listener is not None and (listener.mode == RR or listener.family == socket.AF_UNIX):
         return listener.sockname
+    if retired_names and (name := retired_name(C.fileno(self))) is not None:
+        return name
     name = C.getsockname(self)
     if name == "" and by_ino and (listener := discover(self)) is not None:
         return listener.sockname
@@ -208,6 +212,8 @@ def _dup_hook(self: socket.socket) -> socket.socket:
 def _real_close_hook(self: socket.socket, _ss: Any = C) -> None:
     if blocking:
         blocking.pop(C.fileno(self), None)
+    if retired_names:
+        retired_names.pop(C.fileno(self), None)
     if by_fd:
         fd = C.fileno(self)
         listener = by_fd.get(fd)

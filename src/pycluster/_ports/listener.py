@@ -492,6 +492,7 @@ class Listener:
                     epoll.restore(fd, watched)
                     if fd in blocking:
                         blocking[fd] = quiet_ino
+                    retired_names[fd] = (quiet_ino, self.sockname)
                 forget(fd)
         quiet.close()
         self.finish()
@@ -549,6 +550,25 @@ by_ino: dict[int, Listener] = {}
 blocking: dict[int, int] = {}
 #: Held while a listener's descriptor numbers change hands (close, retire, unshare).
 registry_lock = threading.RLock()
+#: Retired descriptors: the inode of the quiet socket each now holds, and the address
+#: the program's socket had. ``getsockname()`` still answers that address, as a socket
+#: that merely stopped getting connections would (cheroot's ``stop()`` connects to it
+#: to wake its own accept, and would otherwise get the quiet socket's Unix name).
+retired_names: dict[int, tuple[int, Any]] = {}
+
+
+def retired_name(fd: int) -> Any:
+    """The address a retired descriptor's socket had, or None if ``fd`` is not one."""
+    entry = retired_names.get(fd)
+    if entry is None:
+        return None
+    try:
+        if os.fstat(fd).st_ino == entry[0]:
+            return entry[1]
+    except OSError:
+        pass
+    del retired_names[fd]  # closed behind Python's back, the number reused
+    return None
 
 
 def _readable(sock: socket.socket) -> bool:
