@@ -283,3 +283,31 @@ def test_a_crash_that_is_never_restarted_ends_with_status_1(
     # The only worker is gone for good: the cluster ends, and says it failed.
     assert code == 1, output
     assert "exited (code 7)" in output
+
+
+FOREIGN_SOCKETS = """
+import _socket, socket, sys, time
+
+# What gevent's monkey-patching does: socket.socket becomes a class of its own that
+# never goes through the standard library's methods.
+class Foreign(_socket.socket):
+    pass
+
+socket.socket = Foreign
+sock = socket.socket()
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+sock.listen()
+time.sleep(30)
+"""
+
+
+def test_a_program_with_its_own_socket_class_is_told_why_it_cannot_share(
+    cluster_env: Cluster, commands: Commands
+) -> None:
+    cluster_env.write("server.py", FOREIGN_SOCKETS)
+    port = free_port()
+    command = commands.start("run", "-w", "2", "server.py", str(port))
+    code, output = command.finish(timeout=30)
+    assert code != 0, output
+    assert "pycluster cannot share their ports" in output, output
+    assert "socket.socket is __main__.Foreign" in output, output

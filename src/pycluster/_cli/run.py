@@ -32,6 +32,7 @@ stopped the way it expects to be:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import runpy
@@ -48,6 +49,9 @@ from pycluster import _ports as net
 from pycluster._cli import binds, sockets
 
 log = logging.getLogger("pycluster.cli")
+#: The socket class pycluster hooks; a program that replaces it (gevent's monkey-patching)
+#: binds its own sockets, out of pycluster's reach.
+_STDLIB_SOCKET = socket.socket
 
 #: Seconds a disconnected program without a graceful stop of its own gets to finish.
 GRACE = 1.0
@@ -294,4 +298,15 @@ def main(spec: dict[str, Any]) -> int:
     except KeyboardInterrupt:
         if not _interrupted.is_set():
             raise
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and socket.socket is not _STDLIB_SOCKET:
+            log.error(
+                "%s: the program's sockets are not the standard library's (socket.socket "
+                "is %s.%s, as after gevent's or eventlet's monkey-patching), so pycluster "
+                "cannot share their ports; such programs are not supported",
+                exc,
+                socket.socket.__module__,
+                socket.socket.__qualname__,
+            )
+        raise
     return 0
