@@ -195,3 +195,19 @@ def test_http_server_module(cluster_env: Cluster, commands: Commands, policy: st
 
     # http.server has no shutdown hook of its own to observe.
     check_stop(run, stop_during(run, download, underway=underway), cleanup=False)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_gevent_is_refused_with_the_reason(commands: Commands, policy: str) -> None:
+    """Not supported (see README): the run stops at once and says why."""
+    port = free_port()
+    # The worker that did bind serves on its own and ignores the disconnect: it is
+    # killed once the shutdown timeout is over.
+    command = commands.start(
+        *("run", "-w", "2", "--policy", policy, "--no-control", "--shutdown-timeout", "3"),
+        *(program("gevent_app.py"), str(port)),
+    )
+    code, output = command.finish(timeout=30)
+    assert code != 0, output
+    assert "socket.socket is gevent._socket3.socket" in output, output
+    assert "pycluster cannot share their ports" in output, output
