@@ -69,6 +69,7 @@ HTTP_PROGRAMS = [
     HttpProgram("twisted-web", "twisted_web.py"),
     HttpProgram("cheroot-wsgi", "cheroot_app.py"),
     HttpProgram("hypercorn-asyncio", "hypercorn_app.py", ws=True, ws_at_stop=False),
+    HttpProgram("hypercorn-trio", "hypercorn_app.py", ("trio",), ws=True, ws_at_stop=False),
 ]
 
 

@@ -1,22 +1,24 @@
-"""An ASGI application on hypercorn's asyncio worker (``hypercorn.asyncio.serve``).
+"""An ASGI application on hypercorn: ``hypercorn.asyncio.serve``, or its trio twin.
 
-Usage: ``hypercorn_app.py PORT``. ``/`` answers the worker's pid, ``/slow`` takes half
+Usage: ``hypercorn_app.py PORT [trio]``. ``/`` answers the worker's pid, ``/slow`` takes half
 a second, ``/echo`` returns the body it was sent, ``/ws`` echoes WebSocket messages
 prefixed with the pid. hypercorn stops gracefully on SIGINT and SIGTERM by itself;
 writes ``cleanup-PID`` once ``serve()`` has returned.
 """
 
 import asyncio
+import importlib
 import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 Message = MutableMapping[str, Any]
+#: The running library's sleep (asyncio's, or trio's under ``trio``).
+sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
 
 def mark(what: str) -> None:
@@ -29,6 +31,13 @@ async def app(
     receive: Callable[[], Awaitable[Message]],
     send: Callable[[Message], Awaitable[None]],
 ) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].rsplit(".", 1)[-1]  # startup or shutdown
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
     if scope["type"] == "websocket":
         await receive()  # websocket.connect
         await send({"type": "websocket.accept"})
@@ -48,7 +57,7 @@ async def app(
             break
     if scope["path"] == "/slow":
         mark("slow")
-        await asyncio.sleep(0.5)
+        await sleep(0.5)
         body = f"slow done {os.getpid()}".encode()
     elif scope["path"] != "/echo":
         body = str(os.getpid()).encode()
@@ -61,5 +70,12 @@ if __name__ == "__main__":
     config = Config()
     config.bind = [f"127.0.0.1:{sys.argv[1]}"]
     config.graceful_timeout = 5
-    asyncio.run(serve(app, config))  # type: ignore[arg-type]
+    if sys.argv[2:] == ["trio"]:
+        trio = importlib.import_module("trio")
+        serve = importlib.import_module("hypercorn.trio").serve
+        sleep = trio.sleep
+        trio.run(serve, app, config)
+    else:
+        serve = importlib.import_module("hypercorn.asyncio").serve
+        asyncio.run(serve(app, config))
     mark("cleanup")
