@@ -226,14 +226,27 @@ def stop_during(
     return Stop(code, output, seconds, text, pid, ws_end, exits)
 
 
-def check_stop(run: Running, stop: Stop, cleanup: bool = True, ws_close: int | None = None) -> None:
+def check_stop(
+    run: Running,
+    stop: Stop,
+    cleanup: bool = True,
+    ws_close: int | None = None,
+    drains: bool = True,
+) -> None:
     """The stop was graceful: in-flight work done, hooks run, quick, nothing left behind.
 
     ``ws_close``: the close code the server's own shutdown sends an open WebSocket
     (``None``: the server has no graceful WebSocket close; the connection just ends).
+    ``drains``: whether the server's own stop finishes a request in progress (if not,
+    the request must end, answered or cut, rather than hang).
     """
     context = f"policy {run.policy}; stop took {stop.seconds:.1f} s; output:\n{stop.output}"
-    assert stop.in_flight == f"slow done {stop.in_flight_pid}", context
+    if drains:
+        assert stop.in_flight == f"slow done {stop.in_flight_pid}", context
+    else:
+        assert stop.in_flight == f"slow done {stop.in_flight_pid}" or "Error" in stop.in_flight, (
+            context
+        )
     if stop.ws_end is not None:
         assert stop.ws_end.startswith("closed"), f"WebSocket at SIGTERM: {stop.ws_end}; {context}"
         if ws_close is not None:

@@ -54,6 +54,9 @@ class HttpProgram:
     #: WebSockets until its graceful timeout and then cancels them (close code 1011 and
     #: a logged CancelledError), with or without pycluster.
     ws_at_stop: bool = True
+    #: Whether its own stop lets a request in progress finish (Twisted's reactor and
+    #: daphne cut it, with or without pycluster).
+    drains: bool = True
 
 
 HTTP_PROGRAMS = [
@@ -70,6 +73,8 @@ HTTP_PROGRAMS = [
     HttpProgram("cheroot-wsgi", "cheroot_app.py"),
     HttpProgram("hypercorn-asyncio", "hypercorn_app.py", ws=True, ws_at_stop=False),
     HttpProgram("hypercorn-trio", "hypercorn_app.py", ("trio",), ws=True, ws_at_stop=False),
+    HttpProgram("sanic-single-process", "sanic_app.py", ws=True, ws_close=1000),
+    HttpProgram("daphne", "daphne_app.py", ws=True, drains=False),
 ]
 
 
@@ -116,7 +121,7 @@ def test_http_program(commands: Commands, server: HttpProgram, policy: str) -> N
             ws = stack.enter_context(ws_connect(run.url.replace("http://", "ws://") + "/ws"))
             assert ws_exchange(ws, "open at SIGTERM").endswith(":open at SIGTERM")
         stop = stop_during(run, lambda: http_get(run.url + "/slow", timeout=20), ws)
-    check_stop(run, stop, ws_close=server.ws_close)
+    check_stop(run, stop, ws_close=server.ws_close, drains=server.drains)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
