@@ -75,6 +75,7 @@ HTTP_PROGRAMS = [
     HttpProgram("hypercorn-trio", "hypercorn_app.py", ("trio",), ws=True, ws_at_stop=False),
     HttpProgram("sanic-single-process", "sanic_app.py", ws=True, ws_close=1000),
     HttpProgram("daphne", "daphne_app.py", ws=True, drains=False),
+    HttpProgram("django-runserver", "django_runserver.py"),
 ]
 
 
