@@ -323,8 +323,8 @@ def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | None = None) ->
     """
     try:
         awaited = coro.send(None)
-    except StopIteration:
-        return
+    except (StopIteration, asyncio.CancelledError):
+        return  # started; or its waiter was cancelled (the loop is closing)
     except Exception as exc:
         if conn is not None:
             conn.close()

@@ -367,8 +367,10 @@ class LoopChannel:
                 if spin_until:
                     if _monotonic_ns() < spin_until:
                         # Yield between polls: should the worker share our CPU after
-                        # all, it gets to run and reply.
+                        # all, it gets to run and reply. A poll is not a read of the
+                        # budget above (the time bounds it).
                         _sched_yield()  # type: ignore[misc]
+                        reads += 1
                         continue
                     # No reply in time: poll less often, longer each time in a row.
                     self._spin_backoff = min(2 * self._spin_backoff or 1, _SPIN_PAUSE)
