@@ -733,42 +733,32 @@ if cluster.is_primary:
 else:
     srv = cluster.create_server(("127.0.0.1", PORT))
     srv.setblocking(False)
+
+    def wake_up():
+        # An event loop's accept: until "would block", in one wake-up.
+        taken = []
+        while True:
+            try:
+                taken.append(srv.accept()[0])
+            except BlockingIOError:
+                return taken
+
     clients = [socket.create_connection(("127.0.0.1", PORT)) for _ in range(6)]
     time.sleep(0.2)  # all six wait in the shared accept queue
-    # An event loop's accept: until "would block", in one wake-up.
-    first = []
-    while True:
-        try:
-            first.append(srv.accept()[0])
-        except BlockingIOError:
-            break
+    first = wake_up()
     time.sleep(0.01)  # the next wake-up of the loop
-    later = []
-    while True:
-        try:
-            later.append(srv.accept()[0])
-        except BlockingIOError:
-            break
+    later = wake_up()
     # A steady stream (no quiet spell of 50 ms) for longer than a burst lasts: then a
     # wake-up takes more at once, as every worker is running anyway.
     until = time.monotonic() + 0.4
     while time.monotonic() < until:
         clients.append(socket.create_connection(("127.0.0.1", PORT)))
         time.sleep(0.005)
-        try:
-            while True:
-                later.append(srv.accept()[0])
-        except BlockingIOError:
-            pass
+        clients += wake_up()
     clients += [socket.create_connection(("127.0.0.1", PORT)) for _ in range(12)]
     time.sleep(0.02)
-    steady = []
-    while True:
-        try:
-            steady.append(srv.accept()[0])
-        except BlockingIOError:
-            break
-    cluster.worker.send({"first": len(first), "later": min(len(later), 2), "steady": len(steady)})
+    steady = wake_up()
+    cluster.worker.send({"first": len(first), "later": len(later), "steady": len(steady)})
     cluster.worker.wait_disconnected()
 """
 

@@ -7,17 +7,15 @@ primary and once per worker, with a clock the test moves by hand: a worker's
 
 from __future__ import annotations
 
-import mmap
-import multiprocessing
 import os
 import select
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from pycluster._scheduling.bursts import BURST_SPAN, QUIET_SPELL
 from pycluster._turns import SIZE, SLOTS, TURN_WAIT, AcceptTurns
+from tests.unit.pages import torn_reads, writing
 
 
 class Clock:
@@ -163,26 +161,10 @@ def test_a_worker_never_sees_half_written_fields() -> None:
     would look like a quiet spell and start a burst of turn-taking in a steady stream."""
     primary, fd = AcceptTurns.create()
     slot = primary.join()
-    stop_r, stop_w = os.pipe()
-    ctx = multiprocessing.get_context("fork")
-    writer = ctx.Process(target=_keep_accepting, args=(fd, slot, stop_r))
-    writer.start()
     try:
-        # The header's first word: the last accept's time, read as a reader on
-        # another CPU reads it (one 8-byte load).
-        last = memoryview(mmap.mmap(fd, SIZE)).cast("d")
-        deadline = time.monotonic() + 10
-        while last[0] == 0.0:  # the writer's first accept
-            assert time.monotonic() < deadline, "the writer never wrote"
-        torn = sum(1 for _ in range(2_000_000) if last[0] == 0.0)
-        last.release()
-        assert torn == 0
+        with writing(_keep_accepting, fd, slot):
+            # The header's first word: the last accept's time (0.0 until the first).
+            assert torn_reads(fd, SIZE, started=lambda page: page[0] != 0.0) == 0
     finally:
-        os.write(stop_w, b"x")
-        writer.join(10)
-        if writer.is_alive():
-            writer.kill()
-            writer.join()
-        os.close(stop_r)
-        os.close(stop_w)
+        primary.close()
         os.close(fd)
