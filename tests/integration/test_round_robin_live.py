@@ -94,6 +94,75 @@ else:
                 pass
 
         asyncio.run(main())
+    elif ROLE == "one_per_event":
+        # The selectors example in Python's docs: one accept per readiness event, with
+        # a pause that lets the primary send several connections in one batch.
+        import selectors, time
+        from pycluster._ports.listener import lookup
+
+        srv = cluster.create_server(("127.0.0.1", PORT))
+        srv.setblocking(False)
+        waiting = lookup(srv)._batch  # descriptors of a batch whose bytes wait
+        sel = selectors.DefaultSelector()
+        sel.register(srv, selectors.EVENT_READ)
+        most = 0
+        while srv.fileno() != -1:  # until a disconnect closes it
+            for _key, _mask in sel.select(0.1):
+                time.sleep(0.01)
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    break
+                most = max(most, len(waiting))
+                with conn:
+                    conn.setblocking(True)
+                    conn.recv(1024)
+                    conn.sendall(b"%d %d" % (cluster.worker.id, most))
+    elif ROLE == "tight":
+        # Out of descriptors but one when a batch comes: the kernel drops the rest.
+        import errno, resource, time
+
+        srv = cluster.create_server(("127.0.0.1", PORT))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        filler = []
+        try:
+            while True:
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            os.close(filler.pop())
+        cluster.worker.on("message", lambda m, h: cluster.worker.send("ready"))
+        cluster.worker.send("full")
+        emfile = 0
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError as exc:
+                if exc.errno != errno.EMFILE:
+                    break
+                emfile += 1
+                cluster.worker.send({"emfile": emfile})
+                time.sleep(0.05)
+                continue
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"%d" % cluster.worker.id)
+    elif ROLE == "threads":
+        # Several threads block in accept() on one listener, as a thread pool does.
+        srv = cluster.create_server(("127.0.0.1", PORT))
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(b"%d" % cluster.worker.id)
+
+        for _ in range(4):
+            threading.Thread(target=serve, daemon=True).start()
+        cluster.worker.wait_disconnected()
     elif ROLE == "stuck":
         srv = cluster.create_server(("127.0.0.1", PORT))
         cluster.worker.on("message", lambda m, h: srv.close())
@@ -195,6 +264,39 @@ async def bursts():
     emit(answers=sorted(set(answers)), count=len(answers), ids=[a.id, b.id])
     await finish()
 
+async def one_per_event():
+    w = await fork("one_per_event")
+    answers = []
+    for _ in range(3):
+        answers += await asyncio.gather(*(fetch(timeout=20) for _ in range(40)))
+    emit(answers=answers, id=w.id)
+    await finish()
+
+async def dropped():
+    # A worker out of descriptors is handed a batch: the ones the kernel dropped go to
+    # the other worker (or come back later), and every client gets its answer.
+    tight = await fork("tight")
+    assert await asyncio.wait_for(inbox.get(), 10) == [tight.id, "full"]
+    other = await fork("serve")
+    answers = await asyncio.gather(*(fetch(timeout=20) for _ in range(40)))
+    tight.send("done?")
+    errors = 0
+    while True:
+        wid, message = await asyncio.wait_for(inbox.get(), 10)
+        if message == "ready":
+            break
+        errors = message["emfile"]
+    emit(answers=sorted(answers), ids=[tight.id, other.id], emfile=errors)
+    await finish()
+
+async def threads():
+    w = await fork("threads")
+    answers = []
+    for _ in range(5):
+        answers += await asyncio.gather(*(fetch(timeout=20) for _ in range(30)))
+    emit(answers=answers, id=w.id)
+    await finish()
+
 async def last_leaves():
     stuck = await fork("stuck")
     first = await connect()
@@ -288,3 +390,29 @@ def test_bursts_to_event_loops_are_answered_once_each(cluster_env: Cluster) -> N
     report = report_of(run(cluster_env, "bursts"), "answers")
     assert report["count"] == 600
     assert report["answers"] == sorted(str(i) for i in report["ids"])  # type: ignore[union-attr]
+
+
+def test_a_server_that_accepts_once_per_event_gets_every_batched_connection(
+    cluster_env: Cluster,
+) -> None:
+    # Several connections travel in one sendmsg; the hand-off socket stays readable
+    # until the last of them is taken, as a listening socket with a backlog does.
+    report = report_of(run(cluster_env, "one_per_event"), "answers")
+    answers = [str(a).split() for a in report["answers"]]  # type: ignore[union-attr]
+    assert len(answers) == 120
+    assert {wid for wid, _ in answers} == {str(report["id"])}
+    assert max(int(most) for _, most in answers) >= 2  # batches did come
+
+
+def test_descriptors_the_kernel_drops_go_to_another_worker(cluster_env: Cluster) -> None:
+    report = report_of(run(cluster_env, "dropped"), "emfile")
+    ids = [str(i) for i in report["ids"]]  # type: ignore[union-attr]
+    answers = report["answers"]
+    assert isinstance(answers, list) and len(answers) == 40
+    assert set(answers) <= set(ids), answers
+    assert report["emfile"], report  # the program saw accept() fail, as it would
+
+
+def test_threads_blocked_in_accept_share_batches(cluster_env: Cluster) -> None:
+    report = report_of(run(cluster_env, "threads"), "answers")
+    assert report["answers"] == [str(report["id"])] * 150
