@@ -149,6 +149,8 @@ class Listener:
         self._batch: deque[int] = deque()
         self._lost = 0
         self._lost_lock = threading.Lock()
+        #: No descriptor of this listener is left (see finish).
+        self.finished = False
         self.token: int | None = None
         self.closer: Callable[[], None] = self.close_for_disconnect
         #: Gives back what the query took (a port-0 index) once the listener ends.
@@ -279,6 +281,8 @@ class Listener:
             if len(fds) == 1 and not batch:
                 return fds[0]
             batch.extend(fds)
+            if self.finished:
+                self._drop_batch()  # finish() ran meanwhile: it may have missed these
         try:
             return batch.popleft()
         except IndexError:
@@ -553,13 +557,18 @@ class Listener:
         same = descriptors(f"socket:[{self.ino}]".__eq__)
         return [fd for fd in same if fd not in self.fds and fd != besides]
 
-    def finish(self) -> None:
-        """No descriptor of this listener is left: release what it held."""
-        self._owed = 0  # settled before the last descriptor went (see settle)
-        # Never acknowledged: the primary gives these connections to another worker.
+    def _drop_batch(self) -> None:
+        """Close the descriptors of a batch not taken: never acknowledged, they go to
+        another worker (this copy would keep their connections open)."""
         with contextlib.suppress(IndexError):
             while True:
                 os.close(self._batch.popleft())
+
+    def finish(self) -> None:
+        """No descriptor of this listener is left: release what it held."""
+        self._owed = 0  # settled before the last descriptor went (see settle)
+        self.finished = True
+        self._drop_batch()
         for fd in list(self.fds):
             forget(fd)
         if self.token is not None:
