@@ -6,11 +6,10 @@ an address. The primary binds it once per key ``(address, port, family, type, fd
 port-0 servers get two ports while the k-th of every worker share one) and answers
 with a descriptor:
 
-* round-robin: one end of a Unix stream socket pair dedicated to that worker and
+* round-robin: one end of a ``SOCK_SEQPACKET`` pair dedicated to that worker and
   server (the *hand-off socket*). The primary accepts connections in batches and
-  sends their descriptors down the hand-off sockets of the workers whose turn it is,
-  several per ``sendmsg`` (:mod:`pycluster._handoff`); the worker writes back one
-  byte for each one it has taken. Connections never queue behind
+  sends each one's descriptor down the next free worker's hand-off socket; the
+  worker writes back one byte when it has taken it. Connections never queue behind
   user messages on the main channel, and a worker's listener is simply that socket.
 * shared: the listening socket itself; each worker accepts on it.
 * reuse-port: nothing is shared; the worker binds its own ``SO_REUSEPORT`` socket
@@ -23,7 +22,6 @@ the connection goes to another worker instead of being lost.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
 import logging
@@ -35,7 +33,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pycluster._handoff import BATCHES, DECLINED, MAX_BATCH, TOOK
 from pycluster._ipc.framing import Codec, Kind, close_fds
 from pycluster._ipc.messages import Act, Message, encode_internal
 from pycluster._reactor import Reactor, Timer
@@ -55,6 +52,10 @@ ANSWER_SIZE = 256
 #: How long a port with no live worker keeps connections waiting for a replacement.
 ORPHAN_GRACE = 1.0
 _LINGER_RESET = struct.pack("ii", 1, 0)
+#: The first byte of a hand-off: another one follows for the same worker, or not.
+_MORE, _LAST = [b"M"], [b"C"]
+_TOOK, _DECLINED = ord("A"), ord("D")
+_fd_bytes = struct.Struct("i").pack
 Key = tuple[Any, Any, int, int, Any, Any]
 
 
@@ -424,7 +425,7 @@ class RoundRobinServer(_Served):
             # The worker closed its server and listens again before the loop read the
             # end of its old hand-off socket (it closed that socket before asking).
             self._retire_handoff(worker)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             ours.setblocking(False)
             self.handoffs[worker] = ours
@@ -463,28 +464,29 @@ class RoundRobinServer(_Served):
         self._send(handoffs)
 
     def _send(self, handoffs: list[tuple[Worker, int]]) -> None:
-        # Each worker's hand-offs go in batches, one sendmsg each (see _handoff): one
-        # system call and one wake-up of the worker for connections that arrived
-        # together, and a worker's event loop acknowledges a batch at once.
-        while handoffs:
-            batches: dict[Worker, list[int]] = {}
-            for worker, fd in handoffs:
-                batches.setdefault(worker, []).append(fd)
-            handoffs = []
-            for worker, fds in batches.items():
-                sock = self.handoffs.get(worker)
-                try:
-                    if sock is None:
-                        raise ConnectionResetError
-                    for start in range(0, len(fds), MAX_BATCH):
-                        part = fds[start : start + MAX_BATCH]
-                        # A few bytes: a Unix stream socket sends them whole or not at all.
-                        sock.sendmsg(
-                            [BATCHES[len(part)]],
-                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", part))],
-                        )
-                except OSError:
-                    handoffs.extend(self._worker_gone(worker))
+        # A hand-off followed by another to the same worker says so: a worker's event
+        # loop then acknowledges both at once (one wake-up of this loop, not two).
+        left: dict[Worker, int] = {}
+        for worker, _ in handoffs:
+            left[worker] = left.get(worker, 0) + 1
+        i = 0
+        while i < len(handoffs):
+            worker, fd = handoffs[i]
+            i += 1
+            left[worker] -= 1
+            sock = self.handoffs.get(worker)
+            try:
+                if sock is None:
+                    raise ConnectionResetError
+                sock.sendmsg(
+                    _MORE if left[worker] else _LAST,
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes(fd))],
+                )
+            except OSError:
+                again = self._worker_gone(worker)
+                for other, _ in again:
+                    left[other] = left.get(other, 0) + 1
+                handoffs.extend(again)
         deadline = self.handle.deadline
         if deadline is not None and (self._timer is None or self._timer.deadline > deadline):
             # The queue holds for a worker whose turn it is: look again when the hold
@@ -525,11 +527,11 @@ class RoundRobinServer(_Served):
         """Apply a worker's answers, oldest hand-off first; what may go out now."""
         handoffs: list[tuple[Worker, int]] = []
         for answer in data:
-            if answer == DECLINED:
+            if answer == _DECLINED:
                 # The worker could not take its oldest hand-off (out of descriptors):
                 # the connection goes back to its place in the queue.
                 handoffs.extend(self.handle.returned(worker))
-            elif answer == TOOK:
+            elif answer == _TOOK:
                 handoffs.extend(self._settle(worker))
         return handoffs
 

@@ -5,10 +5,9 @@ A program in a worker gets a **real** ``socket.socket``, the very object it crea
 never swaps its class or sets attributes on it. What changes is the descriptor behind
 it, swapped with ``dup2`` when the program binds:
 
-* round-robin: this worker's end of its *hand-off socket* (a Unix stream socket pair
-  with the primary, which accepts and sends the connections' descriptors down it,
-  one byte per connection: :mod:`pycluster._handoff`). It is readable exactly when a
-  connection waits, so ``select``, ``selectors``,
+* round-robin: this worker's end of its *hand-off socket* (a ``SOCK_SEQPACKET`` pair
+  with the primary, which accepts and sends each connection's descriptor down it).
+  It is readable exactly when a connection waits, so ``select``, ``selectors``,
   asyncio and tornado readers all work on it unchanged;
 * shared: the primary's listening socket itself, which the worker accepts on.
 

@@ -9,7 +9,6 @@ Python's back is never mistaken for one.
 from __future__ import annotations
 
 import _socket
-import contextlib
 import errno
 import os
 import select
@@ -18,14 +17,11 @@ import struct
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from pycluster import _child as child
-from pycluster._handoff import ANCILLARY_SIZE, DECLINED, MAX_BATCH, TOOK, more_follows
 from pycluster._ipc.fds import fds_from_ancillary
-from pycluster._ipc.framing import close_fds
 from pycluster._ipc.messages import Act
 from pycluster._ports import epoll
 from pycluster._ports.drain import connections_on
@@ -63,12 +59,11 @@ YIELD_SLEEP = 1e-9
 DRAIN_POLL = 0.05
 
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-_ACK = bytes([TOOK])
-_DECLINE = bytes([DECLINED])
-#: Seconds a thread that read a batch's later byte waits for its descriptor, and how
-#: often it looks.
-BATCH_WAIT = 1.0
-BATCH_POLL = 0.0002
+_ANCILLARY = socket.CMSG_SPACE(4 * 4)
+_ACK = b"A"
+_DECLINE = b"D"
+#: The first byte of a hand-off the primary follows with another one for this worker.
+_MORE = b"M"
 C = _socket.socket
 c_accept: Callable[[socket.socket], tuple[int, Any]] = C._accept  # type: ignore[attr-defined]
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
@@ -144,13 +139,6 @@ class Listener:
         # keeps them in step with what is written to the primary.
         self._owed = 0
         self._ack_lock = threading.Lock()
-        # Round robin: descriptors of a batch whose bytes are not read yet, and how
-        # many of a batch's descriptors the kernel dropped (see _unpack).
-        self._batch: deque[int] = deque()
-        self._lost = 0
-        self._lost_lock = threading.Lock()
-        #: No descriptor of this listener is left (see finish).
-        self.finished = False
         self.token: int | None = None
         self.closer: Callable[[], None] = self.close_for_disconnect
         #: Gives back what the query took (a port-0 index) once the listener ends.
@@ -228,10 +216,9 @@ class Listener:
 
     def _take(self, sock: socket.socket, want_peer: bool = True) -> tuple[int, Any]:
         while True:
-            # One byte per connection (pycluster._handoff). The object's own recvmsg:
-            # its timeout and blocking mode apply as to accept().
+            # The object's own recvmsg: its timeout and blocking mode apply as to accept().
             try:
-                msg, ancillary, flags, _addr = C.recvmsg(sock, 1, ANCILLARY_SIZE, _RECV_FLAGS)
+                msg, ancillary, flags, _addr = C.recvmsg(sock, 1, _ANCILLARY, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError, TimeoutError):
                 self.settle()  # nothing more in this wake-up: acknowledge what was taken
                 raise
@@ -240,17 +227,20 @@ class Listener:
                     return self._ended(sock)  # the descriptor was swapped meanwhile
                 raise
             fds = fds_from_ancillary(ancillary)
-            if not msg:
-                close_fds(fds)
+            if not msg and not fds:
                 return self._ended(sock)
-            fd = self._unpack(msg[0], fds, flags)
-            if fd is None:
-                # This process is out of descriptors: the kernel dropped the
-                # connection's. The primary still has it and gives it to another
-                # worker; the program sees what accept() would say.
-                self.decline(sock)
-                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-            if more_follows(msg[0]) and sock.gettimeout() == 0.0:
+            for extra in fds[1:]:
+                os.close(extra)
+            if not fds:
+                if flags & socket.MSG_CTRUNC:
+                    # This process is out of descriptors: the kernel dropped the
+                    # connection's. The primary still has it and gives it to another
+                    # worker; the program sees what accept() would say.
+                    self.decline(sock)
+                    raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+                continue
+            fd = fds[0]
+            if msg == _MORE and sock.gettimeout() == 0.0:
                 # Another hand-off is on its way, and an event loop accepts until the
                 # socket would block: one acknowledgement will cover both (one wake-up
                 # of the primary instead of one per connection). A blocking loop may
@@ -265,49 +255,6 @@ class Listener:
                 continue
             self._count(fd)
             return fd, peer(fd, self.family) if want_peer else None
-
-    def _unpack(self, byte: int, fds: list[int], flags: int) -> int | None:
-        """The descriptor of the connection that ``byte`` carries; None if it was lost.
-
-        A batch's first byte brings every descriptor of the batch: the ones not taken
-        yet wait in ``_batch`` for their bytes.
-        """
-        batch = self._batch
-        if byte <= MAX_BATCH:
-            if flags & socket.MSG_CTRUNC:
-                # Out of descriptors (or space): the kernel installed the first ones.
-                with self._lost_lock:
-                    self._lost += byte - len(fds)
-            if len(fds) == 1 and not batch:
-                return fds[0]
-            batch.extend(fds)
-            if self.finished:
-                self._drop_batch()  # finish() ran meanwhile: it may have missed these
-        try:
-            return batch.popleft()
-        except IndexError:
-            return self._lost_one()
-
-    def _lost_one(self) -> int | None:
-        """A byte found no descriptor waiting: one the kernel dropped, or one on its way.
-
-        With several threads in ``accept()``, a thread may read a batch's later byte
-        before the thread that read its first byte has put the batch's descriptors in
-        ``_batch``; that thread has them already, so this waits a moment for them.
-        """
-        deadline = time.monotonic() + BATCH_WAIT
-        while True:
-            with self._lost_lock:
-                if self._lost:
-                    self._lost -= 1
-                    return None
-            try:
-                return self._batch.popleft()
-            except IndexError:
-                pass
-            if time.monotonic() > deadline:
-                return None  # the primary broke the protocol: as if it was dropped
-            time.sleep(BATCH_POLL)
 
     def decline(self, sock: socket.socket) -> None:
         """Tell the primary this worker could not take its oldest hand-off."""
@@ -557,18 +504,9 @@ class Listener:
         same = descriptors(f"socket:[{self.ino}]".__eq__)
         return [fd for fd in same if fd not in self.fds and fd != besides]
 
-    def _drop_batch(self) -> None:
-        """Close the descriptors of a batch not taken: never acknowledged, they go to
-        another worker (this copy would keep their connections open)."""
-        with contextlib.suppress(IndexError):
-            while True:
-                os.close(self._batch.popleft())
-
     def finish(self) -> None:
         """No descriptor of this listener is left: release what it held."""
         self._owed = 0  # settled before the last descriptor went (see settle)
-        self.finished = True
-        self._drop_batch()
         for fd in list(self.fds):
             forget(fd)
         if self.token is not None:
@@ -746,7 +684,7 @@ def accepts_through_pycluster(sock: Any) -> bool:
 
 def on_fd(fd: int, action: Callable[[socket.socket], object]) -> None:
     """Run ``action`` on a throw-away socket object for ``fd`` (the descriptor stays)."""
-    temp = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+    temp = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fd)
     try:
         action(temp)
     except OSError:
