@@ -276,6 +276,21 @@ class TestWindow:
         # Over the burst each got the same number of connections.
         assert len(h.outstanding("a")) + 1 == len(h.outstanding("b")) + 1
 
+    def test_with_every_window_full_nothing_is_held_until_an_answer(self) -> None:
+        # A loaded server: connections queue in the primary behind full windows. No
+        # worker can take one before it answers, and its answer hands out the next, so
+        # the queue sets no hold (no timer to look again) and stays in order.
+        clock = Clock()
+        h = handle_with("a", "b", window=2, clock=clock)
+        for i in range(4):
+            h.push(i)
+        assert h.push(4) == [] and h.push(5) == []
+        assert h.deadline is None and h.queued == 2
+        clock.pass_hold()
+        assert h.redistribute() == []
+        assert h.accepted("b") == (1, [("b", 4)])
+        assert h.accepted("a") == (0, [("a", 5)])
+
     def test_under_a_steady_stream_a_worker_with_room_does_not_wait_for_a_full_one(
         self,
     ) -> None:

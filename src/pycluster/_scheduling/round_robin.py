@@ -202,12 +202,22 @@ class RoundRobinHandle(Generic[W, C]):
             return out
         if now is None:
             now = self._clock_fn()
+        inflight = self._inflight
+        window = self.window
         while self._queue:
+            for member in self._members:
+                sent = inflight.get(member)
+                if sent is None or len(sent) < window:
+                    break
+            else:
+                # Every window is full (a loaded server's usual state): nobody can take
+                # one until a worker answers, which distributes again; no hold either.
+                break
             worker = self._pick(now)
             if worker is None:
                 break
             seq, conn = self._queue.popleft()
-            self._inflight.setdefault(worker, deque()).append((seq, conn, now))
+            inflight.setdefault(worker, deque()).append((seq, conn, now))
             self._touch(worker)
             handed = max(self._handed.get(worker, 0), self._top - self.window) + 1
             self._handed[worker] = handed
