@@ -40,6 +40,27 @@ async def connect():
     await writer.drain()
     return reader, writer
 
+async def waves(count, size):
+    # `count` waves of `size` connections at once, one after the other: the answers.
+    answers = []
+    for _ in range(count):
+        answers += await asyncio.gather(*(fetch(timeout=20) for _ in range(size)))
+    return answers
+
+def reply(conn, who):
+    # Read the tiny request (closing it unread would reset), then say who served it.
+    with conn:
+        conn.recv(1024)
+        conn.sendall(b"%d" % who)
+
+def serve_forever(srv, who):
+    while True:
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        reply(conn, who)
+
 async def outcome(reader, timeout=5):
     # How a connection ends: its answer, or that the primary closed it.
     try:
@@ -69,15 +90,7 @@ if cluster.is_primary:
 else:
     ROLE = os.environ["ROLE"]
     if ROLE == "serve":
-        srv = cluster.create_server(("127.0.0.1", PORT))
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                break
-            with conn:
-                conn.recv(1024)  # the tiny request (closing it unread would reset)
-                conn.sendall(b"%d" % cluster.worker.id)
+        serve_forever(cluster.create_server(("127.0.0.1", PORT)), cluster.worker.id)
     elif ROLE == "aio":
         # An event loop accepts until "would block": one acknowledgement covers a burst.
         async def answer(reader, writer):
@@ -110,10 +123,8 @@ else:
                     conn, _ = srv.accept()
                 except OSError:
                     break
-                with conn:
-                    conn.setblocking(True)
-                    conn.recv(1024)
-                    conn.sendall(b"%d" % cluster.worker.id)
+                conn.setblocking(True)
+                reply(conn, cluster.worker.id)
     elif ROLE == "prefork":
         # The program forks its own processes after it listens, and they all accept
         # (tornado's bind_sockets() and fork_processes(), a pre-forking server).
@@ -121,11 +132,7 @@ else:
         for _ in range(3):
             if os.fork() == 0:
                 break
-        while True:
-            conn, _ = srv.accept()
-            with conn:
-                conn.recv(1024)
-                conn.sendall(b"%d" % os.getpid())
+        serve_forever(srv, os.getpid())
     elif ROLE == "tight":
         # Out of descriptors: the kernel drops the descriptor of the next hand-off.
         import errno, resource, time
@@ -152,25 +159,14 @@ else:
                 os.close(filler.pop())  # as a server would: free one, try again
                 time.sleep(0.05)
                 continue
-            with conn:
-                conn.recv(1024)
-                conn.sendall(b"%d" % cluster.worker.id)
+            reply(conn, cluster.worker.id)
     elif ROLE == "threads":
         # Several threads block in accept() on one listener, as a thread pool does.
         srv = cluster.create_server(("127.0.0.1", PORT))
-
-        def serve():
-            while True:
-                try:
-                    conn, _ = srv.accept()
-                except OSError:
-                    return
-                with conn:
-                    conn.recv(1024)
-                    conn.sendall(b"%d" % cluster.worker.id)
-
         for _ in range(4):
-            threading.Thread(target=serve, daemon=True).start()
+            serving = threading.Thread(target=serve_forever, args=(srv, cluster.worker.id))
+            serving.daemon = True
+            serving.start()
         cluster.worker.wait_disconnected()
     elif ROLE == "stuck":
         srv = cluster.create_server(("127.0.0.1", PORT))
@@ -261,9 +257,7 @@ async def fresh_split():
 async def bursts():
     a = await fork("aio")
     b = await fork("aio")
-    answers = []
-    for _ in range(5):
-        answers += await asyncio.gather(*(fetch() for _ in range(100)))
+    answers = await waves(5, 100)
     # One worker leaves in the middle of a burst: what it took it answers, the rest
     # goes to the other one.
     burst = [asyncio.create_task(fetch()) for _ in range(100)]
@@ -275,10 +269,7 @@ async def bursts():
 
 async def one_per_event():
     w = await fork("one_per_event")
-    answers = []
-    for _ in range(3):
-        answers += await asyncio.gather(*(fetch(timeout=20) for _ in range(40)))
-    emit(answers=answers, id=w.id)
+    emit(answers=await waves(3, 40), id=w.id)
     await finish()
 
 async def dropped():
@@ -287,7 +278,7 @@ async def dropped():
     tight = await fork("tight")
     assert await asyncio.wait_for(inbox.get(), 10) == [tight.id, "full"]
     other = await fork("serve")
-    answers = await asyncio.gather(*(fetch(timeout=20) for _ in range(40)))
+    answers = await waves(1, 40)
     tight.send("done?")
     errors = 0
     while True:
@@ -300,19 +291,13 @@ async def dropped():
 
 async def prefork():
     w = await fork("prefork")
-    answers = []
-    for _ in range(5):
-        answers += await asyncio.gather(*(fetch(timeout=20) for _ in range(40)))
-    emit(answers=answers)
+    emit(answers=await waves(5, 40))
     w.process.kill("SIGKILL")  # its own children end with their hand-off socket
     await finish()
 
 async def threads():
     w = await fork("threads")
-    answers = []
-    for _ in range(5):
-        answers += await asyncio.gather(*(fetch(timeout=20) for _ in range(30)))
-    emit(answers=answers, id=w.id)
+    emit(answers=await waves(5, 30), id=w.id)
     await finish()
 
 async def last_leaves():
