@@ -184,6 +184,7 @@ class Primary:
                 self._may_restart,
                 lambda: int(self._settings.get("handoff_window", DEFAULT_WINDOW)),
                 self._own.__contains__,
+                lambda: bool(self._settings.get("handoff_batch_scheduling", True)),
             )
         return self._servers
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
+from pycluster import _batchsched
 from pycluster._signals import signal_name, signal_number
 
 if TYPE_CHECKING:
@@ -126,17 +127,18 @@ def spawn(
     if gid is not None:
         kwargs["group"] = gid
     try:
-        popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            pass_fds=pass_fds,
-            stdin=_stdio_entry(stdio[0]),
-            stdout=_stdio_entry(stdio[1]),
-            stderr=_stdio_entry(stdio[2]),
-            close_fds=True,
-            **kwargs,
-        )
+        with _batchsched.normal_policy():  # not the primary's SCHED_BATCH
+            popen = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                pass_fds=pass_fds,
+                stdin=_stdio_entry(stdio[0]),
+                stdout=_stdio_entry(stdio[1]),
+                stderr=_stdio_entry(stdio[2]),
+                close_fds=True,
+                **kwargs,
+            )
     except (OSError, subprocess.SubprocessError) as exc:
         proc = WorkerProcess(None, argv)
         failed = (

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pycluster import _batchsched
 from pycluster._ipc.framing import Codec, Kind, close_fds
 from pycluster._ipc.messages import Act, Message, encode_internal
 from pycluster._reactor import Reactor, Timer
@@ -408,6 +409,7 @@ class RoundRobinServer(_Served):
         self.reactor = table.reactor
         self._timer: Timer | None = None
         self.reactor.add_reader(sock.fileno(), self._accept)
+        table.handing_off()
 
     @staticmethod
     def _busy(worker: Worker) -> bool:
@@ -634,8 +636,11 @@ class ServerTable:
         may_restart: Callable[[], bool],
         window: Callable[[], int] = lambda: DEFAULT_WINDOW,
         internal: Callable[[Identity], bool] = lambda _: False,
+        batch_scheduling: Callable[[], bool] = lambda: False,
     ) -> None:
         self.reactor = reactor
+        #: Whether handing off connections puts this thread under SCHED_BATCH.
+        self._batch_scheduling = batch_scheduling
         #: Hand-offs a worker may hold before taking one (the ``handoff_window`` setting).
         self.window = window
         #: Whether a socket is one the primary opened for itself (channels, control).
@@ -770,6 +775,12 @@ class ServerTable:
                     if sock.fileno() != -1 and identity(sock.fileno()) == ident:
                         return True
         return False
+
+    def handing_off(self) -> None:
+        """A round-robin port is served: SCHED_BATCH for this thread, if the setting
+        says so (see :mod:`pycluster._batchsched`)."""
+        if self._batch_scheduling():
+            _batchsched.enter()
 
     def owns(self, handle: Handle) -> bool:
         """Whether ``handle`` is still listening."""

@@ -391,6 +391,14 @@ OPTIONS: tuple[Option, ...] = (
         "round robin: connections a worker may be handed before it takes one",
         metavar="N",
     ),
+    Option(
+        "handoff_batch_scheduling",
+        lambda: True,
+        _bool,
+        "round robin, on Linux: the thread that hands connections off runs under "
+        "SCHED_BATCH, so a new connection does not preempt a busy worker",
+        cli=False,
+    ),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 

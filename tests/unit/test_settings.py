@@ -64,6 +64,7 @@ def test_unknown_key_is_type_error_naming_it() -> None:
         ("max_memory", "1G"),
         ("shutdown_timeout", None),
         ("handoff_window", 2.5),
+        ("handoff_batch_scheduling", "yes"),
     ],
 )
 def test_wrong_type_is_type_error_naming_the_key(key: str, value: Any) -> None:
@@ -151,6 +152,7 @@ def test_defaults() -> None:
         "max_message_size": 64 << 20,
         "shutdown_timeout": 30.0,
         "handoff_window": 8,
+        "handoff_batch_scheduling": True,
     }
     # Every default passes its own validation.
     assert _settings.validate(d) == d
