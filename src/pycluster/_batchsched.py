@@ -46,8 +46,11 @@ def normal_policy() -> Iterator[None]:
     if _batched != threading.get_ident():
         yield
         return
-    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    # A failed switch must not fail the worker's start: at worst it runs as batch.
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     try:
         yield
     finally:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
