@@ -22,6 +22,7 @@ import _socket
 import asyncio
 import concurrent.futures
 import errno
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
@@ -32,6 +33,8 @@ from pycluster import _ports as net
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 HEARTBEAT_INTERVAL = 0.5
+
+log = logging.getLogger("pycluster")
 
 
 class Server:
@@ -254,11 +257,7 @@ class _AcceptServer(asyncio.AbstractServer):
     def _pause(self, exc: OSError) -> None:
         # As asyncio does: out of descriptors or memory, stop accepting for a while
         # rather than spin on a socket that stays readable.
-        import logging
-
-        logging.getLogger("pycluster").error(
-            "accept failed (%s); accepting again in %s s", exc, ACCEPT_RETRY_DELAY
-        )
+        log.error("accept failed (%s); accepting again in %s s", exc, ACCEPT_RETRY_DELAY)
         self._loop.remove_reader(self._sock.fileno())
         self._paused = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
 
@@ -328,9 +327,7 @@ def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | None = None) ->
     except Exception as exc:
         if conn is not None:
             conn.close()
-        import logging
-
-        logging.getLogger("pycluster").warning("a handed-over connection failed to start: %s", exc)
+        log.warning("a handed-over connection failed to start: %s", exc)
         return
     if awaited is None:  # a bare yield (asyncio.sleep(0)): go on at the next turn
         asyncio.get_running_loop().call_soon(_start, coro)
