@@ -12,9 +12,9 @@ them alike; the table shows each one's median and its ratio to the anchors
 (gunicorn sync for WSGI, uvicorn for ASGI). Every wrk run holds ``/tmp/bench.lock``.
 
 Names: ``gunicorn-sync``, ``uvicorn``, ``granian-wsgi``, ``granian-asgi``, and
-``serve-IFACE-POLICY`` with IFACE ``wsgi`` (thread pool, ``--threads 10``),
-``wsgi1`` (inline, ``--threads 1``) or ``asgi``, POLICY ``rr``, ``none`` or
-``reuseport``.
+``serve-IFACE-POLICY`` with IFACE ``wsgi`` (the default, ``--threads auto``),
+``wsgi10`` (thread pool, ``--threads 10``), ``wsgi1`` (inline, ``--threads 1``) or
+``asgi``, POLICY ``rr``, ``none`` or ``reuseport``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "bench" / "servers"
 BIN = Path(sys.executable).parent
 DEFAULT = (
-    "gunicorn-sync serve-wsgi-rr serve-wsgi-none serve-wsgi1-rr serve-wsgi1-none granian-wsgi "
+    "gunicorn-sync serve-wsgi-rr serve-wsgi-none serve-wsgi10-rr serve-wsgi10-none "
+    "serve-wsgi1-rr serve-wsgi1-none granian-wsgi "
     "uvicorn serve-asgi-rr serve-asgi-none granian-asgi"
 ).split()
 
@@ -82,7 +83,7 @@ def command(name: str, port: int) -> list[str]:
         ]
     _, iface, policy = name.split("-")
     app = "asgi_app:app" if iface == "asgi" else "wsgi_app:app"
-    threads = ["--threads", "1"] if iface == "wsgi1" else []
+    threads = {"wsgi1": ["--threads", "1"], "wsgi10": ["--threads", "10"]}.get(iface, [])
     return [
         str(BIN / "pycluster"),
         "serve",

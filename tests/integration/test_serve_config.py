@@ -211,12 +211,22 @@ def index(request):
     log.info("django view ran for %s", request.path)
     return HttpResponse("django ok")
 
-urlpatterns = [path("", index)]
+def bridged(request):
+    # A sync view calling async code (channels' group_send does): asgiref refuses
+    # to run where an event loop is running in the thread.
+    from asgiref.sync import async_to_sync
+    async def answer():
+        return "bridged ok"
+    return HttpResponse(async_to_sync(answer)())
+
+urlpatterns = [path("", index), path("bridged", bridged)]
 application = get_wsgi_application()
 """
 
 
-def test_django_log_lines_appear_once(cluster_env: Cluster, commands: Commands) -> None:
+def test_django_views_log_once_and_may_call_async_code(
+    cluster_env: Cluster, commands: Commands
+) -> None:
     pytest.importorskip("django")
     cluster_env.write("djsettings.py", DJANGO_SETTINGS)
     cluster_env.write("djapp.py", DJANGO_APP)
@@ -226,6 +236,8 @@ def test_django_log_lines_appear_once(cluster_env: Cluster, commands: Commands) 
     )
     assert request(port) == (200, "django ok")
     command.wait_line("django view ran for /")
+    # Inline on the worker's loop (--threads auto starts so), as in a thread.
+    assert request(port, path="/bridged") == (200, "bridged ok")
     stop(command)
     assert command.output.count("django view ran for /") == 1, command.output
 
@@ -300,6 +312,22 @@ def test_gunicorn_and_uvicorn_spellings(monkeypatch: pytest.MonkeyPatch) -> None
         "optional",
         False,
     )
+
+
+def test_threads_is_auto_by_default_and_takes_a_count_or_auto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert parsed(["serve", "a:b"], monkeypatch).threads is None  # auto
+    assert parsed(["serve", "--threads", "4", "a:b"], monkeypatch).threads == 4
+    assert parsed(["serve", "--threads", "AUTO", "a:b"], monkeypatch).threads is None
+    assert parsed(["serve", "a:b"], monkeypatch, PYCLUSTER_THREADS="1").threads == 1
+    config = tmp_path / "serve.toml"
+    config.write_text('threads = "auto"\n')
+    assert parsed(["serve", "-c", str(config), "a:b"], monkeypatch).threads is None
+    for wrong in ("0", "many"):
+        with pytest.raises(SystemExit):
+            parsed(["serve", "--threads", wrong, "a:b"], monkeypatch)
+        assert f"must be a positive integer or auto, not {wrong!r}" in capsys.readouterr().err
 
 
 def test_bad_values_from_the_environment_name_the_variable(

@@ -1,7 +1,8 @@
 """``pycluster serve``'s own HTTP/1.1 for WSGI apps, from real HTTP clients (httpx, sockets).
 
 Each behaviour is checked with the app inline on the loop (``--threads 1``) and in
-a thread pool (``--threads 4``), the two ways the server runs a WSGI call.
+a thread pool (``--threads 4``), the two ways the server runs a WSGI call; the
+default, ``--threads auto``, moves from the first to the second once the app waits.
 """
 
 from __future__ import annotations
@@ -87,6 +88,19 @@ def app(environ, start_response):
         time.sleep(2)
         start_response("200 OK", [])
         return [b"held"]
+    if path == "/spin":  # computes with the GIL held, never waiting
+        end = time.perf_counter() + float(environ["QUERY_STRING"])
+        while time.perf_counter() < end:
+            pass
+        start_response("200 OK", [])
+        return [b"spun"]
+    if path == "/async":  # sync code running a coroutine, as asgiref's async_to_sync does
+        import asyncio
+        async def nap():
+            await asyncio.sleep(0)
+            return b"ran a loop of its own"
+        start_response("200 OK", [])
+        return [asyncio.run(nap())]
     if path == "/who":
         start_response("200 OK", [])
         return [f"{os.getpid()} {threading.current_thread().name}".encode()]
@@ -369,4 +383,49 @@ def test_limit_concurrency_answers_503_beyond_it(cluster_env: Cluster, commands:
     slow.join(10)
     assert results == ["held"]
     assert httpx.get(f"{url}/write", timeout=10).status_code == 200  # the place is free again
+    stop(command)
+
+
+def test_threads_auto_runs_inline_until_the_app_waits(
+    cluster_env: Cluster, commands: Commands
+) -> None:
+    command, url = start(commands, cluster_env, "-w", "1")  # --threads auto
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/who").text.endswith(" MainThread")
+        for _ in range(5):  # 50 ms each with the GIL held: computing is not waiting
+            assert client.get("/spin?0.05").text == "spun"
+        assert client.get("/who").text.endswith(" MainThread")
+        assert "requests run in a pool" not in command.output
+        # Longer than the watchdog's longest sleep: it looks while the call waits.
+        assert client.get("/slow?0.6").text == "slow done"
+    command.wait_line("requests run in a pool of 10 threads from now on")
+    # From now on requests that wait overlap: five of 0.6 s take far less than 3 s.
+    names: list[str] = []
+
+    def wait_once() -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert client.get("/slow?0.6").text == "slow done"
+            names.append(client.get("/who").text.split()[1])
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=wait_once) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert time.monotonic() - began < 2.0
+    assert len(names) == 5 and all(name.startswith("pycluster-wsgi-") for name in names), names
+    stop(command)
+
+
+@pytest.mark.parametrize("threads", ["1", "auto"])
+def test_inline_calls_may_run_an_event_loop_of_their_own(
+    cluster_env: Cluster, commands: Commands, threads: str
+) -> None:
+    command, url = start(commands, cluster_env, "-w", "1", "--threads", threads)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/who").text.endswith(" MainThread")
+        answer = client.get("/async")
+        assert (answer.status_code, answer.text) == (200, "ran a loop of its own")
+        assert client.get("/environ").status_code == 200  # the worker's loop goes on
     stop(command)

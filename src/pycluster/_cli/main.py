@@ -76,6 +76,18 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _threads(text: str) -> int | None:
+    """``--threads``: a positive count, or ``auto`` (None)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer or auto, not {text!r}"
+        ) from None
+
+
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
@@ -374,11 +386,13 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
     )
     workers.add_argument(
         "--threads",
-        type=_positive,
-        default=10,
+        type=_threads,
+        default=None,
         metavar="N",
         help="WSGI apps: requests run in a pool of N threads per worker (gunicorn's gthread); "
-        "1 runs them inline on the event loop, one at a time (gunicorn's sync) (default: 10)",
+        "1 runs them inline on the event loop, one at a time (gunicorn's sync); auto runs "
+        "them inline until the app waits (on I/O, a sleep, a lock), then in a pool of 10 "
+        "(default: auto)",
     )
     workers.add_argument(
         "--loop",

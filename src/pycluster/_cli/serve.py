@@ -372,7 +372,9 @@ def build_app(config: ServeConfig, app: Any, interface: str) -> tuple[Any, str]:
             raise StartupError(
                 "serving a WSGI application needs a2wsgi: pip install 'pycluster[serve]'"
             ) from None
-        app = WSGIMiddleware(WSGIInputTerminated(app), workers=config.threads)
+        # a2wsgi always runs a pool: auto means the pool auto moves to.
+        threads = config.threads if config.threads is not None else serveconf.AUTO_THREADS
+        app = WSGIMiddleware(WSGIInputTerminated(app), workers=threads)
     elif inspect.isclass(app):
         from uvicorn.middleware.asgi2 import ASGI2Middleware
 

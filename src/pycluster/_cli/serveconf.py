@@ -41,6 +41,8 @@ PASSWORD_ENV = "PYCLUSTER_KEYFILE_PASSWORD"
 CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 #: Environment variables other servers read, and the option each stands for.
 CONVENTIONAL_ENV = {"WEB_CONCURRENCY": "workers", "FORWARDED_ALLOW_IPS": "forwarded-allow-ips"}
+#: ``--threads auto``: the pool a WSGI worker moves to once its application waits.
+AUTO_THREADS = 10
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -54,7 +56,7 @@ class ServeConfig:
     interface: str = "auto"
     factory: bool = False
     lifespan: str = "auto"
-    threads: int = 10
+    threads: int | None = None  # None: auto
     loop: str = "auto"
     http: str = "auto"
     keep_alive: float = 5.0
