@@ -168,8 +168,16 @@ class ChildRuntime:
         return self._servers
 
     def start(self) -> None:
-        """Tell the primary we are online and start reading the channel."""
-        self.send_internal(Act.ONLINE)
+        """Tell the primary we are online and start reading the channel.
+
+        A primary already gone (it ended before this worker booted) is what a channel
+        closing later is: the worker ends at once, quietly, instead of running the
+        program as an orphan (as a Node worker exits when its channel closes).
+        """
+        try:
+            self.send_internal(Act.ONLINE)
+        except OSError:
+            _exit_now(0)
         self.channel.start()
 
     def _load_codec(self) -> None:

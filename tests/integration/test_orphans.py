@@ -10,7 +10,7 @@ import os
 import signal
 import time
 
-from tests.conftest import Live, pid_alive
+from tests.conftest import Cluster, Live, pid_alive, tagged_pids
 
 ORPHANS = """\
 import asyncio
@@ -69,3 +69,34 @@ def test_workers_exit_when_the_primary_is_killed(live: Live) -> None:
         alive = [pid for pid in alive if pid_alive(pid)]
         time.sleep(0.02)
     assert alive == [], f"workers still running 2 s after the primary died: {alive}"
+
+
+GONE_BEFORE_BOOT = """\
+import os
+import time
+
+import pycluster as cluster
+
+if cluster.is_primary:
+    cluster.fork()
+    print("primary: forked, ending without cluster.run()", flush=True)
+else:
+    time.sleep(1)
+    open("orphan-ran", "w").close()
+"""
+
+
+def test_a_worker_whose_primary_ended_before_it_booted_exits_quietly(
+    cluster_env: Cluster,
+) -> None:
+    # The primary ends at once; its worker comes up to a closed channel. Like a
+    # channel that closes later, that ends the worker: no traceback, no orphan run.
+    result = cluster_env.run(GONE_BEFORE_BOOT, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "primary: forked" in result.stdout
+    assert "Traceback" not in result.stderr and "Error processing" not in result.stderr, (
+        result.stderr
+    )
+    time.sleep(1.5)  # the orphan, if any, writes its file after 1 s
+    assert not (cluster_env.tmp / "orphan-ran").exists()
+    assert tagged_pids(cluster_env.tag) == []
