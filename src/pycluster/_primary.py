@@ -12,11 +12,13 @@ lifecycle of a worker, as the primary sees it::
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -147,6 +149,9 @@ class Primary:
         #: Sockets pycluster opened (channels, control socket): (st_dev, st_ino).
         self._own: set[tuple[int, int]] = set()
         self.starting = 0  # replacements scheduled but not forked yet
+        #: Whether a loop ever drove this primary (run(), wait_closed(), the program's).
+        self._driven = False
+        self._exit_check = False
         self._shutting_down: Completion | None = None
         from pycluster._supervisor import Supervisor
 
@@ -212,6 +217,9 @@ class Primary:
         if not self._settings:
             self.setup({})
         self._attach_if_running()
+        if not self._exit_check:
+            self._exit_check = True
+            atexit.register(self._warn_if_abandoned)
         s = self._settings
         worker_id = self._next_id
         self._next_id += 1
@@ -486,8 +494,34 @@ class Primary:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        self._driven = True
         if self.reactor.loop is not loop:
             self.reactor.attach(loop)
+
+    def _warn_if_abandoned(self) -> None:
+        """At exit: say so if the program forked, never drove the loop, and leaves workers.
+
+        Node's primary stays up while it has workers; here ``run()`` (or ``await
+        cluster.wait_closed()``) keeps it up, and a program ported without it would
+        otherwise just end, its workers with it, silently.
+        """
+        if self._driven:
+            return
+        alive = 0
+        for worker in self.workers.values():
+            pid = worker.process.pid if worker.process is not None else None
+            if pid is None:
+                continue
+            try:
+                alive += os.waitpid(pid, os.WNOHANG) == (0, 0)
+            except ChildProcessError:
+                pass
+        if alive:
+            sys.stderr.write(
+                f"pycluster: the primary's program ended with {alive} worker(s) running and "
+                "no cluster.run() (or 'await cluster.wait_closed()'): they stop with it. "
+                "Call cluster.run() after forking to keep serving.\n"
+            )
 
     def _on_listener_error(self, exc: BaseException) -> None:
         self._errors.append(exc)
@@ -511,6 +545,7 @@ class Primary:
     async def wait_idle(self, until: Completion | None = None) -> None:
         """Run listeners until the cluster is idle (or ``until`` is done); re-raise their errors."""
         loop = asyncio.get_running_loop()
+        self._driven = True
         self.reactor.attach(loop)
         self._until = until  # _tick() wakes us when this is done, not when idle
         try:

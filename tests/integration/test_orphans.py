@@ -100,3 +100,28 @@ def test_a_worker_whose_primary_ended_before_it_booted_exits_quietly(
     time.sleep(1.5)  # the orphan, if any, writes its file after 1 s
     assert not (cluster_env.tmp / "orphan-ran").exists()
     assert tagged_pids(cluster_env.tag) == []
+
+
+FORGOT_RUN = """\
+import time
+
+import pycluster as cluster
+
+if cluster.is_primary:
+    cluster.fork()
+    time.sleep(1)  # the worker is up: it runs when the program ends
+else:
+    time.sleep(60)
+"""
+
+
+def test_a_primary_that_ends_without_run_says_its_workers_stop(cluster_env: Cluster) -> None:
+    # Node's primary stays up while it has workers; a program ported without
+    # cluster.run() ends instead, and is told why its workers went with it.
+    result = cluster_env.run(FORGOT_RUN, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "ended with 1 worker(s) running and no cluster.run()" in result.stderr
+    deadline = time.monotonic() + 3
+    while tagged_pids(cluster_env.tag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tagged_pids(cluster_env.tag) == []  # the worker saw its channel close
