@@ -372,7 +372,7 @@ def build_app(config: ServeConfig, app: Any, interface: str) -> tuple[Any, str]:
             raise StartupError(
                 "serving a WSGI application needs a2wsgi: pip install 'pycluster[serve]'"
             ) from None
-        # a2wsgi always runs a pool: auto means the pool auto moves to.
+        # a2wsgi runs every call in a pool: under auto, the pool auto would move to.
         threads = config.threads if config.threads is not None else serveconf.AUTO_THREADS
         app = WSGIMiddleware(WSGIInputTerminated(app), workers=threads)
     elif inspect.isclass(app):
