@@ -132,6 +132,7 @@ class Primary:
     def __init__(self, emitter: EventEmitter, policy_source: Callable[[], int | None]) -> None:
         self.emitter = emitter
         self.reactor = Reactor(self._on_listener_error, self._tick)
+        atexit.register(self._warn_if_abandoned)
         emitter._coroutine_runner = self.reactor.spawn
         self._policy_source = policy_source
         self.policy: int | None = None
@@ -149,9 +150,6 @@ class Primary:
         #: Sockets pycluster opened (channels, control socket): (st_dev, st_ino).
         self._own: set[tuple[int, int]] = set()
         self.starting = 0  # replacements scheduled but not forked yet
-        #: Whether a loop ever drove this primary (run(), wait_closed(), the program's).
-        self._driven = False
-        self._exit_check = False
         self._shutting_down: Completion | None = None
         from pycluster._supervisor import Supervisor
 
@@ -217,9 +215,6 @@ class Primary:
         if not self._settings:
             self.setup({})
         self._attach_if_running()
-        if not self._exit_check:
-            self._exit_check = True
-            atexit.register(self._warn_if_abandoned)
         s = self._settings
         worker_id = self._next_id
         self._next_id += 1
@@ -494,7 +489,6 @@ class Primary:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._driven = True
         if self.reactor.loop is not loop:
             self.reactor.attach(loop)
 
@@ -505,7 +499,7 @@ class Primary:
         cluster.wait_closed()``) keeps it up, and a program ported without it would
         otherwise just end, its workers with it, silently.
         """
-        if self._driven:
+        if self.reactor.driven:
             return
         alive = 0
         for worker in self.workers.values():
@@ -545,7 +539,6 @@ class Primary:
     async def wait_idle(self, until: Completion | None = None) -> None:
         """Run listeners until the cluster is idle (or ``until`` is done); re-raise their errors."""
         loop = asyncio.get_running_loop()
-        self._driven = True
         self.reactor.attach(loop)
         self._until = until  # _tick() wakes us when this is done, not when idle
         try:

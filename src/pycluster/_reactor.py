@@ -46,6 +46,8 @@ class Reactor:
         self, on_error: Callable[[BaseException], None], on_tick: Callable[[], None]
     ) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Whether any loop ever drove this reactor (it may be detached again since).
+        self.driven = False
         self._thread: int | None = None
         self._readers: dict[int, Callable[[], None]] = {}
         self._writers: dict[int, Callable[[], None]] = {}
@@ -63,6 +65,7 @@ class Reactor:
         if self.loop is loop:
             return
         self.detach()
+        self.driven = True
         with self._lock:
             self.loop = loop
             self._thread = threading.get_ident()
