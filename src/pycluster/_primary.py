@@ -56,7 +56,9 @@ class PrimaryBackend:
     def __init__(self, primary: Primary, codec: Codec) -> None:
         self.primary = primary
         self.codec = codec
-        self.encode_message, self.decode_message = primary.message_codec(codec)
+        # Built with the first message: a fork does not wait for json (or orjson).
+        self.encode_message: serialization.MessageEncode = self._first_encode
+        self.decode_message: serialization.MessageDecode = self._first_decode
         self.process: WorkerProcess | None = None
         self.channel: LoopChannel | None = None
         self.worker: Worker | None = None
@@ -85,6 +87,17 @@ class PrimaryBackend:
         if sent and handle is not None and not keep_open:
             close_sent(handle)
         return sent
+
+    def _load_codec(self) -> None:
+        self.encode_message, self.decode_message = self.primary.message_codec(self.codec)
+
+    def _first_encode(self, message: Any) -> bytes:
+        self._load_codec()
+        return self.encode_message(message)
+
+    def _first_decode(self, payload: bytes | bytearray) -> Any:
+        self._load_codec()
+        return self.decode_message(payload)
 
     def send_internal(self, act: Act, **fields: Any) -> bool:
         channel = self.channel
@@ -282,7 +295,7 @@ class Primary:
             lambda exc: self.on_channel_closed(worker, exc),
             max_payload=int(s["max_message_size"]),
             name=f"worker {worker_id} (pid {proc.pid})",
-            on_user=functools.partial(self._on_user_payload, worker, backend.decode_message),
+            on_user=functools.partial(self._on_user_payload, worker, backend),
             codec=codec,
         )
         if self.supervisor is not None:
@@ -325,11 +338,11 @@ class Primary:
             self.on_channel_closed(worker, exc)
 
     def _on_user_payload(
-        self, worker: Worker, decode: serialization.MessageDecode, payload: bytes | bytearray
+        self, worker: Worker, backend: PrimaryBackend, payload: bytes | bytearray
     ) -> None:
         """A user message without a handle, in the worker's codec: the hot path."""
         try:
-            message = decode(payload)
+            message = backend.decode_message(payload)
         except serialization.DecodeError as exc:
             log.error("worker %d: dropped a message: %s", worker.id, exc)
             if worker.listeners("error"):

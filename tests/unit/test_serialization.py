@@ -12,6 +12,7 @@ import copyreg
 import dataclasses
 import datetime as dt
 import decimal
+import enum
 import fractions
 import json
 import math
@@ -602,11 +603,16 @@ class TestMessageCodec:
     @given(value=json_values)
     def test_json_same_as_general(self, value: Any) -> None:
         for allow in (AllowList(), None):
-            enc, dec = message_codec(Codec.JSON, allow)
+            enc, dec = message_codec(Codec.JSON, allow, use_orjson=False)
             payload = enc(value)
             assert payload == encode(value, Codec.JSON)
             assert_same(dec(payload), value)
             assert_same(dec(bytearray(payload)), value)
+            fast_enc, fast_dec = message_codec(Codec.JSON, allow)
+            fast = fast_enc(value)
+            for codec_payload in (fast, bytearray(fast), payload):
+                assert_same(fast_dec(codec_payload), value)
+            assert_same(decode(fast, Codec.JSON, allow), value)
 
     def test_errors_are_the_general_ones(self, tmp_path: Path) -> None:
         enc, dec = message_codec(Codec.JSON, AllowList())
@@ -631,3 +637,151 @@ class TestMessageCodec:
             dec(enc(Point(1, 2)))
         allow.add(Point)  # allow_types() after the codec was made still counts
         assert dec(enc(Point(1, 2))) == Point(1, 2)
+
+
+# -- JSON through orjson (the "fast" extra) ---------------------------------------------------
+
+
+class Color(enum.Enum):
+    """A plain enum: neither json nor orjson see a built-in type in it."""
+
+    RED = "red"
+    PAIR = (1, 2)
+
+
+class Level(enum.IntEnum):
+    """An int enum: json writes it as an int subclass, orjson as an enum."""
+
+    HIGH = 3
+
+
+class Text(str):
+    """A str subclass: orjson hands it back, json writes its text."""
+
+
+Pair = collections.namedtuple("Pair", "a b")
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# What orjson would write differently, or not at all, next to plain JSON values.
+edge_values = st.recursive(
+    st.one_of(
+        json_values,
+        st.floats(),  # NaN and the infinities included
+        st.integers(min_value=2**62, max_value=2**80),
+        st.integers(min_value=-(2**80), max_value=-(2**62)),
+        st.sampled_from(
+            [Color.RED, Color.PAIR, Level.HIGH, Text("t"), uuid.UUID(int=7), "\ud800", None]
+        ),
+    ),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=4).map(tuple)
+        | st.tuples(children, children).map(lambda t: Pair(*t))
+        | st.dictionaries(st.text(max_size=5), children, max_size=4)
+        | st.dictionaries(st.integers() | st.booleans(), children, max_size=3)
+        | st.dictionaries(st.text(max_size=5), children, max_size=3).map(collections.OrderedDict)
+    ),
+    max_leaves=20,
+)
+
+
+def _canonical(value: Any) -> Any:
+    """What a JSON round trip makes of ``value``, by the json module's rules."""
+    return json.loads(
+        json.dumps(value, default=lambda o: o.value if isinstance(o, enum.Enum) else str(o))
+    )
+
+
+class TestOrjsonCodec:
+    """With orjson installed, a message means what the json module would make of it."""
+
+    def test_the_fast_path_is_taken(self) -> None:
+        pytest.importorskip("orjson")
+        enc, dec = message_codec(Codec.JSON, None)
+        payload = enc({"cmd": "ping", "n": 1})
+        assert payload.endswith(b"\n")  # orjson's mark (see _orjson_codec)
+        assert dec(payload) == {"cmd": "ping", "n": 1}
+
+    @PROPERTY
+    @given(value=edge_values)
+    def test_same_meaning_as_json(self, value: Any) -> None:
+        try:
+            expected = _canonical(value)
+        except ValueError:  # a lone surrogate json writes and cannot read back as UTF-8
+            expected = None
+        fast_enc, fast_dec = message_codec(Codec.JSON, None)
+        plain_enc, plain_dec = message_codec(Codec.JSON, None, use_orjson=False)
+        fast, plain = fast_enc(value), plain_enc(value)
+        for payload in (fast, plain):
+            for dec in (fast_dec, plain_dec):
+                got = dec(payload)
+                if expected is not None:
+                    assert_same(got, expected)
+        assert_same(fast_dec(fast), plain_dec(plain))
+
+    def test_deep_nesting_and_big_integers_keep_their_meaning(self) -> None:
+        enc, dec = message_codec(Codec.JSON, None)
+        for value in (_nested(400), [2**64, -(2**63) - 1, 10**30], {"x": math.nan, "y": math.inf}):
+            assert_same(dec(enc(value)), _canonical(value))
+        assert type(dec(enc(2**64))) is int
+
+    @pytest.mark.parametrize(
+        ("value", "name"),
+        [
+            ({1, 2}, "set"),
+            (Point(1, 2), "Point"),
+            (b"bytes", "bytes"),
+            ({"when": dt.datetime(2024, 1, 2)}, "datetime"),
+            ([object()], "object"),
+        ],
+    )
+    def test_refuses_what_json_refuses(self, value: Any, name: str) -> None:
+        enc, _ = message_codec(Codec.JSON, None)
+        with pytest.raises(TypeError, match=name):
+            enc(value)
+
+    def test_circular_structure_is_type_error(self) -> None:
+        loop: list[Any] = []
+        loop.append(loop)
+        enc, _ = message_codec(Codec.JSON, None)
+        with pytest.raises(TypeError, match="(?i)circular"):
+            enc(loop)
+
+    def test_enums_and_uuids_are_their_values_everywhere(self) -> None:
+        value = {"c": Color.RED, "p": Color.PAIR, "l": Level.HIGH, "u": uuid.UUID(int=7)}
+        expected = {"c": "red", "p": [1, 2], "l": 3, "u": str(uuid.UUID(int=7))}
+        for use_orjson in (True, False):
+            enc, dec = message_codec(Codec.JSON, None, use_orjson=use_orjson)
+            assert dec(enc(value)) == expected
+        assert decode(encode(value, Codec.JSON), Codec.JSON, None) == expected
+
+    @PROPERTY
+    @given(payload=st.binary(max_size=60))
+    def test_any_bytes_give_a_value_or_decode_error(self, payload: bytes) -> None:
+        _, dec = message_codec(Codec.JSON, None)
+        for candidate in (payload, payload + b"\n"):
+            try:
+                dec(candidate)
+            except DecodeError:
+                pass
+
+    @PROPERTY
+    @given(payload=st.binary(max_size=60))
+    def test_unmarked_payloads_decode_as_json_does(self, payload: bytes) -> None:
+        payload = payload.rstrip(b"\n")
+        _, fast_dec = message_codec(Codec.JSON, None)
+        _, plain_dec = message_codec(Codec.JSON, None, use_orjson=False)
+        try:
+            expected = plain_dec(payload)
+        except DecodeError:
+            with pytest.raises(DecodeError):
+                fast_dec(payload)
+        else:
+            assert_same(fast_dec(payload), expected)

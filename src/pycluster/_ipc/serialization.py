@@ -12,7 +12,9 @@ bytearray) are pickle opcodes, not globals, and need no entry at all.
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from pycluster._ipc.framing import Codec
@@ -26,7 +28,7 @@ def _json_parts(accelerated: bool) -> tuple[Any, Any, Any, Any]:
     import json
     from json import encoder, scanner
 
-    stock = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
+    stock = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=_json_default)
     decoder = json.JSONDecoder()
     make_encoder = getattr(encoder, "c_make_encoder", None)
     make_scanner = getattr(scanner, "c_make_scanner", None)
@@ -48,6 +50,19 @@ def _json_parts(accelerated: bool) -> tuple[Any, Any, Any, Any]:
         except TypeError:  # a signature this code does not know: use the stock paths
             c_encode = c_scan = None
     return stock, decoder.decode, c_encode, c_scan
+
+
+def _json_default(value: Any) -> Any:
+    """What the JSON codec writes for the two types beyond ``json``'s own that orjson
+    writes too: an enum member as its value, a UUID as its text. Both encoders then
+    take the same messages and give them the same meaning.
+    """
+    if isinstance(value, Enum):
+        return value.value
+    uuid = sys.modules.get("uuid")  # a program that never imported it has no UUID
+    if uuid is not None and isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def make_json(accelerated: bool = True) -> tuple[JsonEncode, JsonDecode]:
@@ -85,13 +100,17 @@ MessageEncode = Callable[[Any], bytes]
 MessageDecode = Callable[[bytes | bytearray], Any]
 
 
-def message_codec(codec: Codec, allow: AllowList | None) -> tuple[MessageEncode, MessageDecode]:
+def message_codec(
+    codec: Codec, allow: AllowList | None, *, use_orjson: bool = True
+) -> tuple[MessageEncode, MessageDecode]:
     """``encode`` and ``decode`` for one channel, each a single call per message.
 
     The same results and errors as :func:`encode` and :func:`decode`; for JSON the
     common case runs the C encoder or scanner straight from here, without the
     dispatch on the codec and the wrappers (two Python calls fewer per message on
-    each end), and anything unusual takes the general functions.
+    each end), and anything unusual takes the general functions. With orjson
+    installed (the ``fast`` extra) and ``use_orjson``, JSON goes through it where
+    it gives the same result (see :func:`_orjson_codec`).
     """
     if codec is not _CODEC_JSON:
         return _advanced_codec(allow)
@@ -117,6 +136,60 @@ def message_codec(codec: Codec, allow: AllowList | None) -> tuple[MessageEncode,
         if end != len(text):
             return decode(payload, _CODEC_JSON, allow)
         return value
+
+    if use_orjson:
+        try:
+            import orjson
+        except (ImportError, OSError):  # not installed; or no descriptor left to read it
+            pass
+        else:
+            return _orjson_codec(orjson, encode_message, decode_message)
+    return encode_message, decode_message
+
+
+def _orjson_codec(
+    orjson: Any, encode_json: MessageEncode, decode_json: MessageDecode
+) -> tuple[MessageEncode, MessageDecode]:
+    """JSON through orjson where its result is the ``json`` module's, else ``json``.
+
+    On both ends of a small-message round trip, ``json``'s encoder and scanner were
+    a fifth of the time on one CPU; orjson takes a fraction of that. Where the two
+    differ, ``json`` decides:
+
+    * orjson refuses what ``json`` writes its own way (keys that are not strings,
+      integers beyond 64 bits, lone surrogates, subclasses of the built-in types,
+      datetimes, dataclasses, nesting deeper than 254) and ``json`` then encodes it;
+    * orjson writes NaN and the infinities as ``null``, so a payload with a ``null``
+      in it is written again by ``json`` (which keeps them, and so None too);
+    * orjson reads an integer beyond 64 bits as a float, so it decodes only what it
+      wrote itself: a payload that ends in a newline (JSON allows the white space;
+      ``json``'s compact output never has one, and it cannot hold such an integer).
+      Everything else, and whatever it fails on, goes to ``json``.
+    """
+    dumps, loads = orjson.dumps, orjson.loads
+    option = (
+        orjson.OPT_APPEND_NEWLINE
+        | orjson.OPT_PASSTHROUGH_SUBCLASS
+        | orjson.OPT_PASSTHROUGH_DATETIME
+        | orjson.OPT_PASSTHROUGH_DATACLASS
+    )
+
+    def encode_message(message: Any) -> bytes:
+        try:
+            payload: bytes = dumps(message, option=option)
+        except Exception:
+            return encode_json(message)
+        if b"null" in payload:
+            return encode_json(message)
+        return payload
+
+    def decode_message(payload: bytes | bytearray) -> Any:
+        if payload.endswith(b"\n"):
+            try:
+                return loads(payload)
+            except Exception:
+                pass  # not orjson's after all (a hostile peer): json words the error
+        return decode_json(payload)
 
     return encode_message, decode_message
 
