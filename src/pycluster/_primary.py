@@ -348,7 +348,9 @@ class Primary:
             if worker.listeners("error"):
                 worker.emit("error", exc)
             return
-        self.emitter.emit("message", worker, message, None)
+        emitter = self.emitter
+        if emitter._events.get("message"):  # (most programs listen on the worker only)
+            emitter.emit("message", worker, message, None)
         worker.emit("message", message, None)
 
     def _on_user_message(self, worker: Worker, frame: Frame) -> None:

@@ -147,6 +147,9 @@ def message_codec(
     return encode_message, decode_message
 
 
+_NEWLINE = ord("\n")
+
+
 def _orjson_codec(
     orjson: Any, encode_json: MessageEncode, decode_json: MessageDecode
 ) -> tuple[MessageEncode, MessageDecode]:
@@ -179,12 +182,13 @@ def _orjson_codec(
             payload: bytes = dumps(message, option=option)
         except Exception:
             return encode_json(message)
-        if b"null" in payload:
+        # (find, not "in": "in" first tries the operand as an integer, and fails slowly)
+        if payload.find(b"null") != -1:
             return encode_json(message)
         return payload
 
     def decode_message(payload: bytes | bytearray) -> Any:
-        if payload.endswith(b"\n"):
+        if payload and payload[-1] == _NEWLINE:
             try:
                 return loads(payload)
             except Exception:
