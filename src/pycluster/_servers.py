@@ -452,18 +452,19 @@ class RoundRobinServer(_Served):
             self._refuse_backlog()
             return
         # Drain the backlog in one wake-up: far fewer loop iterations under load.
-        handoffs = []
+        fds = []
+        accept = self.sock._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
             try:
-                fd, _addr = self.sock._accept()  # type: ignore[attr-defined]
+                fd, _addr = accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.error("accept failed on %s: %s", self.sockname, exc)
                 break
-            handoffs.extend(self.handle.push(fd))
-        self._send(handoffs)
+            fds.append(fd)
+        self._send(self.handle.push_all(fds))
 
     def _send(self, handoffs: list[tuple[Worker, int]]) -> None:
         # A hand-off followed by another to the same worker says so: a worker's event
@@ -527,6 +528,8 @@ class RoundRobinServer(_Served):
 
     def _answered(self, worker: Worker, data: bytes) -> list[tuple[Worker, int]]:
         """Apply a worker's answers, oldest hand-off first; what may go out now."""
+        if data.count(_TOOK) == len(data):  # the usual case: it took them all
+            return self._settle(worker, len(data))
         handoffs: list[tuple[Worker, int]] = []
         for answer in data:
             if answer == _DECLINED:
@@ -534,15 +537,18 @@ class RoundRobinServer(_Served):
                 # the connection goes back to its place in the queue.
                 handoffs.extend(self.handle.returned(worker))
             elif answer == _TOOK:
-                handoffs.extend(self._settle(worker))
+                handoffs.extend(self._settle(worker, 1))
         return handoffs
 
-    def _settle(self, worker: Worker) -> list[tuple[Worker, int]]:
-        """``worker`` took its oldest hand-off: close our copy; what may go out now."""
-        conn, more = self.handle.accepted(worker)
-        if conn is not None:
+    def _settle(self, worker: Worker, count: int) -> list[tuple[Worker, int]]:
+        """``worker`` took its ``count`` oldest hand-offs: close our copies; what may
+        go out now.
+        """
+        conns, more = self.handle.accepted_many(worker, count)
+        for conn in conns:
             os.close(conn)
-            self.table.counted(worker)
+        if conns:
+            self.table.counted(worker, len(conns))
         return more
 
     def _retire_handoff(self, worker: Worker) -> None:
@@ -730,9 +736,9 @@ class ServerTable:
         """Answer a request with an errno the worker raises as ``OSError``."""
         self.reply(worker, seq, {"errno": err, "error": text}, [])
 
-    def counted(self, worker: Worker) -> None:
-        """``worker`` took one more connection."""
-        self.handed[worker.id] = self.handed.get(worker.id, 0) + 1
+    def counted(self, worker: Worker, count: int = 1) -> None:
+        """``worker`` took ``count`` more connections."""
+        self.handed[worker.id] = self.handed.get(worker.id, 0) + count
 
     def memberships(self, worker: Worker) -> int:
         """How many ports ``worker`` serves now."""

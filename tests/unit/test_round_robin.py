@@ -409,6 +409,25 @@ class TestWindow:
         assert h.outstanding("a") == [1] and h.outstanding("b") == [2, 0]
         assert h.returned("stranger") == []
 
+    def test_batched_calls_hand_out_as_single_ones(self) -> None:
+        # A wake-up's connections pushed at once go where pushing them one by one
+        # sends them; one answer to three hand-offs frees three places at once.
+        singles, batched = (handle_with("a", "b", window=2) for _ in range(2))
+        one_by_one = [pair for conn in range(5) for pair in singles.push(conn)]
+        assert (
+            batched.push_all(list(range(5)))
+            == one_by_one
+            == [
+                ("a", 0),
+                ("b", 1),
+                ("a", 2),
+                ("b", 3),
+            ]
+        )
+        assert batched.accepted_many("a", 3) == ([0, 2], [("a", 4)])
+        assert batched.accepted_many("stranger", 2) == ([], [])
+        assert batched.push_all([]) == []
+
     def test_window_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="at least 1"):
             RoundRobinHandle(window=0)
@@ -488,6 +507,24 @@ class RoundRobinMachine(RuleBasedStateMachine):
         assert conn == (sent.pop(0) if sent else None), "acknowledged out of order"
         if conn is not None:
             self.done.append(conn)
+        self.take(more)
+
+    @rule(count=st.integers(min_value=0, max_value=5))
+    def push_all(self, count: int) -> None:
+        # Connections accepted in one wake-up of the listener.
+        conns = list(range(self.next_conn, self.next_conn + count))
+        self.next_conn += count
+        self.pushed.extend(conns)
+        self.take(self.handle.push_all(conns))
+
+    @rule(worker=st.sampled_from(WORKERS), count=st.integers(min_value=1, max_value=4))
+    def accepted_many(self, worker: str, count: int) -> None:
+        # One answer to several hand-offs (more than were sent is no error).
+        conns, more = self.handle.accepted_many(worker, count)
+        sent = self.sent.get(worker, [])
+        assert conns == sent[:count], "acknowledged out of order"
+        del sent[:count]
+        self.done.extend(conns)
         self.take(more)
 
     @rule(worker=st.sampled_from(WORKERS))

@@ -139,15 +139,43 @@ class RoundRobinHandle(Generic[W, C]):
         self._pushed_at = now
         return self._distribute(now)
 
+    def push_all(self, conns: list[C]) -> list[Handoff[W, C]]:
+        """Connections accepted together (one wake-up of the listener), in order.
+
+        The same as pushing them one by one, for one look at the workers instead of
+        one per connection.
+        """
+        if not conns:
+            return []
+        queue = self._queue
+        seq = self._seq
+        for conn in conns:
+            queue.append((seq, conn))
+            seq += 1
+        self._seq = seq
+        now = self._clock_fn()
+        if now - self._pushed_at > QUIET_SPELL:
+            self._burst_at = now
+        self._pushed_at = now
+        return self._distribute(now)
+
     def accepted(self, worker: W) -> tuple[C | None, list[Handoff[W, C]]]:
         """``worker`` took its oldest hand-off: return it (the caller closes its copy)."""
+        conns, more = self.accepted_many(worker, 1)
+        return (conns[0] if conns else None), more
+
+    def accepted_many(self, worker: W, count: int) -> tuple[list[C], list[Handoff[W, C]]]:
+        """``worker`` took its ``count`` oldest hand-offs (one answer to several):
+        return them, oldest first (the caller closes its copies), and what may go out
+        now, for one look at the workers instead of one per connection.
+        """
         sent = self._inflight.get(worker)
         if not sent:
-            return None, []
-        _, conn, _ = sent.popleft()
+            return [], []
+        conns = [sent.popleft()[1] for _ in range(min(count, len(sent)))]
         if not sent:
             del self._inflight[worker]
-        return conn, self._distribute()
+        return conns, self._distribute()
 
     def returned(self, worker: W) -> list[Handoff[W, C]]:
         """``worker`` gave back its oldest hand-off untaken: it goes back to its place."""
