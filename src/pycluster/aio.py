@@ -190,6 +190,10 @@ class _AcceptServer(asyncio.AbstractServer):
         #: accept (see _accept); None where the socket is not one.
         self._listener = net.listener_of(sock)
         self._fd = sock.fileno()
+        # uvloop takes a bare descriptor (see _Descriptor); another loop gets a socket.
+        self._wrap: Callable[[int, int, int], Any] = (
+            _Descriptor if type(loop).__module__.startswith("uvloop") else _connection
+        )
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -213,7 +217,7 @@ class _AcceptServer(asyncio.AbstractServer):
         self._sock.listen()
         self._loop.add_reader(self._sock.fileno(), self._take)
 
-    def _accept(self) -> socket.socket:
+    def _accept(self) -> Any:
         """The next connection, as ``sock.accept()`` gives it, by the shortest way.
 
         Straight to the listener's accept while the descriptor is still its own (the
@@ -230,7 +234,7 @@ class _AcceptServer(asyncio.AbstractServer):
             return conn
         fd, _addr = listener.accept(self._sock, want_peer=False)
         try:
-            return _connection(listener.family, listener.proto, fd)
+            return self._wrap(listener.family, listener.proto, fd)
         except BaseException:
             os.close(fd)
             raise
@@ -301,6 +305,38 @@ class _Connection(socket.socket):
     type = _socket.socket.type  # type: ignore[assignment]
 
 
+class _Descriptor:
+    """An accepted connection for uvloop's ``connect_accepted_socket``: no socket object.
+
+    uvloop reads ``family`` and ``type``, opens its transport on ``fileno()`` (libuv
+    owns the descriptor from then on, makes it non-blocking and closes it with the
+    transport) and calls ``close()`` when the transport ends, where a socket would be
+    detached. A ``socket.socket`` costs two system calls per connection that this does
+    not: the constructor asks for the descriptor's address to check it, and
+    ``setblocking(False)`` repeats what libuv does.
+    """
+
+    __slots__ = ("family", "type", "proto", "_fd", "_owned")
+
+    def __init__(self, family: int, proto: int, fd: int) -> None:
+        self.family = family
+        self.type = socket.SOCK_STREAM
+        self.proto = proto
+        self._fd = fd
+        self._owned = True  # until the loop takes the descriptor
+
+    def fileno(self) -> int:
+        """The descriptor, given to the loop for good."""
+        self._owned = False
+        return self._fd
+
+    def close(self) -> None:
+        """Close the descriptor if the loop never took it (else the loop closes it)."""
+        if self._owned:
+            self._owned = False
+            os.close(self._fd)
+
+
 def _connection(family: int, proto: int, fd: int) -> socket.socket:
     """A non-blocking :class:`_Connection` for descriptor ``fd``."""
     conn = _Connection.__new__(_Connection)
@@ -311,7 +347,7 @@ def _connection(family: int, proto: int, fd: int) -> socket.socket:
     return conn
 
 
-def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | None = None) -> None:
+def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | _Descriptor | None = None) -> None:
     """Run ``connect_accepted_socket``'s coroutine without a task of its own.
 
     It only waits for the transport's waiter, so stepping it inline, and again from

@@ -98,7 +98,9 @@ class CoalescingTransport(asyncio.Transport):
 
     # -- the rest, as the transport ---------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """As the transport."""
+        """As the transport; ``"socket"`` answers its addresses from the transport's own."""
+        if name == "socket" and self._real.get_extra_info("sockname") is not None:
+            return KnownAddresses(self._real)
         return self._real.get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -120,6 +122,45 @@ class CoalescingTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         """As the transport."""
         self._real.resume_reading()
+
+
+class KnownAddresses:
+    """A transport's socket whose two addresses come from what the transport knows.
+
+    uvicorn's protocols ask every new connection's ``"socket"`` for ``getsockname()``
+    and ``getpeername()``. The transport read both when it was made (its
+    ``"sockname"`` and ``"peername"``), but uvloop's socket object asks the kernel
+    again and builds a ``socket.socket`` for each question (which asks once more, to
+    check the descriptor): five system calls per connection. Anything else is asked of
+    the transport's socket, fetched when first needed.
+    """
+
+    __slots__ = ("_transport", "_sock")
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._sock: Any = None
+
+    def _socket(self) -> Any:
+        if self._sock is None:
+            self._sock = self._transport.get_extra_info("socket")
+        return self._sock
+
+    def getsockname(self) -> Any:
+        """The local address, as the transport saw it (else the socket's answer)."""
+        name = self._transport.get_extra_info("sockname")
+        return self._socket().getsockname() if name is None else name
+
+    def getpeername(self) -> Any:
+        """The peer's address, as the transport saw it (else the socket's answer)."""
+        name = self._transport.get_extra_info("peername")
+        return self._socket().getpeername() if name is None else name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket(), name)
+
+    def __repr__(self) -> str:
+        return repr(self._socket())
 
 
 def coalescing(protocol_class: type, loop: asyncio.AbstractEventLoop) -> type:
