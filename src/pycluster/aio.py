@@ -290,14 +290,14 @@ class _AcceptServer(asyncio.AbstractServer):
 
 
 class _Connection(socket.socket):
-    """An accepted connection for ``connect_accepted_socket``, made without the
-    ``socket.socket`` constructor and with plain-integer ``family`` and ``type``.
+    """An accepted connection for the ``connect_accepted_socket`` of a loop other than
+    uvloop (which takes a :class:`_Descriptor`), made without the ``socket.socket``
+    constructor and with plain-integer ``family`` and ``type``.
 
-    uvloop reads both to pick its transport; ``socket.socket`` converts them to enums
-    on every read, and its constructor goes through pycluster's hook: a few
-    microseconds per connection that a ``Connection: close`` stream pays for each
-    request. uvloop detaches the object when the transport closes (it is a
-    ``socket.socket``), so the descriptor is closed once, by the loop.
+    ``socket.socket`` converts both to enums on every read, and its constructor goes
+    through pycluster's hook: a few microseconds per connection that a ``Connection:
+    close`` stream pays for each request. A loop that detaches a ``socket.socket``
+    when its transport closes then closes the descriptor once, itself.
     """
 
     __slots__ = ()

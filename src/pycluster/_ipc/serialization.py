@@ -164,10 +164,10 @@ def _orjson_codec(
       datetimes, dataclasses, nesting deeper than 254) and ``json`` then encodes it;
     * orjson writes NaN and the infinities as ``null``, so a payload with a ``null``
       in it is written again by ``json`` (which keeps them, and so None too);
-    * orjson reads an integer beyond 64 bits as a float, so it decodes only what it
-      wrote itself: a payload that ends in a newline (JSON allows the white space;
-      ``json``'s compact output never has one, and it cannot hold such an integer).
-      Everything else, and whatever it fails on, goes to ``json``.
+    * orjson reads an integer beyond 64 bits as a float. It never writes one, so it
+      decodes only what it wrote: its payloads end in a newline (white space JSON
+      allows, and which ``json``'s compact output never has). Everything else, and
+      whatever orjson fails on, goes to ``json``.
     """
     dumps, loads = orjson.dumps, orjson.loads
     option = (
