@@ -133,7 +133,7 @@ class ServerRegistry:
             t.join()
 
 
-class ChildRuntime:
+class ChildRuntime(serialization.LazyCodec):
     """The worker-side backend of ``cluster.worker``."""
 
     def __init__(
@@ -151,10 +151,7 @@ class ChildRuntime:
         self.channel = ThreadChannel(
             sock, self._on_frame, self._on_close, max_message_size, self._on_user, codec
         )
-        # Built with the first message (a worker comes online without importing json);
-        # then each is an instance attribute holding the codec's function itself.
-        self.encode_message: serialization.MessageEncode = self._first_encode
-        self.decode_message: serialization.MessageDecode = self._first_decode
+        super().__init__()
         self._disconnecting = False
         self._lock = threading.Lock()
         self._servers: ServerRegistry | None = None
@@ -180,16 +177,9 @@ class ChildRuntime:
             _exit_now(0)
         self.channel.start()
 
-    def _load_codec(self) -> None:
-        self.encode_message, self.decode_message = serialization.message_codec(self.codec, None)
-
-    def _first_encode(self, message: Any) -> bytes:
-        self._load_codec()
-        return self.encode_message(message)
-
-    def _first_decode(self, payload: bytes | bytearray) -> Any:
-        self._load_codec()
-        return self.decode_message(payload)
+    def make_codec(self) -> tuple[serialization.MessageEncode, serialization.MessageDecode]:
+        """This worker's codec (what the primary sends is trusted: no allow-list)."""
+        return serialization.message_codec(self.codec, None)
 
     # -- sending -----------------------------------------------------------------------
     def send(

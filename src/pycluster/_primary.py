@@ -50,15 +50,13 @@ POLICY_NAMES = {"rr": SCHED_RR, "none": SCHED_NONE}
 _USER = Kind.USER
 
 
-class PrimaryBackend:
+class PrimaryBackend(serialization.LazyCodec):
     """The primary's side of one worker: its process and its end of the channel."""
 
     def __init__(self, primary: Primary, codec: Codec) -> None:
         self.primary = primary
         self.codec = codec
-        # Built with the first message: a fork does not wait for json (or orjson).
-        self.encode_message: serialization.MessageEncode = self._first_encode
-        self.decode_message: serialization.MessageDecode = self._first_decode
+        super().__init__()
         self.process: WorkerProcess | None = None
         self.channel: LoopChannel | None = None
         self.worker: Worker | None = None
@@ -88,16 +86,9 @@ class PrimaryBackend:
             close_sent(handle)
         return sent
 
-    def _load_codec(self) -> None:
-        self.encode_message, self.decode_message = self.primary.message_codec(self.codec)
-
-    def _first_encode(self, message: Any) -> bytes:
-        self._load_codec()
-        return self.encode_message(message)
-
-    def _first_decode(self, payload: bytes | bytearray) -> Any:
-        self._load_codec()
-        return self.decode_message(payload)
+    def make_codec(self) -> tuple[serialization.MessageEncode, serialization.MessageDecode]:
+        """The worker's codec, built once for all workers that use it."""
+        return self.primary.message_codec(self.codec)
 
     def send_internal(self, act: Act, **fields: Any) -> bool:
         channel = self.channel

@@ -19,6 +19,7 @@ from pycluster import aio
 from pycluster._cli.coalesce import CoalescingTransport, KnownAddresses
 from tests.conftest import Cluster, Commands, free_port
 from tests.integration.test_cli_serve import serve, stop
+from tests.integration.test_create_server import has_ipv6
 
 pytest.importorskip("uvicorn")
 
@@ -33,15 +34,6 @@ async def app(scope, receive, send):
                 "headers": [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 """
-
-
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def ask(family: int, host: str, port: int) -> tuple[dict[str, list[object]], tuple[str, int]]:
@@ -69,7 +61,7 @@ def test_the_app_sees_both_ends_of_its_connection(
     cluster_env.write("addresses.py", ADDRESS_APP)
     port = free_port()
     binds = ["-b", f"127.0.0.1:{port}"]
-    if _has_ipv6():
+    if has_ipv6():
         binds += ["-b", f"[::1]:{port}"]
     command = serve(
         commands,
@@ -78,7 +70,7 @@ def test_the_app_sees_both_ends_of_its_connection(
         *("-w", "2", *binds, "--policy", policy, "--loop", loop, "--interface", "asgi"),
     )
     ends = [(socket.AF_INET, "127.0.0.1")]
-    if _has_ipv6():
+    if has_ipv6():
         ends.append((socket.AF_INET6, "::1"))
     for family, host in ends:
         for _ in range(4):  # both workers
@@ -110,7 +102,7 @@ async def _pair(family: int) -> tuple[asyncio.Transport, socket.socket]:
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 def test_known_addresses_are_the_sockets(loop_name: str, family: int) -> None:
-    if family == socket.AF_INET6 and not _has_ipv6():
+    if family == socket.AF_INET6 and not has_ipv6():
         pytest.skip("no IPv6 loopback")
 
     async def check() -> None:

@@ -198,6 +198,29 @@ def _orjson_codec(
     return encode_message, decode_message
 
 
+class LazyCodec:
+    """A channel end's ``encode_message`` and ``decode_message``, made with the first
+    message rather than at start-up: a worker comes online, and the primary forks,
+    without importing json (or orjson, 5 ms).
+    """
+
+    def __init__(self) -> None:
+        self.encode_message: MessageEncode = self._first_encode
+        self.decode_message: MessageDecode = self._first_decode
+
+    def make_codec(self) -> tuple[MessageEncode, MessageDecode]:
+        """The pair for this end (see :func:`message_codec`)."""
+        raise NotImplementedError
+
+    def _first_encode(self, message: Any) -> bytes:
+        self.encode_message, self.decode_message = self.make_codec()
+        return self.encode_message(message)
+
+    def _first_decode(self, payload: bytes | bytearray) -> Any:
+        self.encode_message, self.decode_message = self.make_codec()
+        return self.decode_message(payload)
+
+
 def _advanced_codec(allow: AllowList | None) -> tuple[MessageEncode, MessageDecode]:
     """``message_codec`` for "advanced": pickle called straight, errors worded as usual."""
     import pickle
