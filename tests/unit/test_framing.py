@@ -831,3 +831,144 @@ class TestChannelHotPath:
             loop_channel.close()
             assert not loop_channel.send_user(b"{}")  # closed: False, as send() says
             left.close()
+
+
+class TestLargeMessagesOnTheThreadChannel:
+    """A worker reads a large message's rest straight into a buffer of its size."""
+
+    def run_channel(
+        self, writes: Callable[[socket.socket], None], codec: Codec = Codec.ADVANCED
+    ) -> _Collector:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sink = _Collector(codec)
+        channel = ThreadChannel(
+            right, sink.on_frame, sink.on_close, on_user=sink.on_user, codec=codec
+        )
+        channel.start()
+        writer = threading.Thread(target=writes, args=(left,))
+        writer.start()
+        writer.join(10)
+        left.close()
+        channel.thread.join(10)
+        assert not channel.thread.is_alive()
+        return sink
+
+    def test_large_messages_arrive_whole_and_in_order_with_descriptors_between(self) -> None:
+        big, middle = os.urandom(3 << 20), os.urandom(300 << 10)
+        r, w = os.pipe()
+        before = open_fd_count()
+
+        def writes(sock: socket.socket) -> None:
+            sock.sendall(encode_header(Kind.USER, Codec.ADVANCED, len(big)) + big)
+            sock.sendmsg(
+                [encode_header(Kind.USER, Codec.ADVANCED, 2, 2) + b"fd"], ancillary_for([r, w])
+            )
+            sock.sendall(encode_header(Kind.USER, Codec.ADVANCED, len(middle)) + middle)
+            sock.sendall(encode_header(Kind.INTERNAL, Codec.JSON, len(middle)) + middle)
+            sock.sendall(encode_header(Kind.USER, Codec.ADVANCED, 1) + b"!")
+
+        sink = self.run_channel(writes)
+        assert sink.got == [
+            ("user", Kind.USER, Codec.ADVANCED, big, 0),
+            ("frame", Kind.USER, Codec.ADVANCED, b"fd", 2),
+            ("user", Kind.USER, Codec.ADVANCED, middle, 0),
+            ("frame", Kind.INTERNAL, Codec.JSON, middle, 0),
+            ("user", Kind.USER, Codec.ADVANCED, b"!", 0),
+        ]
+        assert sink.closed == [None]
+        close_all([r, w])
+        assert open_fd_count() <= before
+
+    def test_a_peer_that_ends_inside_a_large_message_ends_the_channel(self) -> None:
+        def writes(sock: socket.socket) -> None:
+            sock.sendall(encode_header(Kind.USER, Codec.ADVANCED, 1 << 20) + b"x" * 1000)
+
+        sink = self.run_channel(writes)
+        assert sink.got == []
+        assert sink.closed == [None]
+
+    def test_descriptors_inside_a_large_message_are_a_protocol_error(self) -> None:
+        r, w = os.pipe()
+        before = open_fd_count()
+
+        def writes(sock: socket.socket) -> None:
+            sock.sendall(encode_header(Kind.USER, Codec.ADVANCED, 1 << 20) + b"x" * 1000)
+            threading.Event().wait(0.2)  # the head is read alone
+            sock.sendmsg([b"y" * 1000], ancillary_for([r, w]))
+
+        sink = self.run_channel(writes)
+        assert sink.got == []
+        assert len(sink.closed) == 1 and isinstance(sink.closed[0], ProtocolError)
+        close_all([r, w])
+        assert open_fd_count() <= before
+
+
+class TestLargeMessagesOnTheLoopChannel:
+    """The primary reads a large message's rest into its own buffer over several wake-ups."""
+
+    def channel(self) -> tuple[socket.socket, LoopChannel, _Collector]:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sink = _Collector(Codec.ADVANCED)
+        channel = LoopChannel(
+            right,
+            _StepReactor(),
+            sink.on_frame,
+            sink.on_close,
+            on_user=sink.on_user,
+            codec=Codec.ADVANCED,
+        )
+        return left, channel, sink
+
+    def test_a_large_message_split_over_wake_ups_then_the_next_frames(self) -> None:
+        big = os.urandom(1 << 20)
+        left, channel, sink = self.channel()
+        r, w = os.pipe()
+        before = open_fd_count()
+        try:
+            frame = encode_header(Kind.USER, Codec.ADVANCED, len(big)) + big
+            for start in range(0, len(frame), 100_000):  # one wake-up per piece
+                left.sendall(frame[start : start + 100_000])
+                channel._readable()
+                if start + 100_000 < len(frame):
+                    assert sink.got == []
+            assert sink.got == [("user", Kind.USER, Codec.ADVANCED, big, 0)]
+            left.sendmsg(
+                [encode_header(Kind.USER, Codec.ADVANCED, 2, 2) + b"fd"], ancillary_for([r, w])
+            )
+            left.sendall(encode_header(Kind.USER, Codec.ADVANCED, 1) + b"!")
+            channel._readable()
+            assert sink.got[1:] == [
+                ("frame", Kind.USER, Codec.ADVANCED, b"fd", 2),
+                ("user", Kind.USER, Codec.ADVANCED, b"!", 0),
+            ]
+            assert not sink.closed
+        finally:
+            channel.close()
+            left.close()
+            close_all([r, w])
+        assert open_fd_count() <= before
+
+    def test_descriptors_or_an_end_inside_a_large_message(self) -> None:
+        r, w = os.pipe()
+        before = open_fd_count()
+        for ending in ("descriptors", "end"):
+            left, channel, sink = self.channel()
+            try:
+                left.sendall(encode_header(Kind.USER, Codec.ADVANCED, 1 << 20) + b"x" * 1000)
+                channel._readable()
+                if ending == "descriptors":
+                    left.sendmsg([b"y" * 1000], ancillary_for([r, w]))
+                else:
+                    left.close()
+                channel._readable()
+                assert sink.got == []
+                assert len(sink.closed) == 1 and channel.closed
+                if ending == "descriptors":
+                    assert isinstance(sink.closed[0], ProtocolError)
+                else:
+                    assert sink.closed[0] is None
+            finally:
+                channel.close()
+                left.close()
+        close_all([r, w])
+        assert open_fd_count() <= before

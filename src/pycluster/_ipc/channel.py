@@ -94,6 +94,9 @@ _monotonic_ns = time.monotonic_ns
 #: Send buffer asked for on both ends of a channel.
 SEND_BUFFER = 1 << 20
 SMALL = 64 * 1024
+#: A user message at least this large whose head arrives without all of it is read
+#: straight into a buffer of its own size (see _read_rest).
+LARGE = SMALL
 _USER = Kind.USER
 _pack_words = WORDS.pack
 _unpack_words = WORDS.unpack_from
@@ -106,6 +109,29 @@ FrameHandler = Callable[[Frame], None]
 UserHandler = Callable[[bytes | bytearray], None]
 CloseHandler = Callable[[BaseException | None], None]
 SendCallback = Callable[[BaseException | None], None]
+
+
+def _read_rest(sock: socket.socket, head: bytearray, nbytes: int, length: int) -> bytearray | None:
+    """A message's whole payload, from the ``nbytes`` of ``head`` already read (its
+    header included) and the rest read straight into place; ``None`` at end of stream.
+
+    Through the decoder, a large payload is copied twice more (into its buffer, then
+    out as ``bytes``). The rest is read with room for descriptors, as every read is,
+    and none may come with it: a frame's descriptors arrive with its first bytes.
+    """
+    payload = bytearray(length)
+    got = nbytes - HEADER_SIZE
+    with memoryview(payload) as view, memoryview(head) as first:
+        view[:got] = first[HEADER_SIZE:nbytes]
+        while got < length:
+            n, ancdata, _flags, _addr = sock.recvmsg_into([view[got:]], ANCILLARY_SIZE, RECV_FLAGS)
+            if ancdata:
+                close_fds(fds_from_ancillary(ancdata))
+                raise ProtocolError("descriptors arrived in the middle of a frame")
+            if not n:
+                return None
+            got += n
+    return payload
 
 
 class ChannelClosedError(ConnectionError):
@@ -209,6 +235,10 @@ class LoopChannel:
         self._max_payload = max_payload
         self._decoder = Decoder(max_payload)
         self._partial = False  # whether the decoder holds part of a frame
+        # A large user message being read straight into its own buffer (see
+        # _read_rest), and how much of it has come.
+        self._large: bytearray | None = None
+        self._large_got = 0
         self._buf = bytearray(READ_SIZE)
         self._bufs = [memoryview(self._buf)]
         self._codec = codec
@@ -357,6 +387,8 @@ class LoopChannel:
         user_sends = self._user_sends
         yields = _YIELDS_PER_WAKEUP
         spin_until = 0  # polling for a reply from another CPU until then (monotonic ns)
+        if self._large is not None and not self._read_large():
+            return  # more of it later (or the channel ended)
         while reads:  # (a range object would cost more than the one or two reads it counts)
             reads -= 1
             if self._closed:
@@ -408,6 +440,21 @@ class LoopChannel:
                     and not flags & CTRUNC
                 ):
                     self._deliver_user(buf[HEADER_SIZE:nbytes])
+                    delivered = True
+                elif (
+                    word == self._user_word
+                    and LARGE <= length <= self._max_payload
+                    and nbytes < HEADER_SIZE + length
+                    and not flags & CTRUNC
+                ):
+                    # The head of a large message: the rest goes straight into a
+                    # buffer of its size, over as many wake-ups as it takes.
+                    self._large = bytearray(length)
+                    self._large_got = nbytes - HEADER_SIZE
+                    with memoryview(self._large) as view:
+                        view[: self._large_got] = self._bufs[0][HEADER_SIZE:nbytes]
+                    if not self._read_large():
+                        return
                     delivered = True
                 else:
                     delivered = self._read_general(nbytes, ancdata, flags)
@@ -461,6 +508,44 @@ class LoopChannel:
                     user_sends = self._user_sends
                 guessed = True
 
+    def _read_large(self) -> bool:
+        """Read on into the large message in progress; ``True`` once it is delivered.
+
+        ``False`` when the socket has nothing more for now (the loop calls again) or
+        the channel ended. No descriptors may come inside it, as in :func:`_read_rest`.
+        """
+        payload = self._large
+        assert payload is not None
+        got = self._large_got
+        with memoryview(payload) as view:
+            while got < len(payload):
+                try:
+                    n, ancdata, _flags, _addr = self._sock.recvmsg_into(
+                        [view[got:]], ANCILLARY_SIZE, RECV_FLAGS
+                    )
+                except (BlockingIOError, InterruptedError):
+                    self._large_got = got
+                    return False
+                except OSError as exc:
+                    self._large = None
+                    self._fail(exc if exc.errno != errno.ECONNRESET else None)
+                    return False
+                if ancdata:
+                    close_fds(fds_from_ancillary(ancdata))
+                    self._large = None
+                    self._protocol_error(
+                        ProtocolError("descriptors arrived in the middle of a frame")
+                    )
+                    return False
+                if not n:
+                    self._large = None
+                    self._fail(None)
+                    return False
+                got += n
+        self._large = None
+        self._deliver_user(payload)
+        return True
+
     def _read_general(self, nbytes: int, ancdata: list[tuple[int, int, bytes]], flags: int) -> bool:
         """Feed a chunk to the decoder and deliver its frames; whether there were any."""
         fds = fds_from_ancillary(ancdata) if ancdata else []
@@ -509,6 +594,7 @@ class LoopChannel:
         if self._closed:
             return
         self._closed = True
+        self._large = None
         self._reactor.remove_reader(self._fd)
         self._reactor.remove_writer(self._fd)
         self._decoder.close()
@@ -624,14 +710,18 @@ class ThreadChannel:
                 # user frame in our codec, without descriptors.
                 if nbytes >= HEADER_SIZE and not ancdata and not partial:
                     word, length = _unpack_words(buf, 0)
-                    if (
-                        word == user_word
-                        and nbytes == HEADER_SIZE + length
-                        and length <= limit
-                        and not flags & CTRUNC
-                    ):
-                        deliver_user(buf[HEADER_SIZE:nbytes])
-                        continue
+                    if word == user_word and length <= limit and not flags & CTRUNC:
+                        if nbytes == HEADER_SIZE + length:
+                            deliver_user(buf[HEADER_SIZE:nbytes])
+                            continue
+                        if nbytes < HEADER_SIZE + length and length >= LARGE:
+                            # The head of a large message: the rest is read straight
+                            # into a buffer of its size, not copied through the decoder.
+                            payload = _read_rest(sock, buf, nbytes, length)
+                            if payload is None:
+                                break  # the primary ended in the middle of it
+                            deliver_user(payload)
+                            continue
                 fds = fds_from_ancillary(ancdata) if ancdata else []
                 if flags & CTRUNC:
                     close_fds(fds)
