@@ -60,7 +60,7 @@ from asyncio.events import _set_running_loop
 from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate
 from io import BytesIO
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -82,6 +82,7 @@ TICK, IDLE_TICK = 0.01, 0.25
 #: holds it makes the watchdog wait the switch interval, 5 ms by default).
 FREE_GIL_WAIT = 0.002
 
+_T = TypeVar("_T")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 ExcInfo = Any
 
@@ -577,20 +578,27 @@ class Connection(asyncio.Protocol):
             environ["REMOTE_ADDR"] = str(scope["client"][0])
             environ["REMOTE_PORT"] = str(scope["client"][1])
 
+    def _inline(self, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)``, the application's code, run on the loop's thread.
+
+        As in a pool thread or a sync worker, it sees no running loop (``asyncio.run()``
+        works in it), and ``--threads auto``'s watchdog sees since when it runs.
+        """
+        server = self.server
+        server.inline_since = time.perf_counter()
+        _set_running_loop(None)
+        try:
+            return call(*args)
+        finally:
+            _set_running_loop(self.loop)
+            server.inline_since = 0.0
+
     def _call_inline(self, environ: dict[str, Any], request: _Request, response: _Response) -> None:
         """Run the app on the loop; stream a long response as the client takes it."""
         chunks: list[bytes] = []
-        server = self.server
-        server.calls += 1
-        server.inline_since = time.perf_counter()
-        # Sync code sees no running loop, as in a thread: asyncio.run() works in it.
-        _set_running_loop(None)
+        self.server.calls += 1
         try:
-            try:
-                result = self._call(environ, response, chunks.append)
-            finally:
-                _set_running_loop(self.loop)
-                server.inline_since = 0.0
+            result = self._inline(self._call, environ, response, chunks.append)
         except Exception:
             self._failed(request, response, chunks)
             return
@@ -614,18 +622,12 @@ class Connection(asyncio.Protocol):
             return
         request, response, result = self.pumping
         chunks: list[bytes] = []
-        server = self.server
         try:
             while not self.write_paused and not self.lost:
-                server.inline_since = time.perf_counter()
-                _set_running_loop(None)
                 try:
-                    chunk = next(self.pump)
+                    chunk = self._inline(next, self.pump)
                 except StopIteration:
                     break
-                finally:
-                    _set_running_loop(self.loop)
-                    server.inline_since = 0.0
                 if chunk:
                     chunks.append(chunk)
                     self._write(request, response, chunks, False)

@@ -95,7 +95,7 @@ _monotonic_ns = time.monotonic_ns
 SEND_BUFFER = 1 << 20
 SMALL = 64 * 1024
 #: A user message at least this large whose head arrives without all of it is read
-#: straight into a buffer of its own size (see _read_rest).
+#: straight into a buffer of its own size (see _LargeMessage).
 LARGE = SMALL
 _USER = Kind.USER
 _pack_words = WORDS.pack
@@ -111,27 +111,41 @@ CloseHandler = Callable[[BaseException | None], None]
 SendCallback = Callable[[BaseException | None], None]
 
 
-def _read_rest(sock: socket.socket, head: bytearray, nbytes: int, length: int) -> bytearray | None:
-    """A message's whole payload, from the ``nbytes`` of ``head`` already read (its
-    header included) and the rest read straight into place; ``None`` at end of stream.
+class _LargeMessage:
+    """A large user message read straight into a buffer of its size.
 
     Through the decoder, a large payload is copied twice more (into its buffer, then
     out as ``bytes``). The rest is read with room for descriptors, as every read is,
     and none may come with it: a frame's descriptors arrive with its first bytes.
     """
-    payload = bytearray(length)
-    got = nbytes - HEADER_SIZE
-    with memoryview(payload) as view, memoryview(head) as first:
-        view[:got] = first[HEADER_SIZE:nbytes]
-        while got < length:
-            n, ancdata, _flags, _addr = sock.recvmsg_into([view[got:]], ANCILLARY_SIZE, RECV_FLAGS)
-            if ancdata:
-                close_fds(fds_from_ancillary(ancdata))
-                raise ProtocolError("descriptors arrived in the middle of a frame")
-            if not n:
-                return None
-            got += n
-    return payload
+
+    __slots__ = ("payload", "got")
+
+    def __init__(self, head: bytearray, nbytes: int, length: int) -> None:
+        # ``head``'s first ``nbytes`` are what was read so far, the header included.
+        self.payload = bytearray(length)
+        self.got = nbytes - HEADER_SIZE
+        with memoryview(self.payload) as view, memoryview(head) as first:
+            view[: self.got] = first[HEADER_SIZE:nbytes]
+
+    def read(self, sock: socket.socket) -> bool:
+        """Read on until the payload is whole: ``True``; ``False`` at end of stream.
+
+        A non-blocking socket with nothing more raises ``BlockingIOError`` (call again
+        when it is readable); descriptors inside the message raise ``ProtocolError``.
+        """
+        with memoryview(self.payload) as view:
+            while self.got < len(view):
+                n, ancdata, _flags, _addr = sock.recvmsg_into(
+                    [view[self.got :]], ANCILLARY_SIZE, RECV_FLAGS
+                )
+                if ancdata:
+                    close_fds(fds_from_ancillary(ancdata))
+                    raise ProtocolError("descriptors arrived in the middle of a frame")
+                if not n:
+                    return False
+                self.got += n
+        return True
 
 
 class ChannelClosedError(ConnectionError):
@@ -235,10 +249,8 @@ class LoopChannel:
         self._max_payload = max_payload
         self._decoder = Decoder(max_payload)
         self._partial = False  # whether the decoder holds part of a frame
-        # A large user message being read straight into its own buffer (see
-        # _read_rest), and how much of it has come.
-        self._large: bytearray | None = None
-        self._large_got = 0
+        # A large user message being read over several wake-ups, if any.
+        self._large: _LargeMessage | None = None
         self._buf = bytearray(READ_SIZE)
         self._bufs = [memoryview(self._buf)]
         self._codec = codec
@@ -449,10 +461,7 @@ class LoopChannel:
                 ):
                     # The head of a large message: the rest goes straight into a
                     # buffer of its size, over as many wake-ups as it takes.
-                    self._large = bytearray(length)
-                    self._large_got = nbytes - HEADER_SIZE
-                    with memoryview(self._large) as view:
-                        view[: self._large_got] = self._bufs[0][HEADER_SIZE:nbytes]
+                    self._large = _LargeMessage(buf, nbytes, length)
                     if not self._read_large():
                         return
                     delivered = True
@@ -512,38 +521,27 @@ class LoopChannel:
         """Read on into the large message in progress; ``True`` once it is delivered.
 
         ``False`` when the socket has nothing more for now (the loop calls again) or
-        the channel ended. No descriptors may come inside it, as in :func:`_read_rest`.
+        the channel ended.
         """
-        payload = self._large
-        assert payload is not None
-        got = self._large_got
-        with memoryview(payload) as view:
-            while got < len(payload):
-                try:
-                    n, ancdata, _flags, _addr = self._sock.recvmsg_into(
-                        [view[got:]], ANCILLARY_SIZE, RECV_FLAGS
-                    )
-                except (BlockingIOError, InterruptedError):
-                    self._large_got = got
-                    return False
-                except OSError as exc:
-                    self._large = None
-                    self._fail(exc if exc.errno != errno.ECONNRESET else None)
-                    return False
-                if ancdata:
-                    close_fds(fds_from_ancillary(ancdata))
-                    self._large = None
-                    self._protocol_error(
-                        ProtocolError("descriptors arrived in the middle of a frame")
-                    )
-                    return False
-                if not n:
-                    self._large = None
-                    self._fail(None)
-                    return False
-                got += n
+        large = self._large
+        assert large is not None
+        try:
+            whole = large.read(self._sock)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except ProtocolError as exc:
+            self._large = None
+            self._protocol_error(exc)
+            return False
+        except OSError as exc:
+            self._large = None
+            self._fail(exc if exc.errno != errno.ECONNRESET else None)
+            return False
         self._large = None
-        self._deliver_user(payload)
+        if not whole:
+            self._fail(None)
+            return False
+        self._deliver_user(large.payload)
         return True
 
     def _read_general(self, nbytes: int, ancdata: list[tuple[int, int, bytes]], flags: int) -> bool:
@@ -717,10 +715,10 @@ class ThreadChannel:
                         if nbytes < HEADER_SIZE + length and length >= LARGE:
                             # The head of a large message: the rest is read straight
                             # into a buffer of its size, not copied through the decoder.
-                            payload = _read_rest(sock, buf, nbytes, length)
-                            if payload is None:
+                            large = _LargeMessage(buf, nbytes, length)
+                            if not large.read(sock):
                                 break  # the primary ended in the middle of it
-                            deliver_user(payload)
+                            deliver_user(large.payload)
                             continue
                 fds = fds_from_ancillary(ancdata) if ancdata else []
                 if flags & CTRUNC:

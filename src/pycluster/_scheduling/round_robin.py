@@ -131,13 +131,7 @@ class RoundRobinHandle(Generic[W, C]):
 
     def push(self, conn: C) -> list[Handoff[W, C]]:
         """A connection was accepted."""
-        self._queue.append((self._seq, conn))
-        self._seq += 1
-        now = self._clock_fn()
-        if now - self._pushed_at > QUIET_SPELL:
-            self._burst_at = now
-        self._pushed_at = now
-        return self._distribute(now)
+        return self.push_all([conn])
 
     def push_all(self, conns: list[C]) -> list[Handoff[W, C]]:
         """Connections accepted together (one wake-up of the listener), in order.
