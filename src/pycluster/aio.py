@@ -1,10 +1,11 @@
 """asyncio integration: ``start_server`` and ``create_server`` that share their port.
 
-In a worker, the listening socket comes from the primary (see :mod:`pycluster._ports`)
-and is served by the running loop's own ``create_server(sock=...)``, so protocols,
-transports and TLS behave exactly as in asyncio; pycluster never wraps, patches or
-sets attributes on the protocols it creates (a protocol class with ``__slots__``, or
-one written in C, works). The returned server also:
+In a worker, the listening socket comes from the primary (see :mod:`pycluster._ports`);
+pycluster accepts on it and gives each connection to the running loop's own
+``connect_accepted_socket``, so protocols, transports and TLS are exactly asyncio's (or
+uvloop's); pycluster never wraps, patches or sets attributes on the protocols it
+creates (a protocol class with ``__slots__``, or one written in C, works). The returned
+server also:
 
 * ends ``serve_forever()`` normally (no ``CancelledError``) when pycluster closes it
   for ``worker.disconnect()``;
@@ -162,14 +163,17 @@ class Server:
 
 
 class _AcceptServer(asyncio.AbstractServer):
-    """A server for a loop that accepts in C (uvloop): pycluster accepts in Python.
+    """A server that accepts through pycluster and gives each connection to the loop.
 
-    The loop's own accept cannot read a round-robin hand-off socket, and on a shared
-    socket it takes every waiting connection at once (one worker then gets a whole
-    burst). So this server watches the listener, takes connections through
-    pycluster's ``accept()`` (hand-offs under round robin, a fair share of the shared
-    queue under ``none``) and gives each to the loop's ``connect_accepted_socket``,
-    which makes the same transport the loop's own accept would.
+    A loop that accepts in C (uvloop) cannot read a round-robin hand-off socket, and
+    on a shared socket it takes every waiting connection at once (one worker then
+    gets a whole burst). So this server watches the listener, takes connections
+    through pycluster's ``accept()`` (hand-offs under round robin, a fair share of the
+    shared queue under ``none``) and gives each to the loop's
+    ``connect_accepted_socket``, which makes the same transport the loop's own accept
+    would. On asyncio's selector loop it serves too, for less than the loop's own
+    accept costs: no task per connection, no ``stat`` of the listener per accept and,
+    for a hand-off, no socket object made to ask for the peer's address.
     """
 
     def __init__(
@@ -190,9 +194,14 @@ class _AcceptServer(asyncio.AbstractServer):
         #: accept (see _accept); None where the socket is not one.
         self._listener = net.listener_of(sock)
         self._fd = sock.fileno()
-        # uvloop takes a bare descriptor (see _Descriptor); another loop gets a socket.
+        # uvloop takes a bare descriptor (see _Descriptor); another loop gets a socket,
+        # made non-blocking here unless the loop does it anyway (asyncio's do).
         self._wrap: Callable[[int, int, int], Any] = (
-            _Descriptor if type(loop).__module__.startswith("uvloop") else _connection
+            _Descriptor
+            if type(loop).__module__.startswith("uvloop")
+            else _connection
+            if isinstance(loop, asyncio.BaseEventLoop)
+            else _nonblocking_connection
         )
 
     @property
@@ -338,11 +347,19 @@ class _Descriptor:
 
 
 def _connection(family: int, proto: int, fd: int) -> socket.socket:
-    """A non-blocking :class:`_Connection` for descriptor ``fd``."""
+    """A :class:`_Connection` for descriptor ``fd``, for a loop that makes it
+    non-blocking itself (asyncio's ``connect_accepted_socket`` does).
+    """
     conn = _Connection.__new__(_Connection)
     _socket.socket.__init__(conn, family, socket.SOCK_STREAM, proto, fd)
     conn._io_refs = 0  # type: ignore[attr-defined]
     conn._closed = False  # type: ignore[attr-defined]
+    return conn
+
+
+def _nonblocking_connection(family: int, proto: int, fd: int) -> socket.socket:
+    """A non-blocking :class:`_Connection` for descriptor ``fd``."""
+    conn = _connection(family, proto, fd)
     _socket.socket.setblocking(conn, False)
     return conn
 
@@ -363,7 +380,10 @@ def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | _Descriptor | N
     except Exception as exc:
         if conn is not None:
             conn.close()
-        log.warning("a handed-over connection failed to start: %s", exc)
+        # A client's doing (a failed TLS handshake, a reset) is routine, and asyncio
+        # reports it only in debug mode; anything else is the program's.
+        report = log.debug if isinstance(exc, OSError) else log.warning
+        report("a handed-over connection failed to start: %s", exc)
         return
     if awaited is None:  # a bare yield (asyncio.sleep(0)): go on at the next turn
         asyncio.get_running_loop().call_soon(_start, coro)
@@ -389,6 +409,11 @@ def _counting(
 
 #: What ``create_server`` takes that ``connect_accepted_socket`` takes too.
 _ACCEPTED_SOCKET_OPTIONS = ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")
+#: ``create_server`` options an :class:`_AcceptServer` honours: those above, and those
+#: about binding, which the cluster's listener has done already.
+_HANDED_OVER_OPTIONS = frozenset(
+    (*_ACCEPTED_SOCKET_OPTIONS, "family", "flags", "reuse_address", "reuse_port")
+)
 #: Connections taken per wake-up of the loop (a shared socket gives fewer: see _ports).
 ACCEPT_BATCH = 64
 #: Seconds without accepting after running out of descriptors (asyncio's delay).
@@ -460,24 +485,30 @@ async def serve_socket(
 ) -> asyncio.AbstractServer:
     """The loop's server on a cluster listener, whatever the loop and the policy.
 
-    A selector loop accepts in Python, through pycluster's ``accept()``: its own
-    ``create_server`` serves either policy. A loop that accepts in C (uvloop) serves
-    a socket of the worker's own (``SCHED_REUSEPORT``) itself, counted by the protocol
-    factory, and a round-robin or shared one through :class:`_AcceptServer`, which
-    accepts through pycluster. For pycluster's own servers (``serve``), not part of
-    the public API.
+    A round-robin or shared socket is served by :class:`_AcceptServer`, which accepts
+    through pycluster and gives each connection to the loop's
+    ``connect_accepted_socket``: the transport the loop's own accept would make, for
+    less of the worker's CPU (see :class:`_AcceptServer`). A loop that accepts in C
+    (uvloop) must be served so; a selector loop is, unless an option asks for more
+    than that call takes (``keep_alive``), when its own ``create_server`` serves it
+    through the hooked ``accept()``. A socket of the worker's own
+    (``SCHED_REUSEPORT``) is the loop's, counted on uvloop by the protocol factory.
+    For pycluster's own servers (``serve``), not part of the public API.
     """
     from asyncio.selector_events import BaseSelectorEventLoop
 
-    if isinstance(loop, BaseSelectorEventLoop):
-        return await loop.create_server(
-            protocol_factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
-        )
-    if net.accepts_through_pycluster(listener):
+    selector = isinstance(loop, BaseSelectorEventLoop)
+    if net.accepts_through_pycluster(listener) and not (
+        selector and set(kwargs) - _HANDED_OVER_OPTIONS
+    ):
         server = _AcceptServer(loop, listener, protocol_factory, kwargs)
         if start:
             await server.start_serving()
         return server
+    if selector:
+        return await loop.create_server(
+            protocol_factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
+        )
     return await loop.create_server(
         _counting(protocol_factory, runtime),
         sock=listener,
@@ -504,10 +535,20 @@ async def _serve(
         return Server(None, runtime, [])
     found = [net.listener_of(one) for one in listeners]
     start = kwargs.pop("start_serving", True)
-    inners = [
-        await serve_socket(loop, runtime, one, protocol_factory, backlog, start, kwargs)
-        for one in listeners
-    ]
+    inners: list[asyncio.AbstractServer] = []
+    try:
+        for one in listeners:
+            inners.append(
+                await serve_socket(loop, runtime, one, protocol_factory, backlog, start, kwargs)
+            )
+    except BaseException:
+        # The loop refused (an option it does not take, say): the port is given back,
+        # so that the program can try again, as after a failed create_server.
+        for inner in inners:
+            inner.close()
+        for one in listeners:
+            one.close()
+        raise
     inner = inners[0] if len(inners) == 1 else _Group(loop, inners)
     server = Server(inner, runtime, found)
     if start:
