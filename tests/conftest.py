@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,6 +194,19 @@ def get_over_unix_socket(path: Path | str) -> bytes:
         while chunk := sock.recv(65536):
             data += chunk
     return data
+
+
+def make_cert(directory: Path, name: str = "server") -> tuple[Any, Path, Path]:
+    """A certificate authority made for this test, and a certificate it signed for
+    127.0.0.1 and localhost, written as ``NAME-cert.pem`` and ``NAME-key.pem`` in
+    ``directory``: ``(ca, cert, key)``. Skips the test without ``trustme``."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    return ca, cert, key
 
 
 def free_port() -> int:

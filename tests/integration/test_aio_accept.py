@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, Result, free_port
+from tests.conftest import Cluster, Result, free_port, make_cert
 
 LOOPS = [
     "asyncio",
@@ -266,12 +266,7 @@ def test_transports_are_the_loops_own(cluster_env: Cluster, policy: str, loop: s
 @pytest.mark.parametrize("policy", ["rr", "none"])
 def test_tls_server(cluster_env: Cluster, tmp_path: Path, policy: str, loop: str) -> None:
     """``ssl=`` works on a shared port: every worker completes the handshake and answers."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
+    ca, cert, key = make_cert(tmp_path)
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     port = free_port()

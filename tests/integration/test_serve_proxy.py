@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, Commands, free_port
+from tests.conftest import Cluster, Commands, free_port, make_cert
 from tests.integration.test_cli_nginx import load_recipe
 from tests.integration.test_cli_serve import serve, stop
 
@@ -109,8 +109,8 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port} ssl;
-        ssl_certificate {dir}/cert.pem;
-        ssl_certificate_key {dir}/key.pem;
+        ssl_certificate {dir}/nginx-cert.pem;
+        ssl_certificate_key {dir}/nginx-key.pem;
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -129,7 +129,7 @@ http {{
 def test_behind_the_recipes_nginx_the_app_sees_the_client(
     cluster_env: Cluster, commands: Commands, upstream: str
 ) -> None:
-    trustme = pytest.importorskip("trustme")
+    pytest.importorskip("trustme")
     nginx = load_recipe().find_nginx(install=False)
     if nginx is None:
         pytest.skip("nginx is not installed (make system-deps, or apt-get install nginx-core)")
@@ -142,10 +142,7 @@ def test_behind_the_recipes_nginx_the_app_sees_the_client(
         bind, server = f"127.0.0.1:{app_port}", f"127.0.0.1:{app_port}"
     command = serve(commands, cluster_env, "who:app", "-w", "2", "-b", bind)
     # nginx terminates TLS with a certificate of a CA made for this test.
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1")
-    issued.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-    issued.private_key_pem.write_to_path(str(tmp / "key.pem"))
+    ca, _, _ = make_cert(tmp, "nginx")
     (tmp / "tmp").mkdir()
     port = free_port()
     user = "user root root;" if os.geteuid() == 0 else ""  # its workers reach our socket

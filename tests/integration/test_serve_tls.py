@@ -5,16 +5,14 @@ from __future__ import annotations
 import http.client
 import ssl
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import Cluster, Commands, free_port
+from tests.conftest import Cluster, Commands, free_port, make_cert
 from tests.integration.test_cli_serve import serve, stop
 
 pytest.importorskip("uvicorn")
-trustme = pytest.importorskip("trustme")
+pytest.importorskip("trustme")
 
 PID_APP = """
 import os
@@ -27,16 +25,6 @@ async def app(scope, receive, send):
                 "headers": [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 """
-
-
-def make_cert(tmp: Path, name: str = "server") -> tuple[Any, Path, Path]:
-    """A certificate authority made for this test, and a server certificate it signed."""
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1", "localhost")
-    cert, key = tmp / f"{name}-cert.pem", tmp / f"{name}-key.pem"
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
-    return ca, cert, key
 
 
 def https_get(port: int, context: ssl.SSLContext) -> str:

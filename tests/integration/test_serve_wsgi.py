@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, Command, Commands, free_port
+from tests.conftest import Cluster, Command, Commands, free_port, make_cert
 from tests.integration.test_cli_serve import FLASK_APP, serve, stop
 
 pytest.importorskip("uvicorn")
@@ -332,12 +332,7 @@ def test_flask_runs_unchanged(cluster_env: Cluster, commands: Commands, threads:
 
 
 def test_https_for_a_wsgi_app(cluster_env: Cluster, commands: Commands, tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
+    ca, cert, key = make_cert(tmp_path)
     command, url = start(
         commands, cluster_env, "-w", "2", "--certfile", str(cert), "--keyfile", str(key)
     )
