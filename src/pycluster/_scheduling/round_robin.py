@@ -220,14 +220,22 @@ class RoundRobinHandle(Generic[W, C]):
     def _distribute(self, now: float | None = None) -> list[Handoff[W, C]]:
         out: list[Handoff[W, C]] = []
         self.deadline = None
-        if not self._queue:
+        queue = self._queue
+        if not queue:
             return out
         if now is None:
             now = self._clock_fn()
         inflight = self._inflight
         window = self.window
-        while self._queue:
-            for member in self._members:
+        members = self._members
+        handed = self._handed
+        since = self._since
+        # Which workers are busy, asked once per call rather than per connection and
+        # worker (each question reads the worker's status page): a snapshot, as any
+        # answer is.
+        busy: frozenset[W] | None = None
+        while queue:
+            for member in members:
                 sent = inflight.get(member)
                 if sent is None or len(sent) < window:
                     break
@@ -235,25 +243,37 @@ class RoundRobinHandle(Generic[W, C]):
                 # Every window is full (a loaded server's usual state): nobody can take
                 # one until a worker answers, which distributes again; no hold either.
                 break
-            worker = self._pick(now)
+            if busy is None:
+                is_busy = self._is_busy
+                busy = (
+                    frozenset(m for m in members if is_busy(m))
+                    if is_busy is not None
+                    else frozenset()
+                )
+            worker = self._pick(now, busy)
             if worker is None:
                 break
-            seq, conn = self._queue.popleft()
-            inflight.setdefault(worker, deque()).append((seq, conn, now))
-            self._touch(worker)
-            handed = max(self._handed.get(worker, 0), self._top - self.window) + 1
-            self._handed[worker] = handed
-            if handed > self._top:
-                self._top = handed
+            seq, conn = queue.popleft()
+            sent = inflight.get(worker)
+            if sent is None:
+                inflight[worker] = sent = deque()
+            sent.append((seq, conn, now))
+            self._clock += 1
+            since[worker] = self._clock
+            top = self._top
+            count = handed.get(worker, 0)
+            handed[worker] = count = (count if count > top - window else top - window) + 1
+            if count > top:
+                self._top = count
             out.append((worker, conn))
         return out
 
-    def _pick(self, now: float) -> W | None:
-        is_busy = self._is_busy
+    def _pick(self, now: float, busy: frozenset[W]) -> W | None:
+        inflight = self._inflight
         since = self._since
         handed = self._handed
-        floor = self._top - self.window
         window = self.window
+        floor = self._top - window
         stale = now - self.hold
         turn: W | None = None  # keeps up, not busy: whose turn it is
         turn_key = (0, 0)
@@ -265,9 +285,10 @@ class RoundRobinHandle(Generic[W, C]):
         fallback_key = (0, 0)
         ready_soon = False  # lagging, not busy, window full: has room once it answers
         for worker in self._members:
-            sent = self._inflight.get(worker)
-            key = (max(handed.get(worker, floor), floor), since.get(worker, 0))
-            if is_busy is not None and is_busy(worker):
+            sent = inflight.get(worker)
+            count = handed.get(worker, floor)
+            key = (count if count > floor else floor, since.get(worker, 0))
+            if worker in busy:
                 if (not sent or len(sent) < window) and (fallback is None or key < fallback_key):
                     fallback, fallback_key = worker, key
                 continue
