@@ -525,7 +525,10 @@ async def _serve(
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     backlog: int,
     kwargs: dict[str, Any],
+    owned: bool = True,
 ) -> Server:
+    """Serve ``listeners``; ``owned``: made for this server (closed if the loop refuses
+    it), not the program's own socket."""
     if isinstance(listeners, socket.socket):
         listeners = [listeners]
     if any(one.fileno() == -1 for one in listeners):
@@ -546,8 +549,9 @@ async def _serve(
         # so that the program can try again, as after a failed create_server.
         for inner in inners:
             inner.close()
-        for one in listeners:
-            one.close()
+        if owned:
+            for one in listeners:
+                one.close()
         raise
     inner = inners[0] if len(inners) == 1 else _Group(loop, inners)
     server = Server(inner, runtime, found)

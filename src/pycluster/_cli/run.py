@@ -73,8 +73,10 @@ async def _serve(
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     kwargs: dict[str, Any],
     listen: Callable[[int], socket.socket | list[socket.socket]],
+    owned: bool = True,
 ) -> Any:
-    """Serve on the cluster listeners ``listen(backlog)`` makes (in a thread: it waits)."""
+    """Serve on the cluster listeners ``listen(backlog)`` makes (in a thread: it waits);
+    ``owned``: not the program's own socket."""
     from pycluster import aio
 
     runtime = child.runtime()
@@ -83,7 +85,7 @@ async def _serve(
     for ignored in _NOT_FOR_A_LISTENER:
         kwargs.pop(ignored, None)
     listener = await asyncio.to_thread(listen, backlog)
-    return await aio._serve(loop, runtime, listener, protocol_factory, backlog, kwargs)
+    return await aio._serve(loop, runtime, listener, protocol_factory, backlog, kwargs, owned)
 
 
 def _own_loop_accepts_it(loop: asyncio.AbstractEventLoop, sock: Any) -> bool:
@@ -109,7 +111,7 @@ def _wrap_create_server(orig: Creator) -> Creator:
             if _own_loop_accepts_it(self, sock):
                 return await orig(self, protocol_factory, host, port, **kwargs)
             kwargs.pop("sock")
-            return await _serve(self, protocol_factory, kwargs, lambda backlog: sock)
+            return await _serve(self, protocol_factory, kwargs, lambda backlog: sock, owned=False)
         if kwargs.get("reuse_port"):
             return await orig(self, protocol_factory, host, port, **kwargs)
         from pycluster import aio
@@ -152,7 +154,7 @@ def _wrap_create_unix_server(orig: Creator) -> Creator:
             if _own_loop_accepts_it(self, sock):
                 return await orig(self, protocol_factory, path, **kwargs)
             kwargs.pop("sock")
-            return await _serve(self, protocol_factory, kwargs, lambda backlog: sock)
+            return await _serve(self, protocol_factory, kwargs, lambda backlog: sock, owned=False)
         return await _serve(
             self,
             protocol_factory,

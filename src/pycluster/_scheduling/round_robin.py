@@ -258,7 +258,7 @@ class RoundRobinHandle(Generic[W, C]):
             if sent is None:
                 inflight[worker] = sent = deque()
             sent.append((seq, conn, now))
-            self._clock += 1
+            self._clock += 1  # _touch(worker), inline on the hot path
             since[worker] = self._clock
             top = self._top
             count = handed.get(worker, 0)
