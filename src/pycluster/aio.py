@@ -392,6 +392,26 @@ def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | _Descriptor | N
     awaited.add_done_callback(lambda _: _start(coro))
 
 
+def refuse_unknown_options(method: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Raise the ``TypeError`` the loop's own ``method`` would raise for an option it
+    does not take, before any port is taken.
+
+    Without this a cluster would bind and listen first, and a connection accepted
+    meanwhile would be lost when the loop then refuses. asyncio's methods are Python,
+    so their parameters are known (through ``pycluster run``'s wrapper too, which
+    keeps the original as ``__wrapped__``); a loop written in C says so itself.
+    """
+    func = getattr(method, "__func__", method)
+    func = getattr(func, "__wrapped__", func)
+    code = getattr(func, "__code__", None)
+    if code is None or code.co_flags & _CO_VARKEYWORDS:
+        return
+    known = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    for name in kwargs:
+        if name not in known:
+            raise TypeError(f"{func.__qualname__}() got an unexpected keyword argument {name!r}")
+
+
 def _counting(
     factory: Callable[[], asyncio.BaseProtocol], runtime: child.ChildRuntime
 ) -> Callable[[], asyncio.BaseProtocol]:
@@ -414,6 +434,8 @@ _ACCEPTED_SOCKET_OPTIONS = ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeou
 _HANDED_OVER_OPTIONS = frozenset(
     (*_ACCEPTED_SOCKET_OPTIONS, "family", "flags", "reuse_address", "reuse_port")
 )
+#: A code object's flag for a ``**kwargs`` parameter (``inspect.CO_VARKEYWORDS``).
+_CO_VARKEYWORDS = 0x08
 #: Connections taken per wake-up of the loop (a shared socket gives fewer: see _ports).
 ACCEPT_BATCH = 64
 #: Seconds without accepting after running out of descriptors (asyncio's delay).
@@ -445,6 +467,7 @@ async def create_server(
             backlog=backlog,
             **kwargs,
         )
+    refuse_unknown_options(loop.create_server, kwargs)
     addresses = await _resolve_all(loop, host, port or 0, family)
     listeners = await asyncio.to_thread(_listen_on, addresses, backlog)
     return await _serve(loop, runtime, listeners, protocol_factory, backlog, kwargs)
@@ -465,6 +488,7 @@ async def create_unix_server(
         return await loop.create_unix_server(
             protocol_factory, path, sock=sock, backlog=backlog, **kwargs
         )
+    refuse_unknown_options(loop.create_unix_server, kwargs)
     listener = await asyncio.to_thread(
         net.create_server,
         path,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import runpy
@@ -97,6 +98,7 @@ def _own_loop_accepts_it(loop: asyncio.AbstractEventLoop, sock: Any) -> bool:
 
 
 def _wrap_create_server(orig: Creator) -> Creator:
+    @functools.wraps(orig)
     async def create_server(
         self: asyncio.AbstractEventLoop,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
@@ -107,6 +109,9 @@ def _wrap_create_server(orig: Creator) -> Creator:
         sock = kwargs.get("sock")
         if child.runtime() is None or sockets.called_by_pycluster():
             return await orig(self, protocol_factory, host, port, **kwargs)
+        from pycluster import aio
+
+        aio.refuse_unknown_options(orig, kwargs)
         if sock is not None:
             if _own_loop_accepts_it(self, sock):
                 return await orig(self, protocol_factory, host, port, **kwargs)
@@ -114,8 +119,6 @@ def _wrap_create_server(orig: Creator) -> Creator:
             return await _serve(self, protocol_factory, kwargs, lambda backlog: sock, owned=False)
         if kwargs.get("reuse_port"):
             return await orig(self, protocol_factory, host, port, **kwargs)
-        from pycluster import aio
-
         family = kwargs.pop("family", socket.AF_UNSPEC)
         override = sockets.next_override()
         if override is not None:
@@ -141,6 +144,7 @@ def _wrap_create_server(orig: Creator) -> Creator:
 
 
 def _wrap_create_unix_server(orig: Creator) -> Creator:
+    @functools.wraps(orig)
     async def create_unix_server(
         self: asyncio.AbstractEventLoop,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
@@ -150,6 +154,9 @@ def _wrap_create_unix_server(orig: Creator) -> Creator:
         sock = kwargs.get("sock")
         if child.runtime() is None or sockets.called_by_pycluster():
             return await orig(self, protocol_factory, path, **kwargs)
+        from pycluster import aio
+
+        aio.refuse_unknown_options(orig, kwargs)
         if sock is not None:
             if _own_loop_accepts_it(self, sock):
                 return await orig(self, protocol_factory, path, **kwargs)
