@@ -392,15 +392,33 @@ def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | _Descriptor | N
     awaited.add_done_callback(lambda _: _start(coro))
 
 
-def refuse_unknown_options(method: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Raise the ``TypeError`` the loop's own ``method`` would raise for an option it
-    does not take, before any port is taken.
+def _ssl_context_class() -> type:
+    try:
+        import ssl
+    except ImportError:  # a Python built without it: nothing is a context
+        return type(None)
+    return ssl.SSLContext
+
+
+def refuse_bad_options(method: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Raise what the loop's own ``method`` would raise for options it refuses, before
+    any port is taken.
 
     Without this a cluster would bind and listen first, and a connection accepted
-    meanwhile would be lost when the loop then refuses. asyncio's methods are Python,
-    so their parameters are known (through ``pycluster run``'s wrapper too, which
-    keeps the original as ``__wrapped__``); a loop written in C says so itself.
+    meanwhile would be lost when the loop then refuses; and a server that hands its
+    connections to ``connect_accepted_socket`` would only find a bad ``ssl`` at each
+    connection. Options the loop does not take at all: asyncio's and uvloop's methods
+    carry code objects, so their parameters are known (through ``pycluster run``'s
+    wrapper too, which keeps the original as ``__wrapped__``); a loop without one says
+    so itself. Then the TLS options' own rules, as both loops check them.
     """
+    context = kwargs.get("ssl")
+    if context is not None and not isinstance(context, _ssl_context_class()):
+        raise TypeError("ssl argument must be an SSLContext or None")
+    if context is None:
+        for timeout in ("ssl_handshake_timeout", "ssl_shutdown_timeout"):
+            if kwargs.get(timeout) is not None:
+                raise ValueError(f"{timeout} is only meaningful with ssl")
     func = getattr(method, "__func__", method)
     func = getattr(func, "__wrapped__", func)
     code = getattr(func, "__code__", None)
@@ -467,7 +485,7 @@ async def create_server(
             backlog=backlog,
             **kwargs,
         )
-    refuse_unknown_options(loop.create_server, kwargs)
+    refuse_bad_options(loop.create_server, kwargs)
     addresses = await _resolve_all(loop, host, port or 0, family)
     listeners = await asyncio.to_thread(_listen_on, addresses, backlog)
     return await _serve(loop, runtime, listeners, protocol_factory, backlog, kwargs)
@@ -488,7 +506,7 @@ async def create_unix_server(
         return await loop.create_unix_server(
             protocol_factory, path, sock=sock, backlog=backlog, **kwargs
         )
-    refuse_unknown_options(loop.create_unix_server, kwargs)
+    refuse_bad_options(loop.create_unix_server, kwargs)
     listener = await asyncio.to_thread(
         net.create_server,
         path,

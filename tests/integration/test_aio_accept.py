@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import socket
 import ssl
 import subprocess
@@ -320,6 +321,49 @@ def test_option_for_the_loops_own_accept_is_honoured(cluster_env: Cluster, polic
     answers = {answer_of(port).decode() for _ in range(6)}
     expected = "keep_alive 1" if sys.version_info >= (3, 13) else "refused 0"
     assert answers == {expected}
+    result = stop(cluster_env, proc)
+    assert "Traceback" not in result.stderr
+    assert '{"listened": 2}' in result.stdout
+
+
+BAD_OPTIONS_PROGRAM = program("""
+errors = []
+
+class Report(asyncio.Protocol):
+    def connection_made(self, transport):
+        transport.write(json.dumps(errors).encode())
+        transport.close()
+
+async def main():
+    for bad in ({"ssl": "yes"}, {"ssl_handshake_timeout": 5.0}, {"nonsense": 1}):
+        try:
+            await cluster.aio.create_server(Report, "127.0.0.1", PORT, **bad)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    server = await cluster.aio.create_server(Report, "127.0.0.1", PORT)
+    async with server:
+        await server.serve_forever()
+""")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_bad_options_are_refused_before_the_port_is_taken(
+    cluster_env: Cluster, policy: str, loop: str
+) -> None:
+    """A bad ``ssl``, a TLS timeout without TLS and an unknown option are refused at
+    ``create_server``, as the loop refuses them, and the port is not taken: the
+    program's next server on it works, and each worker listened once."""
+    port = free_port()
+    proc = start(cluster_env, BAD_OPTIONS_PROGRAM, port, policy, loop)
+    answers = {answer_of(port).decode() for _ in range(4)}
+    assert len(answers) == 1
+    errors = json.loads(answers.pop())
+    assert errors[:2] == [
+        "TypeError: ssl argument must be an SSLContext or None",
+        "ValueError: ssl_handshake_timeout is only meaningful with ssl",
+    ]
+    assert errors[2].startswith("TypeError: ") and "'nonsense'" in errors[2]
     result = stop(cluster_env, proc)
     assert "Traceback" not in result.stderr
     assert '{"listened": 2}' in result.stdout

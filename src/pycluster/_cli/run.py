@@ -111,7 +111,7 @@ def _wrap_create_server(orig: Creator) -> Creator:
             return await orig(self, protocol_factory, host, port, **kwargs)
         from pycluster import aio
 
-        aio.refuse_unknown_options(orig, kwargs)
+        aio.refuse_bad_options(orig, kwargs)
         if sock is not None:
             if _own_loop_accepts_it(self, sock):
                 return await orig(self, protocol_factory, host, port, **kwargs)
@@ -156,7 +156,7 @@ def _wrap_create_unix_server(orig: Creator) -> Creator:
             return await orig(self, protocol_factory, path, **kwargs)
         from pycluster import aio
 
-        aio.refuse_unknown_options(orig, kwargs)
+        aio.refuse_bad_options(orig, kwargs)
         if sock is not None:
             if _own_loop_accepts_it(self, sock):
                 return await orig(self, protocol_factory, path, **kwargs)
