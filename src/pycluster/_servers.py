@@ -736,7 +736,7 @@ class ServerTable:
         """Answer a request with an errno the worker raises as ``OSError``."""
         self.reply(worker, seq, {"errno": err, "error": text}, [])
 
-    def counted(self, worker: Worker, count: int = 1) -> None:
+    def counted(self, worker: Worker, count: int) -> None:
         """``worker`` took ``count`` more connections."""
         self.handed[worker.id] = self.handed.get(worker.id, 0) + count
 

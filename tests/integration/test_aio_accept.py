@@ -35,6 +35,11 @@ import asyncio, json, logging, sys
 import pycluster as cluster
 
 PORT = int(sys.argv[1])
+
+async def serve_on(make, handler, **options):
+    server = await make(handler, "127.0.0.1", PORT, **options)
+    async with server:
+        await server.serve_forever()
 """
 
 _RUN = """
@@ -106,9 +111,7 @@ async def handle(reader, writer):
     writer.close()
 
 async def main():
-    server = await cluster.aio.start_server(handle, "127.0.0.1", PORT)
-    async with server:
-        await server.serve_forever()
+    await serve_on(cluster.aio.start_server, handle)
 """)
 
 
@@ -133,9 +136,7 @@ class Echo(asyncio.Protocol):
         transport.close()
 
 async def main():
-    server = await cluster.aio.create_server(Echo, "127.0.0.1", PORT)
-    async with server:
-        await server.serve_forever()
+    await serve_on(cluster.aio.create_server, Echo)
 """)
 
 
@@ -199,9 +200,7 @@ def factory():
     return Greeter()
 
 async def main():
-    server = await cluster.aio.create_server(factory, "127.0.0.1", PORT)
-    async with server:
-        await server.serve_forever()
+    await serve_on(cluster.aio.create_server, factory)
 """,
     workers=1,
 )
@@ -235,9 +234,7 @@ async def main():
     if len(sys.argv) > 3:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(sys.argv[3], sys.argv[4])
-    server = await cluster.aio.create_server(Kind, "127.0.0.1", PORT, ssl=context)
-    async with server:
-        await server.serve_forever()
+    await serve_on(cluster.aio.create_server, Kind, ssl=context)
 """)
 
 #: The transport classes each loop's own accept makes, in plain TCP and in TLS.
@@ -340,9 +337,7 @@ async def main():
             await cluster.aio.create_server(Report, "127.0.0.1", PORT, **bad)
         except (TypeError, ValueError) as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
-    server = await cluster.aio.create_server(Report, "127.0.0.1", PORT)
-    async with server:
-        await server.serve_forever()
+    await serve_on(cluster.aio.create_server, Report)
 """)
 
 

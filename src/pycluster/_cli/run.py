@@ -107,18 +107,20 @@ def _wrap_create_server(orig: Creator) -> Creator:
         **kwargs: Any,
     ) -> Any:
         sock = kwargs.get("sock")
-        if child.runtime() is None or sockets.called_by_pycluster():
+        if (
+            child.runtime() is None
+            or sockets.called_by_pycluster()
+            or (sock is not None and _own_loop_accepts_it(self, sock))
+            or (sock is None and kwargs.get("reuse_port"))
+        ):
             return await orig(self, protocol_factory, host, port, **kwargs)
+        # pycluster serves from here on: what the loop would refuse, it refuses first.
         from pycluster import aio
 
         aio.refuse_bad_options(orig, kwargs)
         if sock is not None:
-            if _own_loop_accepts_it(self, sock):
-                return await orig(self, protocol_factory, host, port, **kwargs)
             kwargs.pop("sock")
             return await _serve(self, protocol_factory, kwargs, lambda backlog: sock, owned=False)
-        if kwargs.get("reuse_port"):
-            return await orig(self, protocol_factory, host, port, **kwargs)
         family = kwargs.pop("family", socket.AF_UNSPEC)
         override = sockets.next_override()
         if override is not None:
@@ -152,14 +154,17 @@ def _wrap_create_unix_server(orig: Creator) -> Creator:
         **kwargs: Any,
     ) -> Any:
         sock = kwargs.get("sock")
-        if child.runtime() is None or sockets.called_by_pycluster():
+        if (
+            child.runtime() is None
+            or sockets.called_by_pycluster()
+            or (sock is not None and _own_loop_accepts_it(self, sock))
+        ):
             return await orig(self, protocol_factory, path, **kwargs)
+        # pycluster serves from here on: what the loop would refuse, it refuses first.
         from pycluster import aio
 
         aio.refuse_bad_options(orig, kwargs)
         if sock is not None:
-            if _own_loop_accepts_it(self, sock):
-                return await orig(self, protocol_factory, path, **kwargs)
             kwargs.pop("sock")
             return await _serve(self, protocol_factory, kwargs, lambda backlog: sock, owned=False)
         return await _serve(

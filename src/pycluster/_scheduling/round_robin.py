@@ -229,7 +229,6 @@ class RoundRobinHandle(Generic[W, C]):
         window = self.window
         members = self._members
         handed = self._handed
-        since = self._since
         # Which workers are busy, asked once per call rather than per connection and
         # worker (each question reads the worker's status page): a snapshot, as any
         # answer is.
@@ -258,8 +257,7 @@ class RoundRobinHandle(Generic[W, C]):
             if sent is None:
                 inflight[worker] = sent = deque()
             sent.append((seq, conn, now))
-            self._clock += 1  # _touch(worker), inline on the hot path
-            since[worker] = self._clock
+            self._touch(worker)
             top = self._top
             count = handed.get(worker, 0)
             handed[worker] = count = (count if count > top - window else top - window) + 1
