@@ -273,6 +273,16 @@ class LiveProgram:
         with self._cond:
             return b"".join(self._err).decode(errors="replace")
 
+    def wait_for_stderr(self, text: str, timeout: float = 10) -> str:
+        """Wait until ``text`` is on stderr; return stderr. Log lines come on stderr and
+        events on stdout: the two pipes race, so an event does not mean its log line
+        has been read yet."""
+        deadline = time.monotonic() + timeout
+        while text not in (err := self.stderr):
+            assert time.monotonic() < deadline, f"{text!r} not on stderr in {timeout} s:\n{err}"
+            time.sleep(0.05)
+        return err
+
     def events(self) -> list[dict[str, object]]:
         """The JSON-object lines printed so far."""
         with self._cond:

@@ -275,10 +275,7 @@ def test_shutdown_does_not_wait_for_a_pending_restart(live: Live) -> None:
     program = start(live, {"RESTART_DELAY": "30", "LOG_INFO": "1"})
     kill_first(program)
     # The log line comes on stderr, the events on stdout: the two pipes race.
-    deadline = time.monotonic() + 10
-    while "restarting slot 0 in 30.00 s" not in program.stderr:
-        assert time.monotonic() < deadline, program.stderr
-        time.sleep(0.05)
+    program.wait_for_stderr("restarting slot 0 in 30.00 s")
     sent = time.monotonic()
     program.proc.send_signal(signal.SIGTERM)
     result = program.finish(15)
@@ -297,10 +294,7 @@ def test_scaling_counts_a_pending_restart(live: Live) -> None:
     program.wait_for(ev="online", id=3, slot=2)
     # Scaling down drops the pending restart before any serving worker...
     program.proc.send_signal(signal.SIGTTOU)
-    deadline = time.monotonic() + 10
-    while "worker slot 0: pending restart cancelled" not in program.stderr:
-        assert time.monotonic() < deadline, program.stderr
-        time.sleep(0.05)
+    program.wait_for_stderr("worker slot 0: pending restart cancelled")
     assert exits(program) == {1: (None, "SIGKILL", False)}
     # ...then retires the highest slot.
     program.proc.send_signal(signal.SIGTTOU)
