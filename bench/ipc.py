@@ -22,12 +22,16 @@ changes from run to run and decides the figure; pinning takes that lottery out.
 
 Goals (issue 10): small-message round trips >= 1.0x Node's and >= 0.8x
 multiprocessing.Pipe's, in both placements; 1 MiB payloads with "advanced" serialization
->= multiprocessing.Pipe's MB/s; two workers online in <= 0.5x Node's time. The report
-gives medians, and the spread (min-max over all measured windows) of the round trips.
+>= multiprocessing.Pipe's MB/s; two workers online in <= 0.5x Node's time. Each of
+pycluster's serializations is held to Node running the serialization of the same name:
+JSON to Node's default JSON, "advanced" (pickle) to Node's ``serialization: 'advanced'``
+(the V8 serializer). The report gives medians, and the spread (min-max over all measured
+windows) of the round trips.
 
-Peers: Node's ``cluster`` (bench/node/ipc.js, default JSON serialization), pycluster with
-``serialization="json"`` and ``"advanced"``, and ``multiprocessing`` as the Python
-reference (a Pipe child for 1, 2 and 4; the start of "spawn" children for 3).
+Peers: Node's ``cluster`` (bench/node/ipc.js) with its JSON and its "advanced"
+serialization, pycluster with ``serialization="json"`` and ``"advanced"``, and
+``multiprocessing`` as the Python reference (a Pipe child for 1, 2 and 4; the start of
+"spawn" children for 3). Start-up (3) is measured with each project's default, JSON.
 
 Each measurement runs in a fresh process group (bench/_ipc_peers.py, or node) that is
 stopped and reaped whatever happens, Ctrl-C included; the measurements of all peers are
@@ -73,11 +77,14 @@ NODE_SCRIPT = BENCH_DIR / "node" / "ipc.js"
 # Columns of the report, in order: (key, label).
 PEERS = [
     ("node", "Node cluster"),
+    ("node-advanced", "Node advanced"),
     ("mp", "mp.Pipe"),
     ("pyc-json", "pycluster json"),
     ("pyc-advanced", "pycluster advanced"),
 ]
 PYC_PEERS = ["pyc-json", "pyc-advanced"]
+#: The Node peer each pycluster peer is compared with: the serialization of the same name.
+NODE_NAMESAKE = {"pyc-json": "node", "pyc-advanced": "node-advanced"}
 # How long leftovers of a finished measurement may take to exit by themselves before
 # they count as leaked (a worker noticing its closed channel needs a moment).
 LEAK_GRACE_S = 3.0
@@ -360,6 +367,8 @@ def make_jobs(plan: Plan, peers: set[str], node: str | None) -> list[Job]:
     if "node" in peers and node is not None:
         cmd = [node, str(NODE_SCRIPT), "--task", "rtt", *rtt]
         rtt_cmds.append(("node", "Node cluster", cmd))
+        cmd = [*cmd, "--serialization", "advanced"]
+        rtt_cmds.append(("node-advanced", "Node advanced", cmd))
     if "mp" in peers:
         rtt_cmds.append(("mp", "mp.Pipe", [*py, "--role", "mp-rtt", *rtt]))
     if "pycluster" in peers:
@@ -464,7 +473,7 @@ def summarize(raw: dict[str, list[dict[str, Any]]], counts: Sequence[int]) -> Me
 class Condition:
     """pycluster's value over a reference peer's, compared with a bound."""
 
-    ref: str  # "node" or "mp"
+    ref: str  # "node" (the namesake serialization, see NODE_NAMESAKE) or "mp"
     op: str  # ">=" or "<="
     bound: float
 
@@ -534,11 +543,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def reference(pyc: str, ref: str) -> str:
+    """The peer that *pyc*'s ratio "over *ref*" divides by: Node's namesake, or mp."""
+    return NODE_NAMESAKE[pyc] if ref == "node" else ref
+
+
 def ratios(metrics: Metrics) -> Metrics:
-    """For every metric, pycluster's value over Node's and over multiprocessing's."""
+    """For every metric, pycluster's value over Node's (same serialization) and over mp's."""
     return {
         metric: {
-            f"{pyc}/{ref}": _ratio(values.get(pyc), values.get(ref))
+            f"{pyc}/{ref}": _ratio(values.get(pyc), values.get(reference(pyc, ref)))
             for pyc in PYC_PEERS
             for ref in ("node", "mp")
         }
@@ -592,7 +606,7 @@ def report(
         [[g.label, *(metrics[g.metric].get(key) for key, _l in PEERS)] for g in all_goals],
     )
     relative = format_table(
-        ["ratio", "json/Node", "adv/Node", "json/mp", "adv/mp", "goal", "result"],
+        ["ratio", "json/Node", "adv/Node adv", "json/mp", "adv/mp", "goal", "result"],
         [
             [
                 g.label,
@@ -620,14 +634,20 @@ def plot(
     counts: Sequence[int],
     path: Path,
 ) -> None:
-    """Bar charts of every metric, with the goal drawn relative to Node's bar."""
+    """Bar charts of every metric, each goal drawn over the bar of the peer it binds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    colors = {"node": "#3c873a", "mp": "#888888", "pyc-json": "#306998", "pyc-advanced": "#e8b400"}
+    colors = {
+        "node": "#3c873a",
+        "node-advanced": "#8cc84b",
+        "mp": "#888888",
+        "pyc-json": "#306998",
+        "pyc-advanced": "#e8b400",
+    }
     panels = [
         (
             ["small_rtt_1cpu_per_s", "small_rtt_split_per_s"],
@@ -647,6 +667,7 @@ def plot(
     fig, axes = plt.subplots(2, 3, figsize=(17, 8))
     for ax, (groups, title) in zip(axes.flat, panels, strict=True):
         ax.set_title(title, fontsize=10)
+        labelled: set[str] = set()
         for gi, metric in enumerate(groups):
             for pi, (peer, _label) in enumerate(PEERS):
                 value = metrics[metric].get(peer)
@@ -657,19 +678,27 @@ def plot(
                 ax.bar_label(bar, labels=[_short(value)], fontsize=8)
             goal = goal_by_metric[metric]
             for ci, cond in enumerate(goal.conditions):
-                ref_value = metrics[metric].get(cond.ref)
-                if ref_value is None:
-                    continue
-                ax.hlines(
-                    cond.bound * ref_value,
-                    gi - 0.45,
-                    gi + 0.45,
-                    colors="red" if cond.ref == "node" else "black",
-                    linestyles="dashed" if ci == 0 else "dotted",
-                    label=f"goal: {cond.text}" if gi == 0 else None,
-                )
+                # Over each bound peer's own bar: its Node reference is its namesake.
+                for peer in goal.peers:
+                    ref_value = metrics[metric].get(reference(peer, cond.ref))
+                    if ref_value is None:
+                        continue
+                    x = gi + ([p for p, _l in PEERS].index(peer) - (len(PEERS) - 1) / 2) * width
+                    same = cond.ref == "node" and len(goal.peers) > 1
+                    text = f"goal: {cond.text}" + (" (same serialization)" if same else "")
+                    ax.hlines(
+                        cond.bound * ref_value,
+                        x - width / 2,
+                        x + width / 2,
+                        colors="red" if cond.ref == "node" else "black",
+                        linestyles="dashed" if ci == 0 else "dotted",
+                        linewidth=2,
+                        label=text if text not in labelled else None,
+                    )
+                    labelled.add(text)
         ax.set_xlim(-0.5, len(groups) - 0.5)
-        ax.margins(y=0.15)
+        # Room above the bars for the legend of the goal lines.
+        ax.margins(y=0.4 if labelled else 0.15)
         if groups[0].startswith("fork"):
             ax.set_xticks(range(len(groups)), [f"{n} workers" for n in counts])
         elif len(groups) > 1:
@@ -728,7 +757,8 @@ def run_all(plan: Plan, peers: set[str], node: str | None) -> dict[str, list[dic
     """Run every job of the plan; every run of every job, by job key."""
     raw: dict[str, list[dict[str, Any]]] = {}
     if "node" in peers and node is None:
-        for key in ("node/rtt-split", "node/rtt-1cpu", "node/fork"):
+        keys = ("node/rtt-split", "node/rtt-1cpu", "node/fork")
+        for key in (*keys, "node-advanced/rtt-split", "node-advanced/rtt-1cpu"):
             raw[key] = [{"error": "node is not on PATH", "log": "", "leaked": []}]
     for job in make_jobs(plan, peers, node):
         print(f"[ipc] {job.label} ...", end=" ", flush=True)

@@ -7,8 +7,10 @@
 //
 //   node bench/node/ipc.js --task rtt  --out FILE [--rounds 3] [--seconds 1]
 //   node bench/node/ipc.js --task fork --out FILE [--counts 2,8] [--reps 5]
+//   ... [--serialization json|advanced]
 //
-// Default JSON serialization is used on purpose: it is what pycluster's goals compare to.
+// Serialization is Node's default, JSON, unless --serialization says "advanced" (the V8
+// serializer): each of pycluster's serializations is compared with Node's namesake.
 
 const cluster = require('node:cluster');
 const fs = require('node:fs');
@@ -28,6 +30,7 @@ function parseArgs(argv) {
     settle: 0.5,
     payloadBytes: 1 << 20,
     primaryCpu: null,
+    serialization: 'json',
   };
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i];
@@ -43,10 +46,14 @@ function parseArgs(argv) {
       case '--settle': opts.settle = Number(value); break;
       case '--payload-bytes': opts.payloadBytes = Number(value); break;
       case '--primary-cpu': opts.primaryCpu = Number(value); break;
+      case '--serialization': opts.serialization = value; break;
       default: throw new Error(`unknown option ${key}`);
     }
   }
   if (!opts.out) throw new Error('--out is required');
+  if (!['json', 'advanced'].includes(opts.serialization)) {
+    throw new Error(`unknown serialization ${opts.serialization}`);
+  }
   return opts;
 }
 
@@ -228,6 +235,7 @@ async function taskFork(opts) {
 
 async function primary() {
   const opts = parseArgs(process.argv.slice(2));
+  cluster.setupPrimary({ serialization: opts.serialization });
   const tasks = { rtt: taskRtt, fork: taskFork };
   const task = tasks[opts.task];
   if (!task) throw new Error(`unknown task ${opts.task}`);

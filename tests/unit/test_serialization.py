@@ -45,6 +45,7 @@ from pycluster._ipc.serialization import (
 )
 
 PROPERTY = settings(max_examples=150, deadline=None)
+Decoder = Callable[[bytes], Any]
 
 
 @dataclasses.dataclass
@@ -446,7 +447,18 @@ def test_hostile_payloads_are_real(tmp_path: Path) -> None:
 
 
 class TestHostilePickles:
-    """Crafted pickles raise DecodeError and run nothing."""
+    """Crafted pickles raise DecodeError and run nothing.
+
+    Both ways the primary decodes: the general ``decode`` and the per-channel codec
+    of the hot path, which looks up the unpickler and copyreg's cache only once.
+    """
+
+    @pytest.fixture(scope="class", params=["decode", "message_codec"])
+    @classmethod
+    def load(cls, request: pytest.FixtureRequest) -> Decoder:
+        if request.param == "decode":
+            return lambda payload: decode(payload, Codec.ADVANCED, AllowList())
+        return message_codec(Codec.ADVANCED, AllowList())[1]
 
     @pytest.fixture
     def marker(self, tmp_path: Path) -> Iterator[Path]:
@@ -454,27 +466,29 @@ class TestHostilePickles:
         yield path
         assert not path.exists(), "a hostile payload ran"
 
-    def test_code_execution_payloads_are_refused(self, marker: Path) -> None:
+    def test_code_execution_payloads_are_refused(self, load: Decoder, marker: Path) -> None:
         for name, payload in hostile_payloads(marker).items():
             with pytest.raises(DecodeError, match="refusing") as info:
-                decode(payload, Codec.ADVANCED, AllowList())
+                load(payload)
             assert "not an allowed type" in str(info.value), name
             assert not marker.exists(), name
 
-    def test_refusal_names_the_global(self, marker: Path) -> None:
+    def test_refusal_names_the_global(self, load: Decoder, marker: Path) -> None:
         with pytest.raises(DecodeError, match=r"os\.system"):
-            decode(call_global0("os", "system", "true"), Codec.ADVANCED, AllowList())
+            load(call_global0("os", "system", "true"))
         with pytest.raises(DecodeError, match=r"subprocess\.Popen"):
-            decode(pickle.dumps(Popener(["true"])), Codec.ADVANCED, AllowList())
+            load(pickle.dumps(Popener(["true"])))
 
     @pytest.mark.parametrize(
         "payload",
         [b"\x80\x05\x82\x7f)R.", b"\x80\x05\x83\xff\x7f)R.", b"\x80\x05\x84\xff\xff\xff\x00)R."],
         ids=["EXT1", "EXT2", "EXT4"],
     )
-    def test_unregistered_extension_codes(self, payload: bytes, marker: Path) -> None:
+    def test_unregistered_extension_codes(
+        self, load: Decoder, payload: bytes, marker: Path
+    ) -> None:
         with pytest.raises(DecodeError):
-            decode(payload, Codec.ADVANCED, AllowList())
+            load(payload)
 
     @pytest.fixture
     def extension(self) -> Iterator[int]:
@@ -486,13 +500,15 @@ class TestHostilePickles:
         finally:
             copyreg.remove_extension("os", "getcwd", code)
 
-    def test_registered_extension_still_checked(self, extension: int, marker: Path) -> None:
+    def test_registered_extension_still_checked(
+        self, load: Decoder, extension: int, marker: Path
+    ) -> None:
         payload = b"\x80\x05\x84" + struct.pack("<I", extension) + b")R."
         with pytest.raises(DecodeError, match=r"os\.getcwd"):
-            decode(payload, Codec.ADVANCED, AllowList())
+            load(payload)
 
     def test_extension_cached_by_an_earlier_trusted_load(
-        self, extension: int, marker: Path
+        self, load: Decoder, extension: int, marker: Path
     ) -> None:
         # The C unpickler caches resolved extension codes process-wide; a code the
         # primary's own trusted unpickling resolved must still face the allow-list.
@@ -500,49 +516,49 @@ class TestHostilePickles:
         pickle.loads(ref)
         payload = b"\x80\x05\x84" + struct.pack("<I", extension) + b")R."
         with pytest.raises(DecodeError, match=r"os\.getcwd"):
-            decode(payload, Codec.ADVANCED, AllowList())
+            load(payload)
 
     @pytest.mark.parametrize(
         "payload",
         [b"(" + text0("touch x") + b"P0\n.", b"\x80\x05" + short_unicode("pid") + b"Q."],
         ids=["PERSID", "BINPERSID"],
     )
-    def test_persistent_ids(self, payload: bytes, marker: Path) -> None:
+    def test_persistent_ids(self, load: Decoder, payload: bytes, marker: Path) -> None:
         with pytest.raises(DecodeError, match="persistent"):
-            decode(payload, Codec.ADVANCED, AllowList())
+            load(payload)
 
-    def test_huge_bytearray_via_reduce(self, marker: Path) -> None:
+    def test_huge_bytearray_via_reduce(self, load: Decoder, marker: Path) -> None:
         payload = b"cbuiltins\nbytearray\n(I1000000000000\ntR."
         with pytest.raises(DecodeError, match=r"builtins\.bytearray"):
-            decode(payload, Codec.ADVANCED, AllowList())
+            load(payload)
 
     @pytest.mark.parametrize("opcode", [b"\x96", b"\x8e"], ids=["BYTEARRAY8", "BINBYTES8"])
-    def test_huge_declared_length(self, opcode: bytes, marker: Path) -> None:
+    def test_huge_declared_length(self, load: Decoder, opcode: bytes, marker: Path) -> None:
         payload = b"\x80\x05" + opcode + struct.pack("<Q", 1 << 62) + b"."
         with pytest.raises(DecodeError):
-            decode(payload, Codec.ADVANCED, AllowList())
+            load(payload)
 
-    def test_fraction_exponent_is_not_an_amplifier(self, marker: Path) -> None:
+    def test_fraction_exponent_is_not_an_amplifier(self, load: Decoder, marker: Path) -> None:
         # 30 bytes asking Fraction to compute 10**10**9 would stall the primary's
         # loop for hours; pickles of real Fractions never carry an exponent.
         payload = call_global0("fractions", "Fraction", "1e1000000000")
         start = time.monotonic()
         with pytest.raises(DecodeError):
-            decode(payload, Codec.ADVANCED, AllowList())
+            load(payload)
         assert time.monotonic() - start < 1
 
-    def test_fraction_from_its_string_form_still_decodes(self) -> None:
+    def test_fraction_from_its_string_form_still_decodes(self, load: Decoder) -> None:
         # Python 3.10 pickles a Fraction as Fraction("n/d").
         payload = call_global0("fractions", "Fraction", "-22/7")
-        assert decode(payload, Codec.ADVANCED, AllowList()) == fractions.Fraction(-22, 7)
+        assert load(payload) == fractions.Fraction(-22, 7)
 
     @PROPERTY
     @given(payload=st.binary(max_size=60))
-    def test_any_bytes_give_a_value_or_decode_error(self, payload: bytes) -> None:
+    def test_any_bytes_give_a_value_or_decode_error(self, load: Decoder, payload: bytes) -> None:
         # Arbitrary bytes: never another exception type (and never a call, since
         # find_class refuses everything not allowed).
         try:
-            decode(b"\x80\x05" + payload, Codec.ADVANCED, AllowList())
+            load(b"\x80\x05" + payload)
         except DecodeError:
             pass
 
