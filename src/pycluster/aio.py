@@ -12,7 +12,9 @@ server also:
 * makes a disconnect wait until its connections have ended, counted from the
   kernel's tables, so a connection upgraded to a WebSocket (a new protocol on the
   same transport) is still seen;
-* beats the worker's heartbeat from the loop, for hang detection.
+* beats the worker's heartbeat from the loop, for hang detection;
+* has ``close_clients()`` and ``abort_clients()`` (asyncio.Server's since Python 3.13)
+  on every Python, for the connections pycluster accepted.
 
 Outside a cluster these are ``asyncio.start_server`` / ``loop.create_server``.
 """
@@ -26,6 +28,7 @@ import errno
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -84,6 +87,20 @@ class Server:
         self._close_inner()
         if self._beat is not None:
             self._beat.cancel()
+
+    def close_clients(self) -> None:
+        """Close every connection this server accepted (``transport.close()``).
+
+        asyncio.Server's own since Python 3.13; here on every Python where pycluster
+        accepts. A server the loop accepts on itself (a worker's own socket under
+        ``SCHED_REUSEPORT``) needs the loop's server to have it.
+        """
+        _each_server(self._server, "close_clients")
+
+    def abort_clients(self) -> None:
+        """Close every connection this server accepted at once (``transport.abort()``),
+        without flushing what they have not sent; see :meth:`close_clients`."""
+        _each_server(self._server, "abort_clients")
 
     def _close_inner(self) -> None:
         if self._server is None:
@@ -188,6 +205,10 @@ class _AcceptServer(asyncio.AbstractServer):
         self._factory = factory
         self._options = {k: v for k, v in kwargs.items() if k in _ACCEPTED_SOCKET_OPTIONS}
         self._serving = False
+        #: The transports of the connections taken, for close_clients(): weak, so that
+        #: a connection that ended is not kept; the dead ones are dropped now and then.
+        self._clients: list[weakref.ref[asyncio.BaseTransport]] = []
+        self._prune_at = _PRUNE_MIN
         self._handed_over = net.is_round_robin(sock)
         self._paused: asyncio.TimerHandle | None = None
         #: The cluster listener behind the socket and its descriptor, for the direct
@@ -265,7 +286,31 @@ class _AcceptServer(asyncio.AbstractServer):
                 else:
                     self.close()  # the listener was closed, or the primary stopped
                 return
-            _start(self._loop.connect_accepted_socket(self._factory, conn, **self._options), conn)
+            _start(
+                self._loop.connect_accepted_socket(self._factory, conn, **self._options),
+                conn,
+                self._started,
+            )
+
+    def _started(self, transport: asyncio.BaseTransport) -> None:
+        clients = self._clients
+        clients.append(weakref.ref(transport))
+        if len(clients) >= self._prune_at:
+            clients[:] = [one for one in clients if one() is not None]
+            self._prune_at = max(_PRUNE_MIN, 2 * len(clients))
+
+    def _transports(self) -> list[asyncio.BaseTransport]:
+        return [t for t in (one() for one in self._clients) if t is not None]
+
+    def close_clients(self) -> None:
+        """Close the transport of every connection taken (asyncio 3.13's method)."""
+        for transport in self._transports():
+            transport.close()
+
+    def abort_clients(self) -> None:
+        """Abort the transport of every connection taken (asyncio 3.13's method)."""
+        for transport in self._transports():
+            transport.abort()  # type: ignore[attr-defined]
 
     def _pause(self, exc: OSError) -> None:
         # As asyncio does: out of descriptors or memory, stop accepting for a while
@@ -364,19 +409,27 @@ def _nonblocking_connection(family: int, proto: int, fd: int) -> socket.socket:
     return conn
 
 
-def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | _Descriptor | None = None) -> None:
+def _start(
+    coro: Coroutine[Any, Any, Any],
+    conn: socket.socket | _Descriptor | None = None,
+    started: Callable[[asyncio.BaseTransport], None] | None = None,
+) -> None:
     """Run ``connect_accepted_socket``'s coroutine without a task of its own.
 
     It only waits for the transport's waiter, so stepping it inline, and again from
     that future's callback, is all a task would do, for one loop callback instead of
     three (task start, wake-up, done callback) per connection. ``conn``, on the first
     step: closed if the coroutine fails (a socket the transport took stays open until
-    the transport lets it go).
+    the transport lets it go). ``started`` is given the transport once it is made.
     """
     try:
         awaited = coro.send(None)
-    except (StopIteration, asyncio.CancelledError):
-        return  # started; or its waiter was cancelled (the loop is closing)
+    except StopIteration as done:
+        if started is not None:
+            started(done.value[0])  # (transport, protocol)
+        return
+    except asyncio.CancelledError:
+        return  # its waiter was cancelled (the loop is closing)
     except Exception as exc:
         if conn is not None:
             conn.close()
@@ -386,10 +439,24 @@ def _start(coro: Coroutine[Any, Any, Any], conn: socket.socket | _Descriptor | N
         report("a handed-over connection failed to start: %s", exc)
         return
     if awaited is None:  # a bare yield (asyncio.sleep(0)): go on at the next turn
-        asyncio.get_running_loop().call_soon(_start, coro)
+        asyncio.get_running_loop().call_soon(_start, coro, None, started)
         return
     awaited._asyncio_future_blocking = False
-    awaited.add_done_callback(lambda _: _start(coro))
+    awaited.add_done_callback(lambda _: _start(coro, None, started))
+
+
+def _each_server(server: asyncio.AbstractServer | None, method: str) -> None:
+    """Call ``close_clients`` or ``abort_clients`` on ``server`` and the servers it groups."""
+    if server is None:
+        return
+    for one in server._servers if isinstance(server, _Group) else [server]:
+        call = getattr(one, method, None)
+        if call is None:
+            raise AttributeError(
+                f"{method}() needs Python 3.13 or later for a server the loop accepts on "
+                f"itself ({type(one).__module__}.{type(one).__qualname__} has none)"
+            )
+        call()
 
 
 def _ssl_context_class() -> type:
@@ -456,6 +523,8 @@ _HANDED_OVER_OPTIONS = frozenset(
 _CO_VARKEYWORDS = 0x08
 #: Connections taken per wake-up of the loop (a shared socket gives fewer: see _ports).
 ACCEPT_BATCH = 64
+#: Transports tracked before the ended ones are first dropped (then twice the live ones).
+_PRUNE_MIN = 256
 #: Seconds without accepting after running out of descriptors (asyncio's delay).
 ACCEPT_RETRY_DELAY = 1.0
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)

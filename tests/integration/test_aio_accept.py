@@ -220,6 +220,74 @@ def test_connection_that_fails_to_start_is_closed_and_serving_goes_on(
     assert result.stderr.count("failed to start: no protocol for this one") == 5
 
 
+CLIENTS_PROGRAM = program(
+    """
+BIG = 64 << 20
+
+async def handle(reader, writer):
+    writer.write(b"hello\\n")
+    line = await reader.readline()
+    if line == b"big\\n":
+        writer.write(b"x" * BIG)  # more than the kernel's buffers hold: most of it waits
+    elif line == b"close\\n":
+        SERVER.close_clients()
+    elif line == b"abort\\n":
+        SERVER.abort_clients()
+    await reader.read()
+    writer.close()
+
+async def main():
+    global SERVER
+    SERVER = await cluster.aio.start_server(handle, "127.0.0.1", PORT)
+    async with SERVER:
+        await SERVER.serve_forever()
+""",
+    workers=1,
+)
+BIG = 64 << 20
+
+
+def _read_all(client: socket.socket) -> tuple[int, bool]:
+    """Bytes read from ``client`` until it ended, and whether it ended with a reset."""
+    buf = bytearray(1 << 20)
+    total = 0
+    try:
+        while n := client.recv_into(buf):
+            total += n
+    except ConnectionResetError:
+        return total, True
+    return total, False
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("policy", ["rr", "none"])
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_close_and_abort_clients(cluster_env: Cluster, policy: str, loop: str, how: str) -> None:
+    """``close_clients()`` ends every connection the server took after what it sent;
+    ``abort_clients()`` drops what was not sent; the server itself goes on serving."""
+    port = free_port()
+    proc = start(cluster_env, CLIENTS_PROGRAM, port, policy, loop)
+    busy = socket.create_connection(("127.0.0.1", port), timeout=10)
+    idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+    trigger = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with busy, idle, trigger:
+        for client in (busy, idle, trigger):
+            assert client.recv(6) == b"hello\n"
+        busy.sendall(b"big\n")
+        assert busy.recv(1) == b"x"  # the server has written it all to its transport
+        trigger.sendall(f"{how}\n".encode())
+        received, reset = _read_all(busy)
+        if how == "close":
+            assert (received, reset) == (BIG - 1, False)
+        else:
+            assert received < BIG - 1
+        assert _read_all(idle)[0] == 0
+        assert _read_all(trigger)[0] == 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as later:
+        assert later.recv(6) == b"hello\n"
+    assert "Traceback" not in stop(cluster_env, proc).stderr
+
+
 KIND_PROGRAM = program("""
 import ssl
 
