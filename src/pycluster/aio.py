@@ -205,9 +205,10 @@ class _AcceptServer(asyncio.AbstractServer):
         self._factory = factory
         self._options = {k: v for k, v in kwargs.items() if k in _ACCEPTED_SOCKET_OPTIONS}
         self._serving = False
-        #: The transports of the connections taken, for close_clients(): weak, so that
-        #: a connection that ended is not kept; the dead ones are dropped now and then.
-        self._clients: list[weakref.ref[asyncio.BaseTransport]] = []
+        #: The transports of the connections taken, for close_clients(): weak (or, where
+        #: a transport cannot be, until its connection is lost), so that a connection
+        #: that ended is not kept; the ended ones are dropped now and then.
+        self._clients: list[Callable[[], asyncio.BaseTransport | None]] = []
         self._prune_at = _PRUNE_MIN
         self._handed_over = net.is_round_robin(sock)
         self._paused: asyncio.TimerHandle | None = None
@@ -294,7 +295,10 @@ class _AcceptServer(asyncio.AbstractServer):
 
     def _started(self, transport: asyncio.BaseTransport) -> None:
         clients = self._clients
-        clients.append(weakref.ref(transport))
+        try:
+            clients.append(weakref.ref(transport))
+        except TypeError:  # uvloop's TLS transport takes no weak reference
+            clients.append(_Held(transport))
         if len(clients) >= self._prune_at:
             clients[:] = [one for one in clients if one() is not None]
             self._prune_at = max(_PRUNE_MIN, 2 * len(clients))
@@ -341,6 +345,23 @@ class _AcceptServer(asyncio.AbstractServer):
     async def serve_forever(self) -> None:
         """Not used: :class:`Server` serves."""
         raise NotImplementedError
+
+
+class _Held:
+    """A transport that takes no weak reference, held until its connection is lost
+    (when the loop lets go of its protocol); called, it gives the transport until then.
+    """
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._transport: asyncio.BaseTransport | None = transport
+
+    def __call__(self) -> asyncio.BaseTransport | None:
+        transport = self._transport
+        if transport is not None and transport.get_protocol() is None:
+            self._transport = transport = None
+        return transport
 
 
 class _Connection(socket.socket):

@@ -238,7 +238,12 @@ async def handle(reader, writer):
 
 async def main():
     global SERVER
-    SERVER = await cluster.aio.start_server(handle, "127.0.0.1", PORT)
+    context = None
+    if len(sys.argv) > 3:
+        import ssl
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(sys.argv[3], sys.argv[4])
+    SERVER = await cluster.aio.start_server(handle, "127.0.0.1", PORT, ssl=context)
     async with SERVER:
         await SERVER.serve_forever()
 """,
@@ -248,28 +253,44 @@ BIG = 64 << 20
 
 
 def _read_all(client: socket.socket) -> tuple[int, bool]:
-    """Bytes read from ``client`` until it ended, and whether it ended with a reset."""
+    """Bytes read from ``client`` until it ended, and whether it ended abruptly (a
+    reset, or a TLS stream cut without its closing message)."""
     buf = bytearray(1 << 20)
     total = 0
     try:
         while n := client.recv_into(buf):
             total += n
-    except ConnectionResetError:
+    except (ConnectionResetError, ssl.SSLError):
         return total, True
     return total, False
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("policy", ["rr", "none"])
 @pytest.mark.parametrize("how", ["close", "abort"])
-def test_close_and_abort_clients(cluster_env: Cluster, policy: str, loop: str, how: str) -> None:
+def test_close_and_abort_clients(
+    cluster_env: Cluster, tmp_path: Path, policy: str, loop: str, how: str, tls: bool
+) -> None:
     """``close_clients()`` ends every connection the server took after what it sent;
     ``abort_clients()`` drops what was not sent; the server itself goes on serving."""
     port = free_port()
-    proc = start(cluster_env, CLIENTS_PROGRAM, port, policy, loop)
-    busy = socket.create_connection(("127.0.0.1", port), timeout=10)
-    idle = socket.create_connection(("127.0.0.1", port), timeout=10)
-    trigger = socket.create_connection(("127.0.0.1", port), timeout=10)
+    args: list[str] = []
+    connect = socket.create_connection
+    if tls:
+        ca, cert, key = make_cert(tmp_path)
+        args = [str(cert), str(key)]
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+
+        def connect(address: tuple[str, int], timeout: float) -> socket.socket:
+            plain = socket.create_connection(address, timeout=timeout)
+            return context.wrap_socket(plain, server_hostname="localhost")
+
+    proc = start(cluster_env, CLIENTS_PROGRAM, port, policy, loop, *args)
+    busy = connect(("127.0.0.1", port), timeout=10)
+    idle = connect(("127.0.0.1", port), timeout=10)
+    trigger = connect(("127.0.0.1", port), timeout=10)
     with busy, idle, trigger:
         for client in (busy, idle, trigger):
             assert client.recv(6) == b"hello\n"
@@ -283,7 +304,7 @@ def test_close_and_abort_clients(cluster_env: Cluster, policy: str, loop: str, h
             assert received < BIG - 1
         assert _read_all(idle)[0] == 0
         assert _read_all(trigger)[0] == 0
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as later:
+    with connect(("127.0.0.1", port), timeout=10) as later:
         assert later.recv(6) == b"hello\n"
     assert "Traceback" not in stop(cluster_env, proc).stderr
 
