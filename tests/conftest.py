@@ -7,6 +7,7 @@ killed and reaped, even when the test failed, so no test leaks processes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -207,6 +208,19 @@ def make_cert(directory: Path, name: str = "server") -> tuple[Any, Path, Path]:
     issued.cert_chain_pems[0].write_to_path(str(cert))
     issued.private_key_pem.write_to_path(str(key))
     return ca, cert, key
+
+
+#: The event loops a test of asyncio servers runs on: ``pytest.mark.parametrize("loop",
+#: LOOPS)``; uvloop's case skips where it is not installed.
+LOOPS = [
+    "asyncio",
+    pytest.param(
+        "uvloop",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
+        ),
+    ),
+]
 
 
 def free_port() -> int:

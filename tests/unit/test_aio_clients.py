@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 import socket
 import ssl
 from collections.abc import Coroutine
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from pycluster import aio
-from tests.conftest import make_cert
+from tests.conftest import LOOPS, make_cert
 
 
 class _Hold(asyncio.Protocol):
@@ -33,17 +32,6 @@ def _run(loop: str, main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
     else:
         asyncio.run(main)
-
-
-LOOPS = [
-    "asyncio",
-    pytest.param(
-        "uvloop",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
-        ),
-    ),
-]
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
@@ -90,6 +78,8 @@ def test_ended_connections_are_not_kept(tmp_path: Path, loop: str, tls: bool) ->
             # Polled: the server has no event for a connection it started.
             while len(server._transports()) < 3:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
+            # asyncio 3.13's order: stop accepting, then end the connections.
+            server.close()
             server.close_clients()
             for reader, writer in live:
                 assert await asyncio.wait_for(reader.read(), 10) == b""
