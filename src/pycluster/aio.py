@@ -95,12 +95,14 @@ class Server:
         accepts. A server the loop accepts on itself (a worker's own socket under
         ``SCHED_REUSEPORT``) needs the loop's server to have it.
         """
-        _each_server(self._server, "close_clients")
+        if self._server is not None:
+            _clients_call(self._server, "close_clients")
 
     def abort_clients(self) -> None:
         """Close every connection this server accepted at once (``transport.abort()``),
         without flushing what they have not sent; see :meth:`close_clients`."""
-        _each_server(self._server, "abort_clients")
+        if self._server is not None:
+            _clients_call(self._server, "abort_clients")
 
     def _close_inner(self) -> None:
         if self._server is None:
@@ -466,18 +468,16 @@ def _start(
     awaited.add_done_callback(lambda _: _start(coro, None, started))
 
 
-def _each_server(server: asyncio.AbstractServer | None, method: str) -> None:
-    """Call ``close_clients`` or ``abort_clients`` on ``server`` and the servers it groups."""
-    if server is None:
-        return
-    for one in server._servers if isinstance(server, _Group) else [server]:
-        call = getattr(one, method, None)
-        if call is None:
-            raise AttributeError(
-                f"{method}() needs Python 3.13 or later for a server the loop accepts on "
-                f"itself ({type(one).__module__}.{type(one).__qualname__} has none)"
-            )
-        call()
+def _clients_call(server: asyncio.AbstractServer, method: str) -> None:
+    """Call ``server``'s ``close_clients`` or ``abort_clients``, which a loop's own
+    server has only from Python 3.13 on."""
+    call = getattr(server, method, None)
+    if call is None:
+        raise AttributeError(
+            f"{method}() needs Python 3.13 or later for a server the loop accepts on "
+            f"itself ({type(server).__module__}.{type(server).__qualname__} has none)"
+        )
+    call()
 
 
 def _ssl_context_class() -> type:
@@ -637,12 +637,9 @@ async def serve_socket(
         if start:
             await server.start_serving()
         return server
-    if selector:
-        return await loop.create_server(
-            protocol_factory, sock=listener, backlog=backlog, start_serving=start, **kwargs
-        )
+    # A selector loop accepts through the hooked accept(), which counts; uvloop does not.
     return await loop.create_server(
-        _counting(protocol_factory, runtime),
+        protocol_factory if selector else _counting(protocol_factory, runtime),
         sock=listener,
         backlog=backlog,
         start_serving=start,
@@ -790,6 +787,16 @@ class _Group(asyncio.AbstractServer):
                 one.close()
             except (OSError, ValueError):
                 pass  # closed already by a disconnect
+
+    def close_clients(self) -> None:
+        """Close the connections of every server."""
+        for one in self._servers:
+            _clients_call(one, "close_clients")
+
+    def abort_clients(self) -> None:
+        """Abort the connections of every server."""
+        for one in self._servers:
+            _clients_call(one, "abort_clients")
 
     async def wait_closed(self) -> None:
         """Wait until every server is closed."""
