@@ -265,8 +265,10 @@ def _server_class() -> type:
             def create_protocol() -> asyncio.Protocol:
                 if native is not None:
                     return wsgi.Connection(native, state)
+                # The loop given, not found: uvicorn's get_event_loop() checks the
+                # process id, a system call per connection on Python 3.11.
                 protocol: asyncio.Protocol = protocol_class(
-                    config=config, server_state=state, app_state=self.lifespan.state
+                    config=config, server_state=state, app_state=self.lifespan.state, _loop=loop
                 )
                 return protocol
 
