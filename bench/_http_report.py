@@ -301,6 +301,12 @@ def goal_rows(results: Results, variants: Sequence[VariantInfo]) -> list[dict[st
                 ratio("context", f"{fam}-rr", f"{fam}-reuseport", mode, None)
     for mode in MODES:
         ratio("context", "node-rr", "node-none", mode, None)
+    # Context, no goal: the hand-off floor (bench/floor/hop.c), a primary that does
+    # nothing but hand over, beside asyncio workers without pycluster: what a hand-off
+    # costs on this machine, to set against pyc-aio's own rr / none.
+    for mode in MODES:
+        ratio("context", "floor-rr", "floor-none", mode, None)
+    ratio("context", "floor-rr", "node-rr", "close", None)
     return rows
 
 

@@ -16,7 +16,12 @@ from the workers' own counters how they were split. Variants:
 * Node.js ``cluster`` + ``http.createServer`` under ``rr`` and ``none``;
 * peers: uvicorn ``--workers 2 --loop uvloop --http httptools``, gunicorn ``-w 2``
   (sync, and gthread for context), granian ``--workers 2`` (ASGI and WSGI: the
-  stretch anchor, no goal).
+  stretch anchor, no goal);
+* the hand-off floor (``floor/hop.c``, compiled on first use; skipped without a C
+  compiler): a primary in C that only accepts, passes each descriptor in one
+  ``sendmsg`` and closes it, with no acknowledgement, window or safety, feeding plain
+  asyncio workers that run ``pyc-aio``'s handler, under ``rr`` and ``none``. Its
+  ratios are context: what a hand-off costs on the machine, whatever the primary.
 
 For every run: requests/s, p50/p99 latency (wrk's histogram), how the 50 keep-alive
 connections were placed (``ss -tnp`` half-way through the run: which process holds
@@ -242,6 +247,56 @@ def _node_variants(workers: int) -> list[Variant]:
     ]
 
 
+FLOOR_SOURCE = BENCH / "floor" / "hop.c"
+FLOOR_BINARY = BENCH / ".build" / "floor_hop"
+
+
+@functools.cache
+def _build_floor() -> str | None:
+    """Compile the hand-off floor's primary (bench/floor/hop.c); why not, or None."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return "no C compiler (cc or gcc) on PATH"
+    FLOOR_BINARY.parent.mkdir(exist_ok=True)
+    done = subprocess.run(
+        [compiler, "-O2", "-o", str(FLOOR_BINARY), str(FLOOR_SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        return f"{FLOOR_SOURCE.name} does not compile: {done.stderr.strip()[-300:]}"
+    return None
+
+
+def _floor_variants(workers: int) -> list[Variant]:
+    """The floor of a hand-off: a primary in C that only accepts, passes and closes.
+
+    Its workers run the same asyncio handler as ``pyc-aio``'s, without pycluster. Its
+    rr against its none is what any hand-off costs on this machine (see hop.c): the
+    goal table sets pycluster's own ratios beside it.
+    """
+
+    def command(port: int, policy: str) -> list[str]:
+        worker = str(SERVERS / "floor_worker.py")
+        return [str(FLOOR_BINARY), str(port), str(workers), policy, PYTHON, worker]
+
+    return [
+        Variant(
+            name=f"floor-{policy}",
+            label=f"hand-off floor: C primary, asyncio workers ({policy})",
+            kind="floor",
+            family="floor",
+            policy=policy,
+            command=functools.partial(command, policy=policy),
+            ready_lines=workers,
+            requires=_build_floor,
+        )
+        for policy in ("rr", "none")
+    ]
+
+
 def _needs_modules(*modules: str) -> Callable[[], str | None]:
     """A ``requires`` check: every module must be importable by PYTHON."""
 
@@ -392,6 +447,7 @@ def all_variants(workers: int) -> list[Variant]:
         + _serve_variants(workers)
         + _node_variants(workers)
         + _reference_variants(workers)
+        + _floor_variants(workers)
     )
 
 

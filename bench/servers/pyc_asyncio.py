@@ -16,17 +16,11 @@ import asyncio
 import os
 import signal
 
-from _counts import FRESH_REQUEST_LINE, announce_ready, write_count
+import _asyncio_hello
+from _asyncio_hello import handle
+from _counts import announce_ready, write_count
 
 import pycluster as cluster
-
-BODY = b"hello world\n"
-_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(BODY)
-RESPONSE_KEEP_ALIVE = _HEAD + b"\r\n" + BODY
-RESPONSE_CLOSE = _HEAD + b"Connection: close\r\n\r\n" + BODY
-
-served = 0
-fresh = 0  # requests for FRESH_PATH (bench/http.py's fresh-connection split)
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,43 +39,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def wants_close(head: bytes) -> bool:
-    """Whether the request head asks to close the connection after the response.
-
-    HTTP/1.1 keeps the connection unless ``Connection: close``; HTTP/1.0 closes unless
-    ``Connection: keep-alive``. Headers are case-insensitive, hence the lower().
-    """
-    lowered = head.lower()
-    if head.split(b"\r\n", 1)[0].endswith(b"HTTP/1.0"):
-        return b"connection: keep-alive" not in lowered
-    return b"connection: close" in lowered
-
-
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Serve GET requests on one connection until the client or the request closes it."""
-    global served, fresh
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            served += 1
-            if head.startswith(FRESH_REQUEST_LINE):
-                fresh += 1
-            if wants_close(head):
-                writer.write(RESPONSE_CLOSE)
-                await writer.drain()
-                break
-            writer.write(RESPONSE_KEEP_ALIVE)
-            await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-        pass  # the client went away mid-request; nothing to answer
-    finally:
-        writer.close()
-
-
 def dump_and_exit(signum: int, frame: object) -> None:
     """SIGTERM from the benchmark: record this worker's count and leave at once."""
     assert cluster.worker is not None
-    write_count(f"pyc-w{cluster.worker.id}", served, fresh)
+    write_count(f"pyc-w{cluster.worker.id}", _asyncio_hello.served, _asyncio_hello.fresh)
     os._exit(0)
 
 
@@ -131,7 +92,7 @@ def main() -> None:
         runner(serve(args.port))
     finally:
         assert cluster.worker is not None
-        write_count(f"pyc-w{cluster.worker.id}", served, fresh)
+        write_count(f"pyc-w{cluster.worker.id}", _asyncio_hello.served, _asyncio_hello.fresh)
 
 
 if __name__ == "__main__":
