@@ -294,14 +294,6 @@ class _AcceptServer(asyncio.AbstractServer):
                 conn,
                 self._started,
             )
-            listener = self._listener
-            if listener is not None and listener.drained:
-                # The primary sent nothing after this one: asking again would almost
-                # always find nothing, at the cost of a system call and an exception.
-                # Readiness is level-triggered: one that came meanwhile wakes the loop.
-                listener.drained = False
-                listener.settle()
-                return
 
     def _started(self, transport: asyncio.BaseTransport) -> None:
         clients = self._clients

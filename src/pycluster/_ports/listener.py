@@ -139,10 +139,6 @@ class Listener:
         # keeps them in step with what is written to the primary.
         self._owed = 0
         self._ack_lock = threading.Lock()
-        #: The last hand-off taken (non-blocking) said no other followed it: a server
-        #: of pycluster's own may go back to its loop rather than ask again (the next
-        #: accept would almost always find nothing, through an exception).
-        self.drained = False
         self.token: int | None = None
         self.closer: Callable[[], None] = self.close_for_disconnect
         #: Gives back what the query took (a port-0 index) once the listener ends.
@@ -219,7 +215,6 @@ class Listener:
         return fd, addr
 
     def _take(self, sock: socket.socket, want_peer: bool = True) -> tuple[int, Any]:
-        nonblocking = sock.gettimeout() == 0.0
         while True:
             # The object's own recvmsg: its timeout and blocking mode apply as to accept().
             try:
@@ -245,8 +240,7 @@ class Listener:
                     raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
                 continue
             fd = fds[0]
-            self.drained = nonblocking and msg != _MORE
-            if msg == _MORE and nonblocking:
+            if msg == _MORE and sock.gettimeout() == 0.0:
                 # Another hand-off is on its way, and an event loop accepts until the
                 # socket would block: one acknowledgement will cover both (one wake-up
                 # of the primary instead of one per connection). A blocking loop may
