@@ -147,3 +147,40 @@ def test_two_clusters_on_one_port(
         assert c.recv(16) == b"1"
     first.proc.send_signal(signal.SIGTERM)
     assert first.finish().returncode == 0
+
+
+BORN_RETIRED = """
+import json, os, sys
+from http.server import BaseHTTPRequestHandler
+import pycluster as cluster
+from pycluster.http import ThreadingHTTPServer
+
+if cluster.is_primary:
+    worker = cluster.fork()
+    # Handled before the worker's next message, its query for the server below: the
+    # primary answers that query as it answers any made during a disconnect.
+    worker.on("message", lambda msg, handle: worker.disconnect())
+    worker.on("exit", lambda code, sig: print(json.dumps({"exit": [code, sig]}), flush=True))
+    cluster.run()
+else:
+    cluster.worker.send("about to serve")
+    server = ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])), BaseHTTPRequestHandler)
+    print(json.dumps({"address": server.server_address}), flush=True)
+    server.serve_forever()
+"""
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"), [("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"), ("", "0.0.0.0")]
+)
+def test_server_made_during_a_disconnect_keeps_its_address(
+    cluster_env: Cluster, host: str, shown: str
+) -> None:
+    # It never serves (the worker is going away), but getsockname() answers with the
+    # address asked for, as after a retirement: http.server reads it on bind and failed
+    # on the retired socket's Unix name.
+    port = free_port()
+    result = cluster_env.run(BORN_RETIRED, env={"HOST": host, "PORT": str(port)}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.events() == [{"address": [shown, port]}, {"exit": [0, None]}]

@@ -22,6 +22,8 @@ from pycluster._ports.listener import (
     address_type,
     blocking,
     register,
+    registry_lock,
+    retired_names,
 )
 from pycluster._turns import AcceptTurns
 
@@ -184,7 +186,7 @@ def _adopt(
         if created:
             sock.close()
         else:
-            _go_quiet(sock)
+            _go_quiet(sock, _asked_name(int(sock.family), address))
         return None
     fds: list[int] = reply.get("_fds", [])
     mode = str(reply.get("mode"))
@@ -247,10 +249,32 @@ def _adopt(
     return listener
 
 
-def _go_quiet(sock: socket.socket) -> None:
+def _go_quiet(sock: socket.socket, name: Any) -> None:
+    # A retired socket still answers getsockname() with the address it was given, as
+    # one retired after it served does: a program reads it right after bind()
+    # (http.server turns it into the server's name).
     quiet = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     C.bind(quiet, "")
     C.listen(quiet, 1)
-    os.dup2(quiet.fileno(), sock.fileno(), inheritable=False)
+    with registry_lock:
+        os.dup2(quiet.fileno(), sock.fileno(), inheritable=False)
+        retired_names[sock.fileno()] = (os.fstat(quiet.fileno()).st_ino, name)
     quiet.close()
     C.settimeout(sock, sock.gettimeout())
+
+
+def _asked_name(family: int, address: Any) -> Any:
+    """``address`` as ``getsockname()`` gives it back (numeric host, IPv6 4-tuple).
+
+    For a socket that never got the address it asked for (a bind during a disconnect).
+    """
+    if family == socket.AF_UNIX:
+        return os.fsdecode(address) if isinstance(address, (bytes, os.PathLike)) else address
+    host, port = address[0] or None, int(address[1])
+    try:
+        found = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        found = []
+    if found:
+        return found[0][4]
+    return (host or "", port) if family == socket.AF_INET else (host or "", port, 0, 0)
