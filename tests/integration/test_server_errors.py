@@ -2,7 +2,8 @@
 
 The worker must get the errno the primary got (never hang waiting for a listener),
 carry on, and exit normally. Each worker reports what ``create_server`` did as a
-message; the primary prints the messages and the exits.
+message; the primary prints the messages and the exits. A server whose query the
+primary answers as a disconnect does (it never serves) still keeps its address.
 """
 
 from __future__ import annotations
