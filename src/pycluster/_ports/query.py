@@ -237,9 +237,7 @@ def _adopt(
     if real_family == socket.AF_UNIX:
         kernel_name = reply.get("bound", kernel_name)
         if fd is None and isinstance(address, (str, bytes, os.PathLike)):
-            # getsockname() says the name the program bound, as it gave it.
-            given = os.fsdecode(address)
-            sockname = given.encode() if given.startswith("\0") else given
+            sockname = _given_unix_name(address)
     listener = Listener(
         mode, sock, sockname, shadow, runtime, int(reply["handle"]), report, created
     )
@@ -263,13 +261,20 @@ def _go_quiet(sock: socket.socket, name: Any) -> None:
     C.settimeout(sock, sock.gettimeout())
 
 
+def _given_unix_name(address: str | bytes | os.PathLike[Any]) -> str | bytes:
+    """What ``getsockname()`` says for a Unix address the program bound: the name as
+    it gave it (an abstract one, starting with a NUL byte, as bytes)."""
+    given = os.fsdecode(address)
+    return given.encode() if given.startswith("\0") else given
+
+
 def _asked_name(family: int, address: Any) -> Any:
     """``address`` as ``getsockname()`` gives it back (numeric host, IPv6 4-tuple).
 
     For a socket that never got the address it asked for (a bind during a disconnect).
     """
     if family == socket.AF_UNIX:
-        return os.fsdecode(address) if isinstance(address, (bytes, os.PathLike)) else address
+        return _given_unix_name(address)
     host, port = address[0] or None, int(address[1])
     try:
         found = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
