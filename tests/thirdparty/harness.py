@@ -70,10 +70,14 @@ def start(
     workers: int = 2,
     options: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    subcommand: str = "run",
 ) -> Running:
-    """``pycluster run -w N --policy POLICY [OPTIONS] PROGRAM...``, once every worker listens."""
+    """``pycluster run -w N --policy POLICY [OPTIONS] PROGRAM...``, once every worker listens.
+
+    ``subcommand`` "serve": ``PROGRAM...`` is serve's options and application.
+    """
     command = commands.start(
-        "run", "-w", str(workers), "--policy", policy,
+        subcommand, "-w", str(workers), "--policy", policy,
         "--shutdown-timeout", SHUTDOWN_TIMEOUT, "--no-control", *options, *program, env=env,
     )  # fmt: skip
     command.wait_line(f"ready: {workers} worker(s)", timeout=30)
@@ -86,6 +90,20 @@ def start(
         pids.add(int(match.group(1)))
     assert len(pids) == workers, command.output
     return Running(command, port, pids, commands.cluster.tmp, commands.cluster.tag, policy)
+
+
+def start_serve(
+    commands: Commands, policy: str, port: int, app: str, *options: str, workers: int = 2
+) -> Running:
+    """``pycluster serve`` of ``app`` (``module:attribute`` of ``programs/``) on ``port``."""
+    return start(
+        commands,
+        policy,
+        port,
+        *("--app-dir", str(PROGRAMS), "-b", f"127.0.0.1:{port}", *options, app),
+        workers=workers,
+        subcommand="serve",
+    )
 
 
 def program(name: str) -> str:

@@ -404,8 +404,9 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
         "--http",
         choices=("auto", "h11", "httptools"),
         default="auto",
-        help="HTTP parser (default: auto: httptools if installed); h11 also serves WSGI apps "
-        "through uvicorn and a2wsgi instead of pycluster's own WSGI server",
+        help="HTTP parser (default: auto: httptools if installed); h11 serves through "
+        "uvicorn's h11 protocol (and a2wsgi for WSGI apps) instead of pycluster's own "
+        "HTTP/1.1 servers",
     )
     workers.add_argument(
         "--keep-alive",

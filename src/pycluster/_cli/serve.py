@@ -1,17 +1,17 @@
 """``pycluster serve``: a WSGI or ASGI application in a cluster worker.
 
-An ASGI application runs on uvicorn's HTTP: a well-kept server whose HTTP comes
-from httptools (llhttp) or h11, with keep-alive, pipelining, flow control, a
-connection limit and graceful shutdown, and which serves sockets it is given. Its
-protocol writes through :class:`~pycluster._cli.coalesce.CoalescingTransport`, so a
-small response's headers and body leave in one system call rather than two.
-A WSGI application runs on :mod:`pycluster._cli.wsgi`, pycluster's own HTTP/1.1
-protocol (httptools parsing, the environ built directly, the app inline or in a
-thread pool), which uvicorn's ``Server`` still starts and shuts down, so both
-interfaces share one set of options and one behaviour on reload. uvicorn's route
-for WSGI (a2wsgi's adapter over ASGI) ran a hello-world app at 0.4-0.8x gunicorn's
-sync workers; it is kept for ``--http h11`` and when httptools is missing
-(:func:`native_wsgi`).
+Both interfaces are served by pycluster's own HTTP/1.1 protocols, parsed by
+httptools (llhttp): :mod:`pycluster._cli.asgi` for ASGI apps, :mod:`pycluster._cli.wsgi`
+for WSGI apps (the environ built directly, the app inline or in a thread pool).
+uvicorn's ``Server`` still runs each worker's life around them: the TLS context,
+the lifespan, graceful shutdown, and a WebSocket upgrade, which the ASGI protocol
+hands to uvicorn's WebSocket protocol. Measured on a hello-world app, uvicorn's own
+HTTP protocol cost a third more CPU per request (see :mod:`pycluster._cli.asgi`) and
+its WSGI route (a2wsgi over ASGI) ran at 0.4-0.8x gunicorn's sync workers. Both are
+kept for ``--http h11`` and for when httptools is missing (:func:`native_http`);
+there uvicorn's protocol writes through
+:class:`~pycluster._cli.coalesce.CoalescingTransport`, so a small response's headers
+and body leave in one system call rather than two.
 
 The way through this module follows the data: the primary checked the options and
 sent a :class:`~pycluster._cli.serveconf.ServeConfig`; :func:`build_app` wraps the
@@ -62,7 +62,7 @@ from pycluster._cli.serveconf import (
 )
 
 if TYPE_CHECKING:
-    from pycluster._cli import wsgi
+    from pycluster._cli import asgi, wsgi
 
 log = logging.getLogger("pycluster._cli")
 
@@ -224,7 +224,7 @@ class _TooLarge(Exception):
 def _server_class() -> type:
     import uvicorn
 
-    from pycluster._cli import wsgi
+    from pycluster._cli import asgi, wsgi
 
     class ClusterServer(uvicorn.Server):
         """uvicorn's server on the cluster's listeners, stopped by ``worker.disconnect()``."""
@@ -236,10 +236,13 @@ def _server_class() -> type:
             backlog: int,
             calls: WSGICalls | None = None,
             native: wsgi.WSGIServer | None = None,
+            native_asgi: bool = False,
         ) -> None:
             super().__init__(config)
             self.calls = calls
             self.native = native
+            self.native_asgi = native_asgi
+            self.asgi: asgi.ASGIServer | None = None
             self.listeners = listeners
             self.backlog = backlog
             self.finished = threading.Event()
@@ -261,8 +264,13 @@ def _server_class() -> type:
             # Headers and body in one write (see coalesce): uvicorn sends them apart.
             protocol_class: Any = coalesce.coalescing(self.config.http_protocol_class, loop)
             native, config, state = self.native, self.config, self.server_state
+            if self.native_asgi:
+                self.asgi = native_asgi_server(config, state, self.lifespan.state, loop)
+            native_asgi = self.asgi
 
             def create_protocol() -> asyncio.Protocol:
+                if native_asgi is not None:
+                    return asgi.Connection(native_asgi)
                 if native is not None:
                     return wsgi.Connection(native, state)
                 # The loop given, not found: uvicorn's get_event_loop() checks the
@@ -302,6 +310,8 @@ def _server_class() -> type:
         async def shutdown(self, sockets: list[Any] | None = None) -> None:
             if self._beat is not None:
                 self._beat.cancel()
+            if self.asgi is not None:
+                self.asgi.close()
             await super().shutdown(sockets=sockets)
             if self.native is not None:
                 self.native.close(self.server_state.connections)
@@ -403,11 +413,12 @@ def proxy_layers(config: ServeConfig, app: Any) -> Any:
     return app
 
 
-def native_wsgi(config: ServeConfig) -> bool:
-    """Whether a WSGI app is served by :mod:`pycluster._cli.wsgi` (else uvicorn + a2wsgi).
+def native_http(config: ServeConfig) -> bool:
+    """Whether serve's own HTTP serves the app: :mod:`~pycluster._cli.wsgi` for WSGI,
+    :mod:`~pycluster._cli.asgi` for ASGI (else uvicorn's protocols, a2wsgi for WSGI).
 
-    The native server always, unless ``--http h11`` asks for uvicorn's h11 protocol
-    by name, or httptools (which the native server parses with) is not installed.
+    Always, unless ``--http h11`` asks for uvicorn's h11 protocol by name, or
+    httptools (which both native servers parse with) is not installed.
     """
     if config.http == "h11":
         return False
@@ -439,16 +450,51 @@ def native_server(config: ServeConfig, app: Any) -> wsgi.WSGIServer:
     )
 
 
+def native_asgi_server(
+    config: Any, state: Any, app_state: dict[str, Any], loop: asyncio.AbstractEventLoop
+) -> asgi.ASGIServer:
+    """The native ASGI server's shared state, from uvicorn's loaded ``config``.
+
+    The application is the one uvicorn loaded (and runs the lifespan of); a WebSocket
+    upgrade goes to the WebSocket protocol uvicorn picked (``--ws``), if any.
+    """
+    from pycluster._cli import asgi
+
+    ws_class = config.ws_protocol_class
+
+    def websocket() -> asyncio.Protocol:
+        protocol: asyncio.Protocol = ws_class(
+            config=config, server_state=state, app_state=app_state, _loop=loop
+        )
+        return protocol
+
+    return asgi.ASGIServer(
+        config.loaded_app,
+        loop,
+        state=state,
+        app_state=app_state,
+        root_path=config.root_path,
+        keep_alive=config.timeout_keep_alive,
+        limit_concurrency=config.limit_concurrency,
+        access=config.access_log,
+        websocket=websocket if ws_class is not None else None,
+    )
+
+
 async def _not_served(scope: Scope, receive: Receive, send: Send) -> None:
     """uvicorn's placeholder app under the native WSGI server (which never calls it)."""
     raise RuntimeError("the native WSGI server serves this worker")
 
 
-def uvicorn_config(config: ServeConfig, app: Any, interface: str, native: bool = False) -> Any:
+def uvicorn_config(
+    config: ServeConfig, app: Any, interface: str, native: bool = False, native_asgi: bool = False
+) -> Any:
     """uvicorn's ``Config`` for ``config`` (``app`` as :func:`build_app` made it).
 
-    With ``native``, uvicorn only runs the server's life (TLS context, graceful
-    shutdown): its protocol and the app it holds are not used.
+    With ``native`` (WSGI), uvicorn only runs the server's life (TLS context, graceful
+    shutdown): its protocol and the app it holds are not used. With ``native_asgi``
+    it also runs the app's lifespan; its HTTP protocol is not used, so its
+    ``server: uvicorn`` header is not sent.
     """
     import uvicorn
 
@@ -480,6 +526,7 @@ def uvicorn_config(config: ServeConfig, app: Any, interface: str, native: bool =
         limit_concurrency=config.limit_concurrency,
         backlog=config.backlog,
         timeout_keep_alive=config.keep_alive,
+        server_header=not native_asgi,
         **tls,
     )
     return uvicorn.Config(served, **options)
@@ -546,21 +593,22 @@ def main(spec: dict[str, Any]) -> int:
         app, interface = _load(config)
         log.info("serving %s as %s", config.app, interface.upper())
         calls = native = None
-        if interface == "wsgi" and native_wsgi(config):
+        native_asgi = interface != "wsgi" and native_http(config)
+        if interface == "wsgi" and native_http(config):
             native = native_server(config, app)
         elif interface == "wsgi":
             calls = app = WSGICalls(app)
         if config.access_logfile is not None:
             logs.access_log_to(config.access_logfile)
         try:
-            uv_config = uvicorn_config(config, app, interface, native is not None)
+            uv_config = uvicorn_config(config, app, interface, native is not None, native_asgi)
             uv_config.load()  # the TLS context too: a bad file is reported, not raised later
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot configure the server: {exc}") from None
         listeners = _listen(config)
     except StartupError as exc:
         return _report(exc)
-    server = _server_class()(uv_config, listeners, config.backlog, calls, native)
+    server = _server_class()(uv_config, listeners, config.backlog, calls, native, native_asgi)
     try:
         server.run(sockets=[])
     finally:

@@ -3,7 +3,10 @@
 Usage: ``uvicorn_app.py PORT [LOOP]`` (``LOOP`` is uvicorn's ``loop`` option, ``auto``
 by default: uvloop when it is installed). ``/`` answers the worker's pid, ``/slow``
 takes half a second, ``/echo`` returns the body it was sent, ``/ws`` is a WebSocket
-echo. The lifespan's shutdown writes ``cleanup-PID``.
+echo. The lifespan's shutdown writes ``cleanup-PID``. ``pycluster serve`` serves the
+same ``app`` (``uvicorn_app:app``), where ``/stream`` (a streamed body, see
+``STREAMED``) and ``/watch`` (ticks until the client goes, then writes ``gone-PID``)
+are used too.
 """
 
 import asyncio
@@ -16,7 +19,7 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -40,6 +43,31 @@ async def echo(request: Request) -> Response:
     return Response(await request.body())
 
 
+#: What ``/stream`` sends, in 20 pieces.
+STREAMED = b"".join(bytes([65 + i % 26]) * 10_000 for i in range(20))
+
+
+async def stream(request: Request) -> Response:
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(20):
+            await asyncio.sleep(0)
+            yield STREAMED[i * 10_000 : (i + 1) * 10_000]
+
+    return StreamingResponse(pieces(), media_type="application/octet-stream")
+
+
+async def watch(request: Request) -> Response:
+    async def ticks() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"tick\n"
+                await asyncio.sleep(0.02)
+        finally:
+            mark("gone")  # Starlette stopped the stream: it saw the client go
+
+    return StreamingResponse(ticks(), media_type="text/plain")
+
+
 async def ws_echo(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
@@ -61,6 +89,8 @@ app = Starlette(
         Route("/", pid),
         Route("/slow", slow),
         Route("/echo", echo, methods=["POST"]),
+        Route("/stream", stream),
+        Route("/watch", watch),
         WebSocketRoute("/ws", ws_echo),
     ],
     lifespan=lifespan,
