@@ -21,6 +21,7 @@ from hypothesis.stateful import (
 from pycluster._scheduling.round_robin import (
     BURST_SPAN,
     DEFAULT_HOLD,
+    MAKE_UP,
     QUIET_SPELL,
     RoundRobinHandle,
 )
@@ -434,6 +435,62 @@ class TestWindow:
 
 
 WORKERS = ["w0", "w1", "w2", "w3"]
+
+
+class TestMakeUp:
+    """Turns a worker lost while it lagged are made up, up to ``MAKE_UP``, within a stream."""
+
+    @staticmethod
+    def stream(
+        h: Handle, clock: Clock, conns: range, counts: Counter[str], stalled: str = ""
+    ) -> None:
+        """A stream of connections 1 ms apart; every worker but ``stalled`` takes its
+        hand-offs at once."""
+        for conn in conns:
+            clock.now += 0.001
+            counts.update(w for w, _ in h.push(conn))
+            for worker in ("a", "b"):
+                while worker != stalled and h.inflight(worker) is not None:
+                    counts.update(w for w, _ in h.accepted(worker)[1])
+
+    def test_a_stall_within_a_stream_is_made_up(self) -> None:
+        clock = Clock()
+        h = handle_with("a", "b", window=8, clock=clock)
+        counts: Counter[str] = Counter()
+        self.stream(h, clock, range(100), counts)
+        self.stream(h, clock, range(100, 160), counts, stalled="a")
+        assert counts["b"] - counts["a"] > 40  # a lost turns while it lagged
+        self.stream(h, clock, range(160, 400), counts)
+        assert abs(counts["a"] - counts["b"]) <= 1, counts
+
+    def test_a_long_stall_is_made_up_only_so_far(self) -> None:
+        clock = Clock()
+        h = handle_with("a", "b", window=8, clock=clock)
+        counts: Counter[str] = Counter()
+        self.stream(h, clock, range(400), counts, stalled="a")
+        behind = counts["b"] - counts["a"]
+        assert behind > 300
+        self.stream(h, clock, range(400, 1000), counts)
+        made_up = behind - (counts["b"] - counts["a"])
+        # Not flooded: a took about MAKE_UP more than b (give or take a window).
+        assert MAKE_UP - 8 <= made_up <= MAKE_UP + 8, (behind, counts)
+
+    def test_a_quiet_spell_starts_every_worker_even(self) -> None:
+        clock = Clock()
+        h = handle_with("a", "b", window=8, clock=clock)
+        counts: Counter[str] = Counter()
+        self.stream(h, clock, range(60), counts, stalled="a")
+        self.stream(h, clock, range(60, 61), counts)  # a takes what it held
+        clock.now += QUIET_SPELL * 2
+        # 50 clients connect at once (keep-alive connections placed for their life);
+        # the workers answer between arrivals.
+        burst: Counter[str] = Counter()
+        for conn in range(100, 150):
+            burst.update(w for w, _ in h.push(conn))
+            for worker in ("a", "b"):
+                while h.inflight(worker) is not None:
+                    burst.update(w for w, _ in h.accepted(worker)[1])
+        assert burst == Counter({"a": 25, "b": 25})
 
 
 class RoundRobinMachine(RuleBasedStateMachine):

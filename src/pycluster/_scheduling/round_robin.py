@@ -15,8 +15,10 @@ waiting for a full one would idle the other (strict turns cost 10-20 % of the
 split even. What a burst is: :mod:`pycluster._scheduling.bursts`. A worker that has not taken its
 oldest hand-off within that moment is *lagging* and loses its turns while another
 worker keeps up, so a stuck worker is not flooded; the turns it lost are made up
-once it keeps up again, but never more than a window's worth, so a worker that was
-stuck for a minute does not then take every new connection; a worker whose serving loop is occupied (``is_busy``) is passed over
+once it keeps up again (it goes first while it has room), but never more than
+``MAKE_UP`` of them, so a worker that was stuck for a minute does not then take
+every new connection, and a quiet spell starts every worker even again, so an old
+stall does not skew how the next burst of clients is placed; a worker whose serving loop is occupied (``is_busy``) is passed over
 while another has room, or is about to have it. A connection that a worker never
 took (it closed its server, or died) goes back to its place in the queue, so no
 connection accepted by the primary is lost while any worker serves the port.
@@ -54,6 +56,11 @@ DEFAULT_WINDOW = 8
 #: a few scheduler slices (3-6 ms each) to run; 2 ms lost turns there (8/42 splits of
 #: 50 keep-alive connections), 10 ms kept them (25/25 in every run).
 DEFAULT_HOLD = 0.010
+#: Turns a lagging worker lost that are made up once it keeps up, at most (or the
+#: window, if larger). On two CPUs shared with the client, one stall of a worker
+#: (13 ms) cost it 52 turns of a stream of new connections: made up only a window's
+#: worth (8), 2,000 connections split 1,052/948.
+MAKE_UP = 64
 
 
 class RoundRobinHandle(Generic[W, C]):
@@ -69,6 +76,7 @@ class RoundRobinHandle(Generic[W, C]):
         if window < 1:
             raise ValueError(f"the hand-off window must be at least 1, not {window}")
         self.window = window
+        self.make_up = max(window, MAKE_UP)
         self.hold = hold
         self._clock_fn = clock
         #: When the caller must call :meth:`redistribute` (the queue holds for a worker).
@@ -83,8 +91,9 @@ class RoundRobinHandle(Generic[W, C]):
         # When each member was last handed a connection: ties go to the longest ago.
         self._since: dict[W, int] = {}
         self._clock = 0
-        # Connections handed to each member, counted from at most a window below the
-        # most handed: the turns a worker lost are made up, but only a window's worth.
+        # Connections handed to each member since the last quiet spell, counted from at
+        # most ``make_up`` below the most handed: the turns a worker lost are made up,
+        # but only that many.
         self._handed: dict[W, int] = {}
         self._top = 0
         # A worker whose serving loop is occupied is passed over while another has room.
@@ -150,6 +159,9 @@ class RoundRobinHandle(Generic[W, C]):
         now = self._clock_fn()
         if now - self._pushed_at > QUIET_SPELL:
             self._burst_at = now
+            # New clients after a quiet spell: every worker starts even.
+            self._handed.clear()
+            self._top = 0
         self._pushed_at = now
         return self._distribute(now)
 
@@ -259,8 +271,11 @@ class RoundRobinHandle(Generic[W, C]):
             sent.append((seq, conn, now))
             self._touch(worker)
             top = self._top
-            count = handed.get(worker, 0)
-            handed[worker] = count = (count if count > top - window else top - window) + 1
+            floor = top - self.make_up
+            # A worker new to the count (a newcomer, or anyone after a quiet spell)
+            # starts a window below the top, as it is keyed in _pick.
+            count = handed.get(worker, top - window)
+            handed[worker] = count = (count if count > floor else floor) + 1
             if count > top:
                 self._top = count
             out.append((worker, conn))
@@ -271,7 +286,8 @@ class RoundRobinHandle(Generic[W, C]):
         since = self._since
         handed = self._handed
         window = self.window
-        floor = self._top - window
+        floor = self._top - self.make_up
+        fresh = self._top - window  # a worker not counted yet (see _distribute)
         stale = now - self.hold
         turn: W | None = None  # keeps up, not busy: whose turn it is
         turn_key = (0, 0)
@@ -284,7 +300,7 @@ class RoundRobinHandle(Generic[W, C]):
         ready_soon = False  # lagging, not busy, window full: has room once it answers
         for worker in self._members:
             sent = inflight.get(worker)
-            count = handed.get(worker, floor)
+            count = handed.get(worker, fresh)
             key = (count if count > floor else floor, since.get(worker, 0))
             if worker in busy:
                 if (not sent or len(sent) < window) and (fallback is None or key < fallback_key):
