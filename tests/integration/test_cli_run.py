@@ -161,6 +161,75 @@ def test_plain_socket_program_is_shared(
     assert output.count(f"after the stop the socket is on ('127.0.0.1', {port})") == 2, output
 
 
+#: A program with its own epoll loop and its own SIGTERM handler that takes the listener out
+#: of its epoll instances, as Twisted's reactor does in its shutdown (which raises if the
+#: descriptor is not registered). Its handler says whether the descriptor was already
+#: retired (another file) when the signal came, then keeps touching the registrations
+#: until it is: with many instances to move, a retirement running while the program
+#: stops listening shows as ENOENT.
+EPOLL_STOPS_LISTENING = """
+import os, select, signal, socket, sys, time
+
+sock = socket.socket()
+sock.setblocking(False)
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+sock.listen()
+fd = sock.fileno()
+shared = os.fstat(fd).st_ino
+pollers = [select.epoll() for _ in range(64)]
+for poller in pollers:
+    poller.register(fd, select.EPOLLIN)
+errors = []
+stopping = False
+
+def stop(signum, frame):
+    global stopping
+    stopping = True
+    os.write(1, f"retired before the stop: {os.fstat(fd).st_ino != shared}\\n".encode())
+    deadline = time.monotonic() + 2
+    while os.fstat(fd).st_ino == shared and time.monotonic() < deadline:
+        for poller in pollers:
+            try:
+                poller.modify(fd, select.EPOLLIN)
+            except OSError as exc:
+                errors.append(exc.errno)
+    for poller in pollers:
+        try:
+            poller.unregister(fd)
+        except OSError as exc:
+            errors.append(exc.errno)
+
+signal.signal(signal.SIGTERM, stop)
+os.write(1, b"program listens\\n")
+while not stopping:
+    for _ in pollers[0].poll(0.05):
+        try:
+            sock.accept()[0].close()
+        except BlockingIOError:
+            pass
+sock.close()
+os.write(1, f"epoll errors at the stop: {errors}\\n".encode())
+"""
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_program_stops_listening_after_its_descriptor_is_retired(
+    cluster_env: Cluster, commands: Commands, policy: str
+) -> None:
+    # The retirement moves the program's epoll registrations (drop, swap, register
+    # again); a program that stops listening meanwhile would find its descriptor
+    # unregistered. Its own stop signal comes once the retirement is done.
+    cluster_env.write("server.py", EPOLL_STOPS_LISTENING)
+    port = free_port()
+    command = commands.start("run", "-w", "2", "--policy", policy, "server.py", str(port))
+    command.wait_line("ready: 2 worker(s)")
+    command.wait_line("program listens", count=2)
+    output = stop(command)
+    assert output.count("retired before the stop: True") == 2, output
+    assert output.count("epoll errors at the stop: []") == 2, output
+    assert output.count("exited (code 0)") == 2, output
+
+
 def test_socketserver_program_is_shared(cluster_env: Cluster, commands: Commands) -> None:
     # A forking socketserver: each connection is served by a grandchild of the worker.
     cluster_env.write("server.py", SOCKETSERVER)

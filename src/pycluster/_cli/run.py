@@ -56,6 +56,8 @@ _STDLIB_SOCKET = socket.socket
 
 #: Seconds a disconnected program without a graceful stop of its own gets to finish.
 GRACE = 1.0
+#: Seconds the program is left running at a disconnect while its listeners are retired.
+RETIRE_WAIT = 1.0
 
 _interrupted = threading.Event()
 #: The program stops itself (it has its own signal handler): no watchdog.
@@ -252,6 +254,9 @@ def _interrupt(signum: int) -> None:
 
 def _stop_program() -> None:
     """At ``worker.disconnect()``, beside the listeners' own closing: end the program."""
+    # The listeners' closing runs beside this: a program that is signalled stops
+    # listening, and must not do so while its descriptors are being retired.
+    net.wait_retired(net.history(), RETIRE_WAIT)
     own = _own_stop_signal()
     if own is not None:
         _stops_itself.set()

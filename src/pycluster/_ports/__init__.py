@@ -50,6 +50,7 @@ from pycluster._ports.listener import (
     listener_of,
     replace_closer,
     wait_drained,
+    wait_retired,
     wake_waiters,
 )
 from pycluster._ports.query import adopt, query
@@ -69,6 +70,7 @@ __all__ = [
     "set_bind_filter",
     "sharing",
     "wait_drained",
+    "wait_retired",
     "wake_waiters",
 ]
 

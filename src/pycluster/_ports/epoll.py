@@ -7,6 +7,10 @@ stay on the old file: a shared listening socket lives on in the primary and the 
 workers, so the program's loop would keep waking for connections it can no longer
 take. These helpers find the registrations in ``/proc/self/fdinfo`` and move them
 (or, for a descriptor being closed, drop them, as the release of the file would).
+
+A move is not atomic: between the removal and the new registration, the program's
+own ``epoll_ctl`` on that descriptor fails with ``ENOENT``. A disconnect therefore
+stops the program only once the move is done (see ``listener.wait_retired``).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def registrations(fd: int, ino: int) -> list[Registration]:
     return found
 
 
-def _ctl(epfd: int, fd: int, events: int | None) -> None:
+def _ctl(epfd: int, fd: int, events: int | None) -> bool:
+    """Unregister ``fd`` (``events`` None) or register it; whether the change was made."""
     # A copy of the epoll descriptor names the same instance; closing it leaves the
     # program's own descriptor alone.
     poller = select.epoll.fromfd(os.dup(epfd))
@@ -59,17 +64,19 @@ def _ctl(epfd: int, fd: int, events: int | None) -> None:
         else:
             poller.register(fd, events)
     except OSError:
-        pass  # the program changed it meanwhile: its own change stands
+        return False  # the program changed it meanwhile: its own change stands
     finally:
         poller.close()
+    return True
 
 
 def drop(fd: int, ino: int) -> list[Registration]:
-    """Remove ``fd``'s registrations as the file ``ino``; returns what was removed."""
-    found = registrations(fd, ino)
-    for epfd, _events in found:
-        _ctl(epfd, fd, None)
-    return found
+    """Remove ``fd``'s registrations as the file ``ino``; returns what was removed.
+
+    A registration the program removed itself after it was listed is not in the
+    result: restoring it would watch a descriptor the program no longer watches.
+    """
+    return [(epfd, events) for epfd, events in registrations(fd, ino) if _ctl(epfd, fd, None)]
 
 
 def restore(fd: int, found: list[Registration]) -> None:

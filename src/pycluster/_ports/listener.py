@@ -722,6 +722,26 @@ def replace_closer(listener: Listener | None, closer: Callable[[], None]) -> boo
     return True
 
 
+def wait_retired(listeners: list[Listener], timeout: float) -> bool:
+    """Wait until a disconnect has ended each of ``listeners`` that it retires itself.
+
+    A retirement moves the program's epoll registrations of its descriptor (drop, swap,
+    register again): the program's own ``epoll_ctl`` on that descriptor meanwhile fails
+    with ``ENOENT``, which a loop that stops listening takes for its own bug (Twisted's
+    ``stopListening`` raises, so a shutdown trigger that would wait for the requests in
+    progress never waits). So whoever stops the program at a disconnect waits for this. Listeners an
+    integration closes (asyncio, socketserver) are not waited for: their closing may
+    wait for the program. ``False`` on time-out.
+    """
+    deadline = time.monotonic() + timeout
+    for listener in listeners:
+        if listener.closer != listener.close_for_disconnect:
+            continue
+        if not listener.swapped.wait(max(0.0, deadline - time.monotonic())):
+            return False
+    return True
+
+
 def wait_drained(listeners: list[Listener], timeout: float | None = None) -> bool:
     """Wait until none of ``listeners`` has an open connection; ``False`` on time-out."""
     wait = threading.Event()
