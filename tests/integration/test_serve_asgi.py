@@ -74,6 +74,10 @@ async def app(scope, receive, send):
             more = message["more_body"]
             await asyncio.sleep(0.001)  # a slow reader: the server must hold the rest
         await answer(f"{size} {digest.hexdigest()}".encode())
+    elif path == "/two-readers":
+        # Two tasks of the app wait on receive() at once: both must wake.
+        got = await asyncio.wait_for(asyncio.gather(receive(), receive()), 5)
+        await answer(b"".join(message.get("body", b"") for message in got))
     elif path == "/ignore-body":
         await answer(b"not read")
     elif path == "/fail-early":
@@ -199,6 +203,15 @@ def test_pipelining_http10_and_bad_requests(cluster_env: Cluster, commands: Comm
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"connection: close" in head and b"transfer-encoding" not in head
     assert body == b"x" * 2000
+    # Two receive() waiting at once both wake when the body comes.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /two-readers HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+        time.sleep(0.2)
+        sock.sendall(b"ok")
+        data = b""
+        while not data.endswith(b"ok") and (chunk := sock.recv(65536)):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nok"), data
     # Garbage is a 400, and the connection closes.
     data = exchange(port, b"NOT HTTP AT ALL\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400 "), data

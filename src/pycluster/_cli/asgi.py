@@ -168,7 +168,7 @@ class Exchange:
         "body",
         "more_body",
         "ended",
-        "waiter",
+        "waiters",
         "started",
         "complete",
         "lost",
@@ -188,8 +188,9 @@ class Exchange:
         self.more_body = True
         #: The last ``http.request`` (``more_body`` false) was given to the app.
         self.ended = False
-        #: The future a ``receive()`` waits on, made only when one has to wait.
-        self.waiter: asyncio.Future[None] | None = None
+        #: A future per ``receive()`` that waits (each its own: one cancelled waiter
+        #: must not cancel another), made only when one has to wait.
+        self.waiters: list[asyncio.Future[None]] | None = None
         self.started = False
         self.complete = False
         self.lost = False
@@ -205,11 +206,12 @@ class Exchange:
 
     def wake(self) -> None:
         """Something a waiting ``receive()`` is owed arrived (body, its end, the end)."""
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        waiters = self.waiters
+        if waiters is not None:
+            self.waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # -- the application's side --------------------------------------------------------
     async def receive(self) -> Message:
@@ -223,8 +225,12 @@ class Exchange:
             # Wait for more of the body; or, once it was all given, for the end of the
             # exchange (the response complete, or the client gone).
             connection.resume_reading()
-            self.waiter = connection.loop.create_future()
-            await self.waiter
+            waiter = connection.loop.create_future()
+            if self.waiters is None:
+                self.waiters = [waiter]
+            else:
+                self.waiters.append(waiter)  # two tasks of the app both wait
+            await waiter
         if self.lost or self.complete:
             return {"type": "http.disconnect"}
         body = bytes(self.body)
@@ -426,7 +432,8 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.read_paused = False
         self.write_paused = False
-        self.drain: asyncio.Future[None] | None = None
+        #: A future per ``send()`` waiting for the client to catch up.
+        self.drains: list[asyncio.Future[None]] = []
         self.idle_since = 0.0
         self.server_address: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
@@ -499,15 +506,16 @@ class Connection(asyncio.Protocol):
         self._release_drain()
 
     def _release_drain(self) -> None:
-        drain, self.drain = self.drain, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        drains, self.drains = self.drains, []
+        for drain in drains:
+            if not drain.done():
+                drain.set_result(None)
 
     async def drained(self) -> None:
         """Wait until the transport takes writes again (or the connection is gone)."""
-        if self.drain is None:
-            self.drain = self.loop.create_future()
-        await self.drain
+        drain = self.loop.create_future()
+        self.drains.append(drain)
+        await drain
 
     def write(self, data: bytes) -> None:
         """Send bytes on the connection, unless it is closing."""
