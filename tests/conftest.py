@@ -374,6 +374,22 @@ class LiveProgram:
                 stream.close()
 
 
+def post_after_100_continue(port: int, path: str, body: bytes) -> bytes:
+    """POST ``body`` with ``Expect: 100-continue``, sent only once the server said 100
+    (which must come first, alone); the rest of what the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode()
+            + b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
 def process_tree(root: int) -> str:
     """``root`` and its descendants: pid, state, kernel wait channel, command line.
 

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.conftest import Cluster, Command, Commands, free_port
+from tests.conftest import Cluster, Command, Commands, free_port, post_after_100_continue
 from tests.integration.test_cli_serve import serve, stop
 from tests.integration.test_serve_wsgi import dechunk
 
@@ -222,16 +222,7 @@ def test_expect_100_continue_only_when_the_body_is_read(
     cluster_env: Cluster, commands: Commands
 ) -> None:
     command, port = start(commands, cluster_env, "-w", "1")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
-        )
-        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
-        sock.sendall(b"hello")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = post_after_100_continue(port, "/echo", b"hello")
     assert data.startswith(b"HTTP/1.1 200 ")
     assert data.endswith(b"5 " + hashlib.sha256(b"hello").hexdigest().encode())
     # An app that answers without reading the body: no 100 Continue, just the answer.

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, Command, Commands, free_port, make_cert
+from tests.conftest import (
+    Cluster,
+    Command,
+    Commands,
+    free_port,
+    make_cert,
+    post_after_100_continue,
+)
 from tests.integration.test_cli_serve import FLASK_APP, serve, stop
 
 pytest.importorskip("uvicorn")
@@ -226,16 +233,7 @@ def test_expect_100_continue_and_body_limit(
         *("-w", "1", "--threads", threads, "--limit-request-body", "1K"),
     )
     port = int(url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
-        )
-        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
-        sock.sendall(b"hello")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = post_after_100_continue(port, "/echo", b"hello")
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(
         b"5 " + hashlib.sha256(b"hello").hexdigest().encode()
     )
