@@ -82,6 +82,10 @@ async def app(scope, receive, send):
         await answer(b"not read")
     elif path == "/fail-early":
         raise RuntimeError("boom before the response")
+    elif path == "/fail-after-start":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"transfer-encoding", b"chunked")]})
+        raise RuntimeError("boom after the start")
     elif path == "/fail-late":
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", b"10")]})
@@ -168,11 +172,13 @@ def test_asgi_rules_over_keep_alive(cluster_env: Cluster, commands: Commands, po
         assert echoed == f"{len(body)} {hashlib.sha256(body).hexdigest()}"
         assert client.post("/ignore-body", content=body).text == "not read"
         assert client.get("/whole").text == "whole"
-        # The app's failures before it answers are 500s.
-        for path in ("/fail-early", "/nothing", "/inject"):
+        # The app's failures before any of its answer left are 500s (a start alone
+        # is held for its body, so a failure right after it is one too).
+        for path in ("/fail-early", "/nothing", "/inject", "/fail-after-start"):
             failed = client.get(path)
-            assert failed.status_code == 500, path
+            assert (failed.status_code, failed.text) == (500, "Internal Server Error"), path
             assert "x-injected" not in failed.headers
+            assert "transfer-encoding" not in failed.headers
         # One that fails after it answered cuts the connection: the client sees it.
         with pytest.raises(httpx.RemoteProtocolError):
             client.get("/fail-late")

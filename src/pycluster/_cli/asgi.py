@@ -297,6 +297,7 @@ class Exchange:
         scope = self.scope
         head = [status_line(code)]
         remaining: int | None = None
+        chunked = False
         for name, value in message.get("headers", ()):
             if _BAD_NAME.search(name) or not name:
                 raise RuntimeError(f"invalid HTTP header name {name!r}")
@@ -306,17 +307,16 @@ class Exchange:
             if lower == b"content-length":
                 remaining = int(value)
             elif lower == b"transfer-encoding":
-                if value.lower() == b"chunked":
-                    self.chunked = True
+                chunked = chunked or value.lower() == b"chunked"
             elif lower == b"connection":
                 if b"close" in [token.strip() for token in value.lower().split(b",")]:
                     self.keep_alive = False
                     continue  # written once, below
             head += (name, b": ", value, b"\r\n")
         head.append(self.connection.server.default_headers())
-        if self.chunked:
-            remaining = None
-        self.remaining = remaining
+        # Set only now: a head refused above leaves the exchange as it was (for a 500).
+        self.chunked = chunked
+        self.remaining = None if chunked else remaining
         self.bodiless = scope["method"] == "HEAD" or code < 200 or code in (204, 304)
         self.started = True
         self.expect_continue = False
@@ -379,7 +379,7 @@ class Exchange:
                 log.debug("ASGI application ended after its client went: %r", exc)
                 return
             log.error("Exception in ASGI application\n", exc_info=exc)
-            if not self.started:
+            if self._unsent():
                 await self._simple(500, _INTERNAL_ERROR)
             else:
                 self.connection.abort_exchange(self)
@@ -392,7 +392,23 @@ class Exchange:
                 await self._simple(500, _INTERNAL_ERROR)
             elif not self.complete and not self.lost:
                 log.error("ASGI callable returned without completing response.")
-                self.connection.abort_exchange(self)
+                if self._unsent():
+                    await self._simple(500, _INTERNAL_ERROR)
+                else:
+                    self.connection.abort_exchange(self)
+
+    def _unsent(self) -> bool:
+        """Whether nothing of the response left yet: the app's answer can become a 500.
+
+        A head is held until the first body message (or the loop's next turn), so an
+        app that fails right after ``http.response.start`` still gets a clean 500
+        rather than a cut connection.
+        """
+        if self.started and self.head is None:
+            return False
+        self.started = self.chunked = False
+        self.head = self.remaining = None
+        return True
 
     async def _simple(self, code: int, body: bytes) -> None:
         """A response of the server's own (500, 503), then the connection closes."""

@@ -6,7 +6,8 @@ for WSGI apps (the environ built directly, the app inline or in a thread pool).
 uvicorn's ``Server`` still runs each worker's life around them: the TLS context,
 the lifespan, graceful shutdown, and a WebSocket upgrade, which the ASGI protocol
 hands to uvicorn's WebSocket protocol. Measured on a hello-world app, uvicorn's own
-HTTP protocol cost a third more CPU per request (see :mod:`pycluster._cli.asgi`) and
+HTTP protocol cost a third more CPU per keep-alive request and 8 % more per new
+connection (see :mod:`pycluster._cli.asgi`), and
 its WSGI route (a2wsgi over ASGI) ran at 0.4-0.8x gunicorn's sync workers. Both are
 kept for ``--http h11`` and for when httptools is missing (:func:`native_http`);
 there uvicorn's protocol writes through
