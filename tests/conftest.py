@@ -374,6 +374,28 @@ class LiveProgram:
                 stream.close()
 
 
+def exchange_until_closed(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection; everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def check_head_limit(port: int, path: bytes) -> None:
+    """``pycluster serve``: a GET of ``path`` with a 60 KB cookie is served (200); one
+    with headers past 64 KiB is a 431, not a worker's memory growing."""
+    request = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n"
+    cookie = b"Cookie: " + b"c" * 60_000 + b"\r\n"
+    data = exchange_until_closed(port, request + cookie + b"Connection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    endless = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000) for i in range(70))
+    data = exchange_until_closed(port, request + endless + b"\r\n")
+    assert data.startswith(b"HTTP/1.1 431 "), data[:200]
+
+
 def post_after_100_continue(port: int, path: str, body: bytes) -> bytes:
     """POST ``body`` with ``Expect: 100-continue``, sent only once the server said 100
     (which must come first, alone); the rest of what the server sends until it closes."""

@@ -20,7 +20,15 @@ import time
 
 import pytest
 
-from tests.conftest import Cluster, Command, Commands, free_port, post_after_100_continue
+from tests.conftest import (
+    Cluster,
+    Command,
+    Commands,
+    check_head_limit,
+    free_port,
+    post_after_100_continue,
+)
+from tests.conftest import exchange_until_closed as exchange
 from tests.integration.test_cli_serve import serve, stop
 from tests.integration.test_serve_wsgi import dechunk
 
@@ -112,16 +120,6 @@ def start(commands: Commands, cluster_env: Cluster, *options: str) -> tuple[Comm
     command = serve(commands, cluster_env, "asgiapp:app", "-b", f"127.0.0.1:{port}", *options)
     assert "as ASGI" in command.output
     return command, port
-
-
-def exchange(port: int, data: bytes) -> bytes:
-    """Send ``data`` on a new connection; everything the server sends until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
 
 
 @pytest.mark.parametrize("policy", ["rr", "none"])
@@ -221,6 +219,7 @@ def test_pipelining_http10_and_bad_requests(cluster_env: Cluster, commands: Comm
     # Garbage is a 400, and the connection closes.
     data = exchange(port, b"NOT HTTP AT ALL\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400 "), data
+    check_head_limit(port, b"/whole")
     stop(command)
 
 

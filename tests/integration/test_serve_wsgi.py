@@ -21,6 +21,7 @@ from tests.conftest import (
     Cluster,
     Command,
     Commands,
+    check_head_limit,
     free_port,
     make_cert,
     post_after_100_continue,
@@ -220,6 +221,7 @@ def test_pipelined_requests_are_answered_in_order(
     head, _, chunked = answers[1].partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head
     assert dechunk(chunked) == b"written then returned"
+    check_head_limit(port, b"/write")
     stop(command)
 
 

@@ -42,6 +42,8 @@ from urllib.parse import unquote
 
 import httptools
 
+from pycluster._cli.serveconf import MAX_HEAD_SIZE, HeadTooLarge
+
 log = logging.getLogger("uvicorn.error")
 access_log = logging.getLogger("uvicorn.access")
 
@@ -445,6 +447,7 @@ class Connection(asyncio.Protocol):
         self.pipeline: collections.deque[Exchange] = collections.deque()
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
         self.expect_continue = False
         self.closing = False
         self.read_paused = False
@@ -569,21 +572,30 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data, upgrade)
         except httptools.HttpParserError as exc:
-            self._bad_request(str(exc))
+            # An exception of a callback below comes back wrapped, as the context.
+            too_large = isinstance(exc.__context__, HeadTooLarge)
+            self._bad_request(str(exc.__context__ or exc), 431 if too_large else 400)
 
     # -- parser callbacks (httptools) --------------------------------------------------
     def on_message_begin(self) -> None:
         """A new request starts."""
         self.url = b""
         self.headers = []
+        self.head_size = 0
         self.expect_continue = False
 
     def on_url(self, url: bytes) -> None:
         """A piece of the request target."""
         self.url += url
+        self.head_size += len(url)
+        if self.head_size > MAX_HEAD_SIZE:
+            raise HeadTooLarge(f"request target over {MAX_HEAD_SIZE} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header line (llhttp leaves trailing whitespace on the value)."""
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEAD_SIZE:
+            raise HeadTooLarge(f"request headers over {MAX_HEAD_SIZE} bytes")
         name = name.lower()
         value = value.rstrip(b" \t")
         if name == b"expect" and value.lower() == b"100-continue":
@@ -695,15 +707,19 @@ class Connection(asyncio.Protocol):
             self.exchange = None
 
     # -- protocol errors and upgrades --------------------------------------------------
-    def _bad_request(self, reason: str) -> None:
+    def _bad_request(self, reason: str, code: int = 400) -> None:
         log.warning("Invalid HTTP request received.")
         transport = self.transport
         if transport is None:
             return
         if self.exchange is None:
-            body = b"Invalid HTTP request received."
+            body = (
+                b"Invalid HTTP request received."
+                if code == 400
+                else b"Request header fields too large."
+            )
             transport.write(
-                status_line(400)
+                status_line(code)
                 + self.server.default_headers()
                 + b"content-type: text/plain; charset=utf-8\r\n"
                 + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)

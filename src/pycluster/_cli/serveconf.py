@@ -43,6 +43,17 @@ CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": s
 CONVENTIONAL_ENV = {"WEB_CONCURRENCY": "workers", "FORWARDED_ALLOW_IPS": "forwarded-allow-ips"}
 #: ``--threads auto``: the pool a WSGI worker moves to once its application waits.
 AUTO_THREADS = 10
+#: Most bytes of a request's target and headers that serve's HTTP/1.1 servers read
+#: (431 beyond): llhttp sets no limit, and a client sending headers without end would
+#: otherwise grow a worker's memory without end. Node's default is 16 KiB; this leaves
+#: room for large cookies and tokens.
+MAX_HEAD_SIZE = 65536
+
+
+class HeadTooLarge(Exception):
+    """A request's target and headers passed ``MAX_HEAD_SIZE`` (answered 431)."""
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 

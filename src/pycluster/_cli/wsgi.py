@@ -65,7 +65,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from pycluster._cli.serveconf import AUTO_THREADS
+from pycluster._cli.serveconf import AUTO_THREADS, MAX_HEAD_SIZE, HeadTooLarge
 
 log = logging.getLogger("pycluster._cli")
 access_log = logging.getLogger("uvicorn.access")
@@ -318,6 +318,7 @@ class Connection(asyncio.Protocol):
         self.pending: collections.deque[_Request] = collections.deque()
         self.request = _Request()
         self.body_size = 0
+        self.head_size = 0  # bytes of the target and headers (see MAX_HEAD_SIZE)
         self.busy = False
         self.closing = False
         self.lost = False
@@ -407,7 +408,11 @@ class Connection(asyncio.Protocol):
             # No upgrade (WebSocket, h2c) for WSGI: the request is served as plain HTTP.
             pass
         except httptools.HttpParserError as exc:
-            self._error(400, f"bad request: {exc}")
+            # An exception of a callback below comes back wrapped, as the context.
+            if isinstance(exc.__context__, HeadTooLarge):
+                self._error(431, f"request header fields too large: {exc.__context__}")
+            else:
+                self._error(400, f"bad request: {exc}")
             return
         if not self.busy and self.pending:
             self._next()
@@ -431,13 +436,20 @@ class Connection(asyncio.Protocol):
         """A new request starts."""
         self.request = _Request()
         self.body_size = 0
+        self.head_size = 0
 
     def on_url(self, url: bytes) -> None:
         """A piece of the request target."""
         self.request.url += url
+        self.head_size += len(url)
+        if self.head_size > MAX_HEAD_SIZE:
+            raise HeadTooLarge(f"request target over {MAX_HEAD_SIZE} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header line."""
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEAD_SIZE:
+            raise HeadTooLarge(f"request headers over {MAX_HEAD_SIZE} bytes")
         self.request.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -825,8 +837,13 @@ class Connection(asyncio.Protocol):
         self._simple(request, 500, b"internal server error\n")
 
     def _simple(self, request: _Request, code: int, body: bytes) -> None:
-        """A response of the server's own (400, 413, 500, 503), then close."""
-        reasons = {400: "Bad Request", 413: "Content Too Large", 500: "Internal Server Error"}
+        """A response of the server's own (400, 413, 431, 500, 503), then close."""
+        reasons = {
+            400: "Bad Request",
+            413: "Content Too Large",
+            431: "Request Header Fields Too Large",
+            500: "Internal Server Error",
+        }
         response = _Response(request.method == "HEAD")
         response.start_response(
             f"{code} {reasons.get(code, 'Service Unavailable')}",
