@@ -101,6 +101,9 @@ async def app(scope, receive, send):
         raise RuntimeError("boom in the middle")
     elif path == "/nothing":
         return
+    elif path == "/bad-status":
+        await send({"type": "http.response.start", "status": 1000, "headers": []})
+        await send({"type": "http.response.body", "body": b"no"})
     elif path == "/inject":
         await answer(b"no", [(b"x-bad", b"a\\r\\nx-injected: 1")])
     elif path == "/hold":
@@ -172,7 +175,7 @@ def test_asgi_rules_over_keep_alive(cluster_env: Cluster, commands: Commands, po
         assert client.get("/whole").text == "whole"
         # The app's failures before any of its answer left are 500s (a start alone
         # is held for its body, so a failure right after it is one too).
-        for path in ("/fail-early", "/nothing", "/inject", "/fail-after-start"):
+        for path in ("/fail-early", "/nothing", "/inject", "/bad-status", "/fail-after-start"):
             failed = client.get(path)
             assert (failed.status_code, failed.text) == (500, "Internal Server Error"), path
             assert "x-injected" not in failed.headers

@@ -67,9 +67,12 @@ class ClientDisconnected(OSError):
 
 
 def status_line(code: int) -> bytes:
-    """``HTTP/1.1 CODE REASON\\r\\n``, made once per code."""
+    """``HTTP/1.1 CODE REASON\\r\\n``, made once per code; RuntimeError for a code
+    that is not an HTTP status (100 to 599)."""
     line = _STATUS_LINES.get(code)
     if line is None:
+        if not isinstance(code, int) or not 100 <= code < 600:
+            raise RuntimeError(f"invalid HTTP status {code!r}")
         try:
             reason = http.HTTPStatus(code).phrase
         except ValueError:
@@ -84,7 +87,8 @@ class ASGIServer:
     ``state`` is uvicorn's ``ServerState`` (connections and running requests, for its
     graceful shutdown; the default headers its clock refreshes every second),
     ``app_state`` the lifespan's state dict that each request gets a copy of, and
-    ``websocket`` the protocol class a WebSocket upgrade is handed to (None: refused).
+    ``websocket`` makes the protocol a WebSocket upgrade is handed to (None: no
+    WebSocket library, and the request is served as plain HTTP).
     """
 
     def __init__(

@@ -728,10 +728,10 @@ def wait_retired(listeners: list[Listener], timeout: float) -> bool:
     A retirement moves the program's epoll registrations of its descriptor (drop, swap,
     register again): the program's own ``epoll_ctl`` on that descriptor meanwhile fails
     with ``ENOENT``, which a loop that stops listening takes for its own bug (Twisted's
-    ``stopListening`` raises, so a shutdown trigger that would wait for the requests in
-    progress never waits). So whoever stops the program at a disconnect waits for this. Listeners an
-    integration closes (asyncio, socketserver) are not waited for: their closing may
-    wait for the program. ``False`` on time-out.
+    ``stopListening`` raises, so a shutdown trigger that would wait for the requests
+    in progress never waits). So whoever stops the program at a disconnect waits for
+    this. Listeners an integration closes (asyncio, socketserver) are not waited for:
+    their closing may wait for the program. ``False`` on time-out.
     """
     deadline = time.monotonic() + timeout
     for listener in listeners:

@@ -12,16 +12,17 @@ than give its turn away to whichever worker answers first. Under a steady stream
 connections the queue does not hold: a worker with room takes the connection, since
 waiting for a full one would idle the other (strict turns cost 10-20 % of the
 ``Connection: close`` throughput on 2 cores), and the made-up turns below keep the
-split even. What a burst is: :mod:`pycluster._scheduling.bursts`. A worker that has not taken its
-oldest hand-off within that moment is *lagging* and loses its turns while another
-worker keeps up, so a stuck worker is not flooded; the turns it lost are made up
-once it keeps up again (it goes first while it has room), but never more than
-``MAKE_UP`` of them, so a worker that was stuck for a minute does not then take
-every new connection, and a quiet spell starts every worker even again, so an old
-stall does not skew how the next burst of clients is placed; a worker whose serving loop is occupied (``is_busy``) is passed over
-while another has room, or is about to have it. A connection that a worker never
-took (it closed its server, or died) goes back to its place in the queue, so no
-connection accepted by the primary is lost while any worker serves the port.
+split even. What a burst is: :mod:`pycluster._scheduling.bursts`. A worker that has
+not taken its oldest hand-off within that moment is *lagging* and loses its turns
+while another worker keeps up, so a stuck worker is not flooded; the turns it lost
+are made up once it keeps up again (it goes first while it has room), but never
+more than ``MAKE_UP`` of them, so a worker that was stuck for a minute does not then
+take every new connection, and a quiet spell starts every worker even again, so an
+old stall does not skew how the next burst of clients is placed. A worker whose
+serving loop is occupied (``is_busy``) is passed over while another has room, or is
+about to have it. A connection that a worker never took (it closed its server, or
+died) goes back to its place in the queue, so no connection accepted by the primary
+is lost while any worker serves the port.
 Connections leave the queue in the order they were accepted, refused ones included:
 a connection that comes back takes its old place, ahead of every one accepted after
 it. A worker takes its hand-offs in the order they were sent, so each
