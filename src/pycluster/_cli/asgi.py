@@ -42,7 +42,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from pycluster._cli.serveconf import MAX_HEAD_SIZE, HeadTooLarge
+from pycluster._cli.serveconf import HeadTooLarge, grow_head
 
 log = logging.getLogger("uvicorn.error")
 access_log = logging.getLogger("uvicorn.access")
@@ -591,15 +591,11 @@ class Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         """A piece of the request target."""
         self.url += url
-        self.head_size += len(url)
-        if self.head_size > MAX_HEAD_SIZE:
-            raise HeadTooLarge(f"request target over {MAX_HEAD_SIZE} bytes")
+        self.head_size = grow_head(self.head_size, len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header line (llhttp leaves trailing whitespace on the value)."""
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > MAX_HEAD_SIZE:
-            raise HeadTooLarge(f"request headers over {MAX_HEAD_SIZE} bytes")
+        self.head_size = grow_head(self.head_size, len(name) + len(value) + 4)
         name = name.lower()
         value = value.rstrip(b" \t")
         if name == b"expect" and value.lower() == b"100-continue":

@@ -54,6 +54,14 @@ class HeadTooLarge(Exception):
     """A request's target and headers passed ``MAX_HEAD_SIZE`` (answered 431)."""
 
 
+def grow_head(size: int, more: int) -> int:
+    """``size`` bytes of a request's head so far, plus ``more``; HeadTooLarge past the limit."""
+    size += more
+    if size > MAX_HEAD_SIZE:
+        raise HeadTooLarge(f"request target and headers over {MAX_HEAD_SIZE} bytes")
+    return size
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 

@@ -65,7 +65,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from pycluster._cli.serveconf import AUTO_THREADS, MAX_HEAD_SIZE, HeadTooLarge
+from pycluster._cli.serveconf import AUTO_THREADS, HeadTooLarge, grow_head
 
 log = logging.getLogger("pycluster._cli")
 access_log = logging.getLogger("uvicorn.access")
@@ -441,15 +441,11 @@ class Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         """A piece of the request target."""
         self.request.url += url
-        self.head_size += len(url)
-        if self.head_size > MAX_HEAD_SIZE:
-            raise HeadTooLarge(f"request target over {MAX_HEAD_SIZE} bytes")
+        self.head_size = grow_head(self.head_size, len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header line."""
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > MAX_HEAD_SIZE:
-            raise HeadTooLarge(f"request headers over {MAX_HEAD_SIZE} bytes")
+        self.head_size = grow_head(self.head_size, len(name) + len(value) + 4)
         self.request.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
