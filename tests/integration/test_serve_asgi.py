@@ -37,7 +37,7 @@ pytest.importorskip("httptools")
 httpx = pytest.importorskip("httpx")
 
 APP = """
-import asyncio, hashlib, json
+import asyncio, hashlib, json, os
 from pathlib import Path
 
 async def app(scope, receive, send):
@@ -72,6 +72,15 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for _ in range(int(scope["query_string"])):
             await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/pid":
+        await answer(str(os.getpid()).encode())
+    elif path == "/big":
+        # Produced as fast as send() returns: flow control must hold the app back.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        block = b"z" * 65536
+        for _ in range(int(scope["query_string"])):
+            await send({"type": "http.response.body", "body": block, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     elif path == "/echo":
         digest, size, more = hashlib.sha256(), 0, True
@@ -224,6 +233,39 @@ def test_pipelining_http10_and_bad_requests(cluster_env: Cluster, commands: Comm
     assert data.startswith(b"HTTP/1.1 400 "), data
     check_head_limit(port, b"/whole")
     stop(command)
+
+
+def test_a_slow_reader_gets_a_large_stream_whole(cluster_env: Cluster, commands: Commands) -> None:
+    """Flow control: send() waits while the client is behind, and nothing is lost."""
+    command, port = start(commands, cluster_env, "-w", "1")
+    blocks = 512  # 32 MiB
+    digest = hashlib.sha256()
+    received = 0
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+        pid = int(client.get("/pid").text)
+        peak_before = peak_rss(pid)
+        with client.stream("GET", f"/big?{blocks}") as response:
+            for piece in response.iter_bytes():
+                digest.update(piece)
+                received += len(piece)
+                if received < 4 * 1024 * 1024:
+                    time.sleep(0.001)  # slow at first: the server must wait, not buffer
+        assert received == blocks * 65536
+        assert digest.hexdigest() == hashlib.sha256(b"z" * received).hexdigest()
+        # Held back, not buffered: the worker's peak memory grew by far less than
+        # the 32 MiB it sent.
+        assert peak_rss(pid) - peak_before < 12 * 1024 * 1024
+        assert client.get("/whole").text == "whole"  # the connection goes on
+    stop(command)
+
+
+def peak_rss(pid: int) -> int:
+    """The highest resident memory process ``pid`` has had, in bytes (``VmHWM``)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
 
 
 def test_expect_100_continue_only_when_the_body_is_read(
