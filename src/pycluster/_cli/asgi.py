@@ -547,10 +547,6 @@ class Connection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    def transport_closing(self) -> bool:
-        """Whether the transport is closing or gone."""
-        return self.transport is None or self.transport.is_closing()
-
     def resume_reading(self) -> None:
         """Read again after a pause for a full body buffer or pipeline."""
         parsing = self.parsing

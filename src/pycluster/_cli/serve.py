@@ -36,6 +36,7 @@ keep-alive connections, runs the lifespan shutdown, and the worker exits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import logging
@@ -262,24 +263,25 @@ def _server_class() -> type:
                 return
             loop = asyncio.get_running_loop()
 
-            # Headers and body in one write (see coalesce): uvicorn sends them apart.
-            protocol_class: Any = coalesce.coalescing(self.config.http_protocol_class, loop)
-            native, config, state = self.native, self.config, self.server_state
+            config, state = self.config, self.server_state
+            # Chosen once: the factory runs for every new connection.
+            create_protocol: Callable[[], asyncio.Protocol]
             if self.native_asgi:
                 self.asgi = native_asgi_server(config, state, self.lifespan.state, loop)
-            native_asgi = self.asgi
-
-            def create_protocol() -> asyncio.Protocol:
-                if native_asgi is not None:
-                    return asgi.Connection(native_asgi)
-                if native is not None:
-                    return wsgi.Connection(native, state)
+                create_protocol = functools.partial(asgi.Connection, self.asgi)
+            elif self.native is not None:
+                create_protocol = functools.partial(wsgi.Connection, self.native, state)
+            else:
+                # Headers and body in one write (see coalesce): uvicorn sends them apart.
                 # The loop given, not found: uvicorn's get_event_loop() checks the
                 # process id, a system call per connection on Python 3.11.
-                protocol: asyncio.Protocol = protocol_class(
-                    config=config, server_state=state, app_state=self.lifespan.state, _loop=loop
+                create_protocol = functools.partial(
+                    coalesce.coalescing(config.http_protocol_class, loop),
+                    config=config,
+                    server_state=state,
+                    app_state=self.lifespan.state,
+                    _loop=loop,
                 )
-                return protocol
 
             runtime = child.runtime()
             assert runtime is not None
