@@ -20,8 +20,10 @@ from the workers' own counters how they were split. Variants:
 * the hand-off floor (``floor/hop.c``, compiled on first use; skipped without a C
   compiler): a primary in C that only accepts, passes each descriptor in one
   ``sendmsg`` and closes it, with no acknowledgement, window or safety, feeding plain
-  asyncio workers that run ``pyc-aio``'s handler, under ``rr`` and ``none``. Its
-  ratios are context: what a hand-off costs on the machine, whatever the primary.
+  asyncio workers that run ``pyc-aio``'s handler, under ``rr`` and ``none``, and the
+  same primary in Python (``floor/hop.py``, ``floor-py-rr``). Their ratios are context:
+  what a hand-off costs on the machine, whatever the primary is written in, and (with
+  ``pyc-aio-rr`` against ``floor-py-rr``) what pycluster's guarantees add to it.
 
 For every run: requests/s, p50/p99 latency (wrk's histogram), how the 50 keep-alive
 connections were placed (``ss -tnp`` half-way through the run: which process holds
@@ -249,6 +251,7 @@ def _node_variants(workers: int) -> list[Variant]:
 
 FLOOR_SOURCE = BENCH / "floor" / "hop.c"
 FLOOR_BINARY = BENCH / ".build" / "floor_hop"
+FLOOR_PYTHON = BENCH / "floor" / "hop.py"
 
 
 @functools.cache
@@ -294,6 +297,24 @@ def _floor_variants(workers: int) -> list[Variant]:
             requires=_build_floor,
         )
         for policy in ("rr", "none")
+    ] + [
+        Variant(
+            name="floor-py-rr",
+            label="hand-off floor in Python: hop.py primary, asyncio workers (rr)",
+            kind="floor",
+            family="floor",
+            policy="rr",
+            command=lambda port: [
+                PYTHON,
+                str(FLOOR_PYTHON),
+                str(port),
+                str(workers),
+                "rr",
+                PYTHON,
+                str(SERVERS / "floor_worker.py"),
+            ],
+            ready_lines=workers,
+        )
     ]
 
 
