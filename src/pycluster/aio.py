@@ -34,6 +34,7 @@ from typing import Any
 
 from pycluster import _child as child
 from pycluster import _ports as net
+from pycluster._ports.hooks import _py_real_close
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 HEARTBEAT_INTERVAL = 0.5
@@ -380,6 +381,13 @@ class _Connection(socket.socket):
     __slots__ = ()
     family = _socket.socket.family  # type: ignore[assignment]
     type = _socket.socket.type  # type: ignore[assignment]
+    # A connection is never a listener, so pycluster's socket hooks (which look the
+    # descriptor up among the listeners first) have nothing to do for it: the loop's
+    # transport calls these four once per connection.
+    getsockname = _socket.socket.getsockname
+    getpeername = _socket.socket.getpeername
+    setblocking = _socket.socket.setblocking
+    _real_close = _py_real_close
 
 
 class _Descriptor:
