@@ -320,11 +320,11 @@ def goal_rows(results: Results, variants: Sequence[VariantInfo]) -> list[dict[st
         ratio("context", "node-rr", "node-none", mode, None)
     # Context, no goal: the hand-off floor (bench/floor/hop.c), a primary that does
     # nothing but hand over, beside asyncio workers without pycluster: what a hand-off
-    # costs on this machine, to set against pyc-aio's own rr / none.
-    # The same primary in Python (bench/floor/hop.py) splits pycluster's hop into what
-    # Python costs (floor-py-rr against floor-rr) and what the guarantees cost
-    # (pyc-aio-rr against floor-py-rr: window, acknowledgements, no connection lost,
-    # busy and lagging workers passed over).
+    # costs on this machine, to set against pyc-aio's own rr / none. The same primary
+    # in Python (bench/floor/hop.py) splits pycluster's hop into what Python costs
+    # (floor-py-rr against floor-rr) and what the guarantees cost (pyc-aio-rr against
+    # floor-py-rr: window, acknowledgements, no connection lost, busy and lagging
+    # workers passed over).
     for mode in MODES:
         ratio("context", "floor-rr", "floor-none", mode, None)
         ratio("context", "floor-py-rr", "floor-none", mode, None)

@@ -121,7 +121,8 @@ PEER_PROGRAM = program("""
 class Echo(asyncio.Protocol):
     def connection_made(self, transport):
         host, port = transport.get_extra_info("peername")[:2]
-        transport.write(f"{cluster.worker.id} {host} {port}".encode())
+        own_host, own_port = transport.get_extra_info("sockname")[:2]
+        transport.write(f"{cluster.worker.id} {host} {port} {own_host} {own_port}".encode())
         transport.close()
 
 async def main():
@@ -132,7 +133,8 @@ async def main():
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("policy", ["rr", "none"])
 def test_connections_know_their_peer(cluster_env: Cluster, policy: str, loop: str) -> None:
-    """pycluster's accept skips the peer's address: the transport still has it."""
+    """pycluster's accept skips the peer's address: the transport still has it, and
+    its own address."""
     port = free_port()
     proc = start(cluster_env, PEER_PROGRAM, port, policy, loop)
     workers = set()
@@ -141,8 +143,9 @@ def test_connections_know_their_peer(cluster_env: Cluster, policy: str, loop: st
             answer = b""
             while chunk := client.recv(100):
                 answer += chunk
-            worker, host, client_port = answer.decode().split()
+            worker, host, client_port, own_host, own_port = answer.decode().split()
             assert (host, int(client_port)) == client.getsockname()
+            assert (own_host, int(own_port)) == client.getpeername()
             workers.add(worker)
     if policy == "rr":
         assert workers == {"1", "2"}
