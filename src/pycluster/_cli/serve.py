@@ -596,8 +596,9 @@ def main(spec: dict[str, Any]) -> int:
         app, interface = _load(config)
         log.info("serving %s as %s", config.app, interface.upper())
         calls = native = None
-        native_asgi = interface != "wsgi" and native_http(config)
-        if interface == "wsgi" and native_http(config):
+        own_http = native_http(config)
+        native_asgi = interface != "wsgi" and own_http
+        if interface == "wsgi" and own_http:
             native = native_server(config, app)
         elif interface == "wsgi":
             calls = app = WSGICalls(app)
